@@ -1,0 +1,116 @@
+"""MJCF for the built-in tabletop: a 7-DoF arm of primitive geoms, a parallel gripper, cubes, plates.
+
+Primitive geoms and no shadows, reflections or skybox keep rendering cheap on a CPU
+(robosuite's meshed Panda renders two 128 px cameras at ~9 steps/s here; this scene is
+built to run several times faster).
+"""
+
+from __future__ import annotations
+
+COLOURS = {
+    "red": "0.85 0.15 0.15 1",
+    "green": "0.15 0.7 0.2 1",
+    "blue": "0.15 0.3 0.9 1",
+    "yellow": "0.95 0.85 0.1 1",
+    "purple": "0.6 0.2 0.75 1",
+}
+CUBE_HALF = 0.02
+PLATE_RADIUS = 0.06
+HOME_QPOS = (0.0, 0.698, 0.0, 1.745, 0.0, 0.698, 0.0)
+
+
+def _cube(name: str) -> str:
+    return f"""
+    <body name="{name}" pos="0.5 0 {CUBE_HALF}">
+      <freejoint name="{name}_joint"/>
+      <geom name="{name}_geom" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" rgba="{COLOURS[name.split("_")[0]]}"
+            mass="0.05" friction="1.5 0.02 0.001" condim="4"/>
+    </body>"""
+
+
+def _plate(name: str) -> str:
+    return f"""
+    <body name="{name}" pos="0.5 0.2 0.001">
+      <geom name="{name}_geom" type="cylinder" size="{PLATE_RADIUS} 0.001" rgba="{COLOURS[name.split("_")[0]]}"
+            contype="0" conaffinity="0"/>
+    </body>"""
+
+
+def scene_xml(cubes: list[str], plates: list[str], image_size: int) -> str:
+    arm_kp = 1500
+    objects = "".join(_cube(f"{c}_cube") for c in cubes) + "".join(_plate(f"{p}_plate") for p in plates)
+    joints = [("j1", "0 0 1", "-2.8 2.8"), ("j2", "0 1 0", "-1.7 1.7"), ("j3", "0 0 1", "-2.8 2.8"),
+              ("j4", "0 1 0", "-0.1 2.9"), ("j5", "0 0 1", "-2.8 2.8"), ("j6", "0 1 0", "-1.7 2.9"),
+              ("j7", "0 0 1", "-2.8 2.8")]  # fmt: skip
+    actuators = "".join(
+        f'<position name="a_{n}" joint="{n}" kp="{arm_kp}" kv="80" ctrlrange="{r}"/>' for n, _, r in joints
+    )
+    return f"""
+<mujoco model="vla_tabletop">
+  <compiler angle="radian"/>
+  <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <visual>
+    <quality shadowsize="0" offsamples="0"/>
+    <global offwidth="{image_size}" offheight="{image_size}"/>
+    <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+  </visual>
+  <default>
+    <joint damping="2" armature="0.05"/>
+    <geom solimp="0.95 0.99 0.001"/>
+  </default>
+  <worldbody>
+    <light pos="0.4 0 1.5" dir="0 0 -1" castshadow="false" diffuse="0.4 0.4 0.4"/>
+    <geom name="table" type="plane" size="3 3 0.01" rgba="0.55 0.45 0.35 1"/>
+    <camera name="agentview" pos="0.95 0 0.45" xyaxes="0 1 0 -0.625 0 0.781" fovy="60"/>
+    <body name="base" pos="0 0 0">
+      <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" rgba="0.25 0.25 0.28 1" contype="0" conaffinity="0"/>
+      <body name="l1" pos="0 0 0.1" gravcomp="1">
+        <joint name="j1" axis="0 0 1" range="-2.8 2.8"/>
+        <geom type="capsule" fromto="0 0 0 0 0 0.25" size="0.045" rgba="0.9 0.9 0.92 1" contype="0" conaffinity="0" mass="2"/>
+        <body name="l2" pos="0 0 0.25" gravcomp="1">
+          <joint name="j2" axis="0 1 0" range="-1.7 1.7"/>
+          <geom type="capsule" fromto="0 0 0 0 0 0.35" size="0.04" rgba="0.9 0.9 0.92 1" contype="0" conaffinity="0" mass="1.5"/>
+          <body name="l3" pos="0 0 0.35" gravcomp="1">
+            <joint name="j3" axis="0 0 1" range="-2.8 2.8"/>
+            <geom type="sphere" size="0.045" rgba="0.25 0.25 0.28 1" contype="0" conaffinity="0" mass="0.5"/>
+            <body name="l4" pos="0 0 0" gravcomp="1">
+              <joint name="j4" axis="0 1 0" range="-0.1 2.9"/>
+              <geom type="capsule" fromto="0 0 0 0 0 0.35" size="0.035" rgba="0.9 0.9 0.92 1" contype="0" conaffinity="0" mass="1.2"/>
+              <body name="l5" pos="0 0 0.35" gravcomp="1">
+                <joint name="j5" axis="0 0 1" range="-2.8 2.8"/>
+                <geom type="sphere" size="0.04" rgba="0.25 0.25 0.28 1" contype="0" conaffinity="0" mass="0.4"/>
+                <body name="l6" pos="0 0 0" gravcomp="1">
+                  <joint name="j6" axis="0 1 0" range="-1.7 2.9"/>
+                  <geom type="capsule" fromto="0 0 0 0 0 0.06" size="0.03" rgba="0.9 0.9 0.92 1" contype="0" conaffinity="0" mass="0.4"/>
+                  <body name="hand" pos="0 0 0.08" gravcomp="1">
+                    <joint name="j7" axis="0 0 1" range="-2.8 2.8"/>
+                    <geom type="box" size="0.02 0.06 0.015" rgba="0.25 0.25 0.28 1" mass="0.3"/>
+                    <camera name="wrist" pos="0.06 0 0.0" xyaxes="1 0 0 0 -1 0" fovy="75"/>
+                    <site name="grip" pos="0 0 0.095" size="0.005" rgba="1 0 0 0"/>
+                    <body name="finger_l" pos="0 0 0.015" gravcomp="1">
+                      <joint name="f_l" type="slide" axis="0 1 0" range="0 0.045" damping="5"/>
+                      <geom type="box" size="0.018 0.006 0.045" pos="0 0.006 0.045" rgba="0.35 0.35 0.38 1"
+                            friction="2 0.05 0.001" condim="4" mass="0.05"/>
+                    </body>
+                    <body name="finger_r" pos="0 0 0.015" gravcomp="1">
+                      <joint name="f_r" type="slide" axis="0 -1 0" range="0 0.045" damping="5"/>
+                      <geom type="box" size="0.018 0.006 0.045" pos="0 -0.006 0.045" rgba="0.35 0.35 0.38 1"
+                            friction="2 0.05 0.001" condim="4" mass="0.05"/>
+                    </body>
+                  </body>
+                </body>
+              </body>
+            </body>
+          </body>
+        </body>
+      </body>
+    </body>
+    {objects}
+  </worldbody>
+  <actuator>
+    {actuators}
+    <position name="a_fl" joint="f_l" kp="300" kv="10" ctrlrange="0 0.045" forcerange="-10 10"/>
+    <position name="a_fr" joint="f_r" kp="300" kv="10" ctrlrange="0 0.045" forcerange="-10 10"/>
+  </actuator>
+</mujoco>
+"""

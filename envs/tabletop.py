@@ -1,0 +1,199 @@
+"""The built-in language-conditioned tabletop suite (gymnasium API, LIBERO conventions).
+
+Action: delta end-effector pose (dx, dy, dz, droll, dpitch, dyaw) + gripper, all in [-1, 1],
+at 20 Hz; -1 opens, +1 closes the gripper (robosuite/LIBERO convention). A damped
+least-squares step on MuJoCo's site Jacobian turns the pose delta into joint targets for
+position servos. Observation: `agentview` and `wrist` RGB (uint8) and an 8-D state
+(end-effector position 3, axis-angle 3, finger positions 2), like LIBERO's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.scene import CUBE_HALF, HOME_QPOS, PLATE_RADIUS, scene_xml
+
+CONTROL_HZ = 20
+POS_SCALE = 0.03  # metres per unit action per control step
+ROT_SCALE = 0.3  # radians per unit action per control step
+WORKSPACE = ((0.38, 0.62), (-0.2, 0.2))  # x, y ranges for objects
+CAMERAS = ("agentview", "wrist")
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    instruction: str
+    kind: str  # "lift" or "place"
+    target_cube: str
+    cubes: list[str] = field(default_factory=list)
+    plates: list[str] = field(default_factory=list)
+    target_plate: str | None = None
+    max_episode_steps: int = 80
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("lift_red", "pick up the red cube", "lift", "red", ["red", "green", "blue"]),
+        TaskSpec("lift_green", "pick up the green cube", "lift", "green", ["red", "green", "blue"]),
+        TaskSpec("lift_blue", "pick up the blue cube", "lift", "blue", ["red", "green", "blue"]),
+        TaskSpec("place_yellow", "put the red cube on the yellow plate", "place", "red", ["red"],
+                 ["yellow", "purple"], "yellow", 120),
+        TaskSpec("place_purple", "put the red cube on the purple plate", "place", "red", ["red"],
+                 ["yellow", "purple"], "purple", 120),
+    ]
+}  # fmt: skip
+
+
+def _quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
+    q = q / np.linalg.norm(q)
+    if q[0] < 0:
+        q = -q
+    s = np.linalg.norm(q[1:])
+    if s < 1e-9:
+        return np.zeros(3)
+    return q[1:] / s * 2.0 * np.arctan2(s, q[0])
+
+
+class TabletopEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
+
+    def __init__(self, task: str = "lift_red", image_size: int = 128, render_mode: str | None = "rgb_array") -> None:
+        if task not in TASKS:
+            raise KeyError(f"unknown built-in task {task!r}; available: {sorted(TASKS)}")
+        self.task = TASKS[task]
+        self.image_size = image_size
+        self.render_mode = render_mode
+        self.model = mujoco.MjModel.from_xml_string(scene_xml(self.task.cubes, self.task.plates, image_size))
+        self.data = mujoco.MjData(self.model)
+        self._renderer: mujoco.Renderer | None = None
+        self._site = self.model.site("grip").id
+        self._arm_qpos = np.array([self.model.joint(f"j{i}").qposadr[0] for i in range(1, 8)])
+        self._arm_dof = np.array([self.model.joint(f"j{i}").dofadr[0] for i in range(1, 8)])
+        self._fingers = np.array([self.model.joint(n).qposadr[0] for n in ("f_l", "f_r")])
+        self._substeps = round(1.0 / CONTROL_HZ / self.model.opt.timestep)
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        img = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(
+            {"agentview": img, "wrist": img, "state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)}
+        )
+        self._steps = 0
+
+    @property
+    def instruction(self) -> str:
+        return self.task.instruction
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[self._arm_qpos] = HOME_QPOS + self.np_random.uniform(-0.05, 0.05, 7)
+        self.data.qpos[self._fingers] = 0.045
+        self.data.ctrl[:7] = self.data.qpos[self._arm_qpos]
+        self.data.ctrl[7:9] = 0.045
+        placed: list[np.ndarray] = []
+        for name in [f"{c}_cube" for c in self.task.cubes] + [f"{p}_plate" for p in self.task.plates]:
+            xy = self._sample_xy(placed, 0.15 if name.endswith("plate") else 0.09)
+            placed.append(xy)
+            body = self.model.body(name)
+            if name.endswith("cube"):
+                adr = self.model.joint(f"{name}_joint").qposadr[0]
+                yaw = self.np_random.uniform(-0.5, 0.5)
+                self.data.qpos[adr : adr + 7] = [*xy, CUBE_HALF, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
+            else:
+                self.model.body_pos[body.id][:2] = xy
+        mujoco.mj_forward(self.model, self.data)
+        self._steps = 0
+        return self._observation(), self._info()
+
+    def _sample_xy(self, placed: list[np.ndarray], min_dist: float) -> np.ndarray:
+        for _ in range(200):
+            xy = np.array([self.np_random.uniform(*WORKSPACE[0]), self.np_random.uniform(*WORKSPACE[1])])
+            if all(np.linalg.norm(xy - p) >= min_dist for p in placed):
+                return xy
+        raise RuntimeError(f"could not place objects for task {self.task.name} without overlap")
+
+    # ------------------------------------------------------------------ step
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (7,):
+            raise ValueError(f"action must have shape (7,), got {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError(f"action contains NaN or Inf: {action}")
+        action = np.clip(action, -1.0, 1.0)
+        self.data.ctrl[:7] = self._ik_targets(action[:3] * POS_SCALE, action[3:6] * ROT_SCALE)
+        self.data.ctrl[7:9] = 0.0 if action[6] > 0 else 0.045
+        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
+        self._steps += 1
+        success = self.is_success()
+        truncated = self._steps >= self.task.max_episode_steps
+        return self._observation(), float(success), success, truncated, self._info()
+
+    def _ik_targets(self, dpos: np.ndarray, drot: np.ndarray) -> np.ndarray:
+        """One damped least-squares step from the current joints towards the displaced pose."""
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self._site)
+        jac = np.vstack([self._jacp[:, self._arm_dof], self._jacr[:, self._arm_dof]])  # (6, 7)
+        err = np.concatenate([dpos, drot])
+        jjt = jac @ jac.T
+        dq = jac.T @ np.linalg.solve(jjt + 1e-3 * np.eye(6), err)
+        q = self.data.qpos[self._arm_qpos]
+        # Posture bias towards home in the (nearly exact) nullspace, so it does not pull the hand.
+        null = np.eye(7) - jac.T @ np.linalg.solve(jjt + 1e-6 * np.eye(6), jac)
+        dq += null @ (0.05 * (np.asarray(HOME_QPOS) - q))
+        lo, hi = self.model.actuator_ctrlrange[:7].T
+        return np.clip(q + dq, lo, hi)
+
+    # ------------------------------------------------------------------ state
+    def object_pos(self, name: str) -> np.ndarray:
+        return self.data.body(name).xpos.copy()
+
+    def eef_pos(self) -> np.ndarray:
+        return self.data.site_xpos[self._site].copy()
+
+    def gripper_opening(self) -> float:
+        return float(self.data.qpos[self._fingers].sum())
+
+    def proprio(self) -> np.ndarray:
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._site])
+        axis_angle = _quat_to_axis_angle(quat)
+        return np.concatenate([self.eef_pos(), axis_angle, self.data.qpos[self._fingers]]).astype(np.float32)
+
+    def is_success(self) -> bool:
+        cube = self.object_pos(f"{self.task.target_cube}_cube")
+        if self.task.kind == "lift":
+            return bool(cube[2] > 0.1)
+        plate = self.object_pos(f"{self.task.target_plate}_plate")
+        on_plate = np.linalg.norm(cube[:2] - plate[:2]) < PLATE_RADIUS and cube[2] < CUBE_HALF + 0.01
+        released = self.gripper_opening() > 0.06 and self.eef_pos()[2] > cube[2] + 0.04
+        return bool(on_plate and released)
+
+    def _info(self) -> dict:
+        return {"instruction": self.instruction, "task": self.task.name, "success": self.is_success()}
+
+    # ------------------------------------------------------------------ rendering
+    def render_camera(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render().copy()
+
+    def _observation(self) -> dict:
+        obs = {cam: self.render_camera(cam) for cam in CAMERAS}
+        obs["state"] = self.proprio()
+        return obs
+
+    def render(self):
+        return self.render_camera("agentview")
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

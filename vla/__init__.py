@@ -1,0 +1,1 @@
+"""Masked-diffusion vision-language-action policy: backbone, action tokenizer, decoder, sampler."""

@@ -1,0 +1,198 @@
+"""Adapter over Hugging Face vision-language models that yields the prefix hidden states.
+
+The prefix is [vision tokens of every camera] [instruction tokens], run through the VLM with
+its own processor and native attention; the policy appends a proprioceptive-state token. The
+same code path serves the built-in tiny model (a LLaVA: SigLIP vision + Llama language model,
+built from a config here, random init) and pretrained models loaded by path or hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Text that stands for one image in a prompt, per model family (config.model_type); families
+# not listed use the processor's own `image_token`.
+_IMAGE_PROMPT = {
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+}
+
+
+@dataclass
+class BackboneConfig:
+    # "tiny" builds the built-in LLaVA from the sizes below; otherwise a local path or hub id.
+    source: str = "tiny"
+    image_size: int = 128
+    patch_size: int = 16
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    text_vocab: int = 512
+    freeze_vision: bool = False
+    freeze_language: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"backbone.image_size ({self.image_size}) must be a multiple of backbone.patch_size ({self.patch_size})"
+            )
+        if self.hidden_size % self.heads:
+            raise ValueError(f"backbone.hidden_size ({self.hidden_size}) must divide by backbone.heads ({self.heads})")
+        if self.lora_rank < 0:
+            raise ValueError(f"backbone.lora_rank must be >= 0, got {self.lora_rank}")
+
+
+def build_tiny_vlm(cfg: BackboneConfig):
+    """The built-in default: a random-init LLaVA (SigLIP + Llama) and a processor built here."""
+    from transformers import (
+        LlamaConfig,
+        LlavaConfig,
+        LlavaModel,
+        LlavaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    from vla.text_tokenizer import build_text_tokenizer
+
+    tokenizer = build_text_tokenizer(cfg.text_vocab)
+    image_processor = SiglipImageProcessor(
+        size={"height": cfg.image_size, "width": cfg.image_size},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        image_token="<image>",
+    )
+    n_patches = (cfg.image_size // cfg.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=SiglipVisionConfig(
+            hidden_size=cfg.vision_hidden,
+            intermediate_size=4 * cfg.vision_hidden,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=4 * cfg.hidden_size,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            num_key_value_heads=cfg.kv_heads,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_seq_length=n_patches,
+        projector_hidden_act="gelu",
+    )
+    return LlavaModel(config), processor
+
+
+def load_pretrained_vlm(source: str, local_files_only: bool = False):
+    """Any transformers VLM by local folder or hub id, as its base model (no LM head)."""
+    from transformers import AutoModel, AutoProcessor
+
+    if Path(source).exists() is False and "/" not in source:
+        raise FileNotFoundError(
+            f"backbone.source={source!r} is neither the built-in 'tiny', a local folder, nor a hub id (owner/name)"
+        )
+    processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
+    model = AutoModel.from_pretrained(source, local_files_only=local_files_only)
+    return model, processor
+
+
+def model_from_saved_config(folder: str | Path):
+    """Rebuild the architecture saved with a checkpoint (weights come from the checkpoint)."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    return AutoModel.from_config(config), processor
+
+
+def _text_config(model) -> object:
+    cfg = model.config
+    return getattr(cfg, "text_config", cfg)
+
+
+class VLMBackbone(nn.Module):
+    """images (B, N, 3, H, W) in [0, 1] + instructions -> prefix (B, P, hidden), mask (B, P)."""
+
+    def __init__(self, model: nn.Module, processor, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.processor = processor
+        self.model_type = model.config.model_type
+        self.hidden_size = int(_text_config(model).hidden_size)
+        self._apply_freezing(model)
+        self.vlm = self._maybe_lora(model)
+
+    def _apply_freezing(self, model: nn.Module) -> None:
+        for name, module in model.named_children():
+            is_vision = any(k in name for k in ("vision", "visual"))
+            is_language = "language" in name or name in ("text_model", "model")
+            if (is_vision and self.cfg.freeze_vision) or (is_language and self.cfg.freeze_language):
+                module.requires_grad_(False)
+                log.info("froze backbone submodule %s", name)
+
+    def _maybe_lora(self, model: nn.Module) -> nn.Module:
+        if self.cfg.lora_rank == 0:
+            return model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as e:  # pragma: no cover - peft is a core dependency
+            raise ImportError("backbone.lora_rank > 0 needs peft: pip install peft") from e
+        lora = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=self.cfg.lora_targets)
+        return get_peft_model(model, lora)
+
+    def prompt(self, instruction: str, num_images: int) -> str:
+        image = _IMAGE_PROMPT.get(self.model_type) or self.processor.image_token
+        return image * num_images + instruction.strip().lower()
+
+    def prepare(self, images: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """Run the model's own processor. images: (B, N, 3, H, W) float in [0, 1]."""
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be (B, N, 3, H, W), got {tuple(images.shape)}")
+        if len(instructions) != images.shape[0]:
+            raise ValueError(f"{len(instructions)} instructions for a batch of {images.shape[0]} images")
+        num_images = images.shape[1]
+        text = [self.prompt(s, num_images) for s in instructions]
+        batch = [list(sample) for sample in images.float().cpu()]
+        kwargs = {"do_rescale": False}
+        if self.model_type == "paligemma":
+            kwargs["suffix"] = None
+        return dict(self.processor(text=text, images=batch, return_tensors="pt", padding=True, **kwargs))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.vlm.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(next(self.vlm.parameters()).dtype)
+        out = self.vlm(**inputs, use_cache=False)
+        hidden = out.last_hidden_state  # (B, P, hidden)
+        mask = inputs["attention_mask"].bool()  # (B, P)
+        return hidden, mask

@@ -1,0 +1,331 @@
+"""The policy: backbone prefix + proprio token + action decoder, with `infer` and checkpoints.
+
+Observation contract (one sample; `infer` also takes a batch with a leading B on arrays and a
+list of instructions):
+    {"images": {camera: uint8 (H, W, 3)}, "state": float (S,), "instruction": str}
+Training batch contract (built by data/):
+    images float (B, N, 3, size, size) in [0, 1]; state (B, S); instruction list[str];
+    actions (B, H, D); action_is_pad (B, H) bool.
+`infer` returns un-normalised actions (H, D) (or (B, H, D)).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
+from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm, model_from_saved_config
+from vla.configs import from_dict, load_json, save_json, to_dict
+from vla.decoder import ActionDecoder, DecoderConfig
+from vla.image_transforms import center_crop, to_float
+from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
+
+DECODER_TYPES = ("diffusion", "autoregressive")
+CHECKPOINT_FORMAT = "vla-policy"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class PolicyConfig:
+    decoder_type: str = "diffusion"
+    chunk_size: int = 8
+    action_dim: int = 7
+    state_dim: int = 8
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
+    crop_area: float = 0.9  # evaluation centre crop; training uses a random crop of this area
+    rotate_180: bool = False  # camera convention: LIBERO renders upside down
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        if self.decoder_type not in DECODER_TYPES:
+            raise ValueError(f"policy.decoder_type={self.decoder_type!r}; choose one of {DECODER_TYPES}")
+        for name in ("chunk_size", "action_dim", "state_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.cameras:
+            raise ValueError("policy.cameras must name at least one camera")
+        if not 0.1 <= self.crop_area <= 1.0:
+            raise ValueError(f"policy.crop_area must be in [0.1, 1], got {self.crop_area}")
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+
+def _stat(stats: dict, key: str, name: str, width: int) -> np.ndarray:
+    try:
+        value = np.asarray(stats[key][name], dtype=np.float64)
+    except KeyError as e:
+        raise KeyError(f"normalisation stats are missing {key}.{name}") from e
+    if value.shape != (width,):
+        raise ValueError(f"normalisation stats {key}.{name} has shape {value.shape}, expected ({width},)")
+    if not np.isfinite(value).all():
+        raise ValueError(f"normalisation stats {key}.{name} contain NaN or Inf")
+    return value
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, stats: dict, vlm=None, tokenizer_state: dict | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stats = stats
+        if vlm is None:
+            vlm = build_tiny_vlm(cfg.backbone) if cfg.backbone.source == "tiny" else load_pretrained_vlm(cfg.backbone.source)
+        self.backbone = VLMBackbone(*vlm, cfg.backbone)
+        if tokenizer_state is None:
+            q01 = _stat(stats, "action", "q01", cfg.action_dim)
+            q99 = _stat(stats, "action", "q99", cfg.action_dim)
+            self.action_tokenizer = ActionTokenizer(cfg.action_tokenizer, q01, q99)
+        else:
+            self.action_tokenizer = ActionTokenizer.from_state_dict(tokenizer_state)
+        if self.action_tokenizer.action_dim != cfg.action_dim:
+            raise ValueError(
+                f"action tokenizer width {self.action_tokenizer.action_dim} != policy.action_dim {cfg.action_dim}"
+            )
+        mean = _stat(stats, "state", "mean", cfg.state_dim)
+        std = _stat(stats, "state", "std", cfg.state_dim)
+        self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("state_std", torch.tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32), persistent=False)
+        hidden = self.backbone.hidden_size
+        self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins)
+        self.generator = torch.Generator()
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return self.state_proj[0].weight.device
+
+    # ----------------------------------------------------------------------------- prefix
+    def encode_prefix(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]):
+        """images float (B, N, 3, S, S); state (B, S_dim) raw -> prefix (B, P + 1, hidden), mask."""
+        if state.shape[-1] != self.cfg.state_dim:
+            raise ValueError(f"state has width {state.shape[-1]}, this policy expects {self.cfg.state_dim}")
+        if images.shape[1] != len(self.cfg.cameras):
+            raise ValueError(f"got {images.shape[1]} camera images, this policy expects {self.cfg.cameras}")
+        hidden, mask = self.backbone(self.backbone.prepare(images, instructions))
+        s = (state.to(self.device).float() - self.state_mean) / self.state_std
+        state_tok = self.state_proj(s)[:, None]  # (B, 1, hidden)
+        prefix = torch.cat([hidden, state_tok.to(hidden.dtype)], dim=1)  # (B, P + 1, hidden)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return prefix, mask
+
+    # ----------------------------------------------------------------------------- training
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Masked-diffusion objective (method.md section 4) or next-slot cross-entropy."""
+        prefix, pmask = self.encode_prefix(batch["images"], batch["state"], batch["instruction"])
+        cache = self.decoder.prefix_cache(prefix, pmask)
+        tokens = self.action_tokenizer.encode(batch["actions"].to(self.device))  # (B, H, D)
+        b, h, d = tokens.shape
+        if h != self.cfg.chunk_size:
+            raise ValueError(f"action chunk has {h} steps, this policy expects {self.cfg.chunk_size}")
+        tokens = tokens.reshape(b, h * d)  # (B, L)
+        valid = (~batch["action_is_pad"].to(self.device))[:, :, None].expand(b, h, d).reshape(b, h * d)
+        if self.cfg.decoder_type == "autoregressive":
+            inp = torch.cat([torch.full_like(tokens[:, :1], self.decoder.bos_id), tokens[:, :-1]], dim=1)
+            logits = self.decoder(inp, cache, causal=True)
+            target_mask = valid
+        else:
+            target_mask = self._training_mask(b, h * d, generator) & valid
+            inp = torch.where(target_mask, self.decoder.mask_id, tokens)
+            logits = self.decoder(inp, cache)
+        loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == tokens)[target_mask].float().mean()
+        return loss, {"loss": loss.detach(), "masked_acc": acc}
+
+    def _training_mask(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Cosine mask ratio g = cos(pi r / 2), k = max(1, round(L g)) slots chosen uniformly."""
+        r = torch.rand(b, generator=generator)
+        k = torch.clamp(torch.round(n * torch.cos(math.pi * r / 2)), min=1).long()  # (B,)
+        order = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
+        return (order < k[:, None]).to(self.device)
+
+    @torch.no_grad()
+    def fully_masked_accuracy(self, batch: dict) -> torch.Tensor:
+        """Token accuracy from one pass with every slot masked (diffusion) or greedy decoding (AR)."""
+        prefix, pmask = self.encode_prefix(batch["images"], batch["state"], batch["instruction"])
+        tokens = self.action_tokenizer.encode(batch["actions"].to(self.device))
+        b, h, d = tokens.shape
+        tokens = tokens.reshape(b, h * d)
+        valid = (~batch["action_is_pad"].to(self.device))[:, :, None].expand(b, h, d).reshape(b, h * d)
+        cache = self.decoder.prefix_cache(prefix, pmask)
+        if self.cfg.decoder_type == "autoregressive":
+            pred = self._decode_ar(cache, b)
+        else:
+            pred = self.decoder(torch.full_like(tokens, self.decoder.mask_id), cache).argmax(-1)
+        return (pred == tokens)[valid].float().mean()
+
+    # ----------------------------------------------------------------------------- decoding
+    def _decode_ar(self, cache: dict, b: int) -> torch.Tensor:
+        def step(prev, i, past):
+            return self.decoder.step(prev, i, cache, past)
+
+        return autoregressive_decode(step, b, self.decoder.num_slots, self.decoder.bos_id, self.device)
+
+    @torch.no_grad()
+    def predict_tokens(
+        self,
+        images: torch.Tensor,
+        state: torch.Tensor,
+        instructions: list[str],
+        use_cache: bool = True,
+        fixed_actions: torch.Tensor | None = None,
+        trace: DecodeTrace | None = None,
+    ) -> torch.Tensor:
+        """-> tokens (B, H, D). fixed_actions (B, k, D): the first k steps are pre-committed."""
+        b = images.shape[0]
+        prefix, pmask = self.encode_prefix(images, state, instructions)
+        cache = self.decoder.prefix_cache(prefix, pmask)
+        if self.cfg.decoder_type == "autoregressive":
+            if fixed_actions is not None:
+                raise ValueError("inpainting (fixed_actions) needs decoder_type='diffusion'")
+            return self._decode_ar(cache, b).reshape(b, self.cfg.chunk_size, self.cfg.action_dim)
+
+        def logits_cached(tokens):
+            return self.decoder(tokens, cache)
+
+        def logits_recomputed(tokens):  # reference path: the prefix is recomputed every step
+            p, m = self.encode_prefix(images, state, instructions)
+            return self.decoder(tokens, self.decoder.prefix_cache(p, m))
+
+        fixed_tokens = fixed_mask = None
+        n = self.decoder.num_slots
+        if fixed_actions is not None:
+            k = fixed_actions.shape[1]
+            if not 0 < k < self.cfg.chunk_size:
+                raise ValueError(f"fixed_actions must fix 1..{self.cfg.chunk_size - 1} steps, got {k}")
+            fixed_tokens = torch.full((b, n), self.decoder.mask_id, dtype=torch.long, device=self.device)
+            fixed_tokens[:, : k * self.cfg.action_dim] = self.action_tokenizer.encode(fixed_actions.to(self.device)).reshape(b, -1)
+            fixed_mask = fixed_tokens != self.decoder.mask_id
+        tokens = masked_diffusion_decode(
+            logits_cached if use_cache else logits_recomputed,
+            b,
+            n,
+            self.decoder.mask_id,
+            self.cfg.sampler,
+            generator=self.generator,
+            device=self.device,
+            fixed_tokens=fixed_tokens,
+            fixed_mask=fixed_mask,
+            trace=trace,
+        )
+        return tokens.reshape(b, self.cfg.chunk_size, self.cfg.action_dim)
+
+    def preprocess(self, observation: dict) -> tuple[torch.Tensor, torch.Tensor, list[str], bool]:
+        """Raw observation (single or batched) -> eval-transformed images, state, instructions."""
+        for key in ("images", "state", "instruction"):
+            if key not in observation:
+                raise KeyError(f"observation is missing {key!r}; expected images, state, instruction")
+        cams = observation["images"]
+        missing = [c for c in self.cfg.cameras if c not in cams]
+        if missing:
+            raise KeyError(f"observation images are missing cameras {missing}; this policy uses {self.cfg.cameras}")
+        arrays = [np.asarray(cams[c]) for c in self.cfg.cameras]
+        single = arrays[0].ndim == 3
+        if single:
+            arrays = [a[None] for a in arrays]
+        images = torch.from_numpy(np.stack(arrays, axis=1))  # (B, N, H, W, 3)
+        x = center_crop(to_float(images, self.cfg.rotate_180), self.cfg.crop_area, self.cfg.image_size)
+        state = torch.as_tensor(np.asarray(observation["state"], dtype=np.float32))
+        state = state[None] if single else state
+        if not torch.isfinite(state).all():
+            raise ValueError("observation state contains NaN or Inf")
+        instr = observation["instruction"]
+        instructions = [instr] if isinstance(instr, str) else list(instr)
+        return x, state, instructions, single
+
+    @torch.no_grad()
+    def infer(self, observation: dict, fixed_actions: np.ndarray | None = None) -> np.ndarray:
+        """Raw observation -> un-normalised action chunk (H, D), or (B, H, D) for a batch."""
+        images, state, instructions, single = self.preprocess(observation)
+        fixed = None
+        if fixed_actions is not None:
+            fixed = torch.as_tensor(np.asarray(fixed_actions, dtype=np.float32))
+            fixed = fixed[None] if single else fixed
+        tokens = self.predict_tokens(images, state, instructions, fixed_actions=fixed)
+        actions = self.action_tokenizer.decode(tokens).cpu().numpy()
+        return actions[0] if single else actions
+
+    def reset(self, seed: int = 0) -> None:
+        """Start a new episode: decoding randomness restarts from `seed`."""
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write a self-describing checkpoint folder atomically (a crash leaves the old one)."""
+        path = Path(path)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            safetensors.torch.save_model(self, str(tmp / "model.safetensors"))
+            meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "policy": to_dict(self.cfg)}
+            save_json(tmp / "config.json", {**meta, **(extra or {})})
+            save_json(tmp / "action_tokenizer.json", self.action_tokenizer.state_dict())
+            save_json(tmp / "stats.json", self.stats)
+            vlm = self.backbone.vlm
+            base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+            base.config.save_pretrained(tmp / "backbone")
+            self.backbone.processor.save_pretrained(tmp / "backbone")
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+        path = Path(path)
+        for name in ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json", "backbone"):
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path} is not a complete policy checkpoint: {name} is missing")
+        meta = load_json(path / "config.json")
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
+        cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+        vlm = model_from_saved_config(path / "backbone")
+        policy = cls(cfg, load_json(path / "stats.json"), vlm=vlm, tokenizer_state=load_json(path / "action_tokenizer.json"))
+        missing, unexpected = safetensors.torch.load_model(policy, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path / 'model.safetensors'} does not match the saved config: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        return policy.to(device).eval()
+
+    def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
+        """Refuse data or environments whose widths or cameras differ from the checkpoint's."""
+        problems = []
+        if action_dim != self.cfg.action_dim:
+            problems.append(f"action width {action_dim} != checkpoint's {self.cfg.action_dim}")
+        if state_dim != self.cfg.state_dim:
+            problems.append(f"state width {state_dim} != checkpoint's {self.cfg.state_dim}")
+        missing = [c for c in self.cfg.cameras if c not in cameras]
+        if missing:
+            problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
+        if problems:
+            raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

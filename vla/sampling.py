@@ -1,0 +1,176 @@
+"""Decoding: MaskGIT-style masked-diffusion refinement and the autoregressive baseline.
+
+`masked_diffusion_decode` is a pure function of a logits callable, in the style of LLaDA's
+`generate`: all the sampling arithmetic (softmax, Gumbel noise, confidences) is done in
+float64 on purpose, so that near-ties are ranked the same on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+CONFIDENCES = ("max_prob", "margin", "sampled_prob", "random")
+SCHEDULES = ("linear", "constant")
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 12
+    confidence: str = "max_prob"
+    temperature: float = 1.0  # Gumbel temperature at the first step
+    temperature_schedule: str = "linear"  # linear: decays to 0 at the last step
+    confidence_noise: float = 1.0  # scale of Gumbel noise on log-confidence (times temperature)
+    remask_threshold: bool = False  # threshold check: committed slot with max-prob < eta_s -> [MASK]
+    remask_eta: float = 0.5  # eta at the last step
+    remask_eta_schedule: str = "linear"  # linear: eta_s = remask_eta * s / T (loose early); constant
+    remask_delta: float | None = None  # residual-drop check: confidence fell by > delta -> [MASK]
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"sampler.confidence={self.confidence!r}; choose one of {CONFIDENCES}")
+        for name in ("temperature_schedule", "remask_eta_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                raise ValueError(f"sampler.{name}={getattr(self, name)!r}; choose one of {SCHEDULES}")
+        if self.temperature < 0:
+            raise ValueError(f"sampler.temperature must be >= 0, got {self.temperature}")
+        if self.remask_delta is not None and self.remask_delta <= 0:
+            raise ValueError(f"sampler.remask_delta must be > 0 or None, got {self.remask_delta}")
+
+
+def masked_after_step(num_free: int, step: int, steps: int) -> int:
+    """Cosine schedule: how many free slots are still masked after `step` (0-based)."""
+    if step >= steps - 1:
+        return 0
+    n = math.floor(num_free * math.cos(math.pi / 2 * (step + 1) / steps))
+    return min(max(n, 1), max(num_free - 1, 0))
+
+
+def temperature_at(cfg: SamplerConfig, step: int) -> float:
+    if cfg.temperature_schedule == "constant":
+        return cfg.temperature
+    if cfg.steps == 1:
+        return 0.0
+    return cfg.temperature * (1.0 - step / (cfg.steps - 1))
+
+
+def eta_at(cfg: SamplerConfig, step: int) -> float:
+    if cfg.remask_eta_schedule == "constant":
+        return cfg.remask_eta
+    return cfg.remask_eta * step / cfg.steps
+
+
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-12)))
+
+
+@dataclass
+class DecodeTrace:
+    """Per step: tokens after the step (B, L) and the mask after the step (B, L), for tests/analysis."""
+
+    tokens: list[torch.Tensor]
+    masked: list[torch.Tensor]
+    remasked: list[torch.Tensor]
+
+
+def masked_diffusion_decode(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    num_slots: int,
+    mask_id: int,
+    cfg: SamplerConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    fixed_tokens: torch.Tensor | None = None,
+    fixed_mask: torch.Tensor | None = None,
+    trace: DecodeTrace | None = None,
+) -> torch.Tensor:
+    """Decode (B, L) tokens from all-[MASK]. logits_fn: (B, L) ids -> (B, L, bins).
+
+    fixed_mask (B, L) bool marks pre-committed slots (inpainting) whose ids come from
+    fixed_tokens; they are never resampled or remasked.
+    """
+    b, n = batch_size, num_slots
+    tokens = torch.full((b, n), mask_id, dtype=torch.long, device=device)
+    if fixed_mask is None:
+        fixed_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
+    else:
+        if fixed_tokens is None or fixed_tokens.shape != (b, n) or fixed_mask.shape != (b, n):
+            raise ValueError(f"fixed_tokens and fixed_mask must both be ({b}, {n})")
+        tokens = torch.where(fixed_mask, fixed_tokens.to(device), tokens)
+    free = (~fixed_mask).sum(1).tolist()  # per sample
+    masked = ~fixed_mask
+    commit_conf = torch.zeros(b, n, dtype=torch.float64, device=device)
+
+    for s in range(cfg.steps):
+        probs = torch.softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
+        tau = temperature_at(cfg, s)
+        last = s == cfg.steps - 1
+
+        # Secondary remasking of committed (not fixed) slots, judged on the current distribution.
+        committed = ~masked & ~fixed_mask
+        remask = torch.zeros_like(masked)
+        if not last and (cfg.remask_threshold or cfg.remask_delta is not None):
+            held = tokens.clamp(max=probs.shape[-1] - 1)
+            own_prob = probs.gather(-1, held[..., None])[..., 0]
+            if cfg.remask_threshold:
+                remask |= committed & (probs.max(-1).values < eta_at(cfg, s))
+            if cfg.remask_delta is not None:
+                remask |= committed & (commit_conf - own_prob > cfg.remask_delta)
+            tokens = torch.where(remask, mask_id, tokens)
+            masked = masked | remask
+
+        # Candidates for every masked slot: tempered Gumbel-max (argmax once tau reaches 0).
+        logp = probs.clamp_min(1e-30).log()
+        noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
+        cand = noisy.argmax(-1)  # (B, L)
+        top2 = probs.topk(2, dim=-1).values
+        conf = {
+            "max_prob": top2[..., 0],
+            "margin": top2[..., 0] - top2[..., 1],
+            "sampled_prob": probs.gather(-1, cand[..., None])[..., 0],
+            "random": torch.rand((b, n), generator=generator, device=device, dtype=torch.float64),
+        }[cfg.confidence]
+        score = conf.clamp_min(1e-30).log()
+        if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence != "random":
+            score = score + cfg.confidence_noise * tau * _gumbel(score.shape, generator, device)
+
+        # Easy first: the lowest-scoring masked slots stay masked, the schedule says how many.
+        keep = torch.tensor([masked_after_step(f, s, cfg.steps) for f in free], device=device)
+        score = torch.where(masked, score, torch.inf)
+        rank = score.argsort(dim=1).argsort(dim=1)  # 0 = least confident
+        stay = masked & (rank < keep[:, None])
+        commit = masked & ~stay
+        tokens = torch.where(commit, cand, tokens)
+        own = probs.gather(-1, cand[..., None])[..., 0]
+        commit_conf = torch.where(commit, own, commit_conf)
+        masked = stay
+        if trace is not None:
+            trace.tokens.append(tokens.clone())
+            trace.masked.append(masked.clone())
+            trace.remasked.append(remask.clone())
+    return tokens
+
+
+def autoregressive_decode(
+    step_fn: Callable[[torch.Tensor, int, object], tuple[torch.Tensor, object]],
+    batch_size: int,
+    num_slots: int,
+    bos_id: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Greedy left-to-right decoding, one slot per pass with a key/value cache."""
+    prev = torch.full((batch_size, 1), bos_id, dtype=torch.long, device=device)
+    past = None
+    out = []
+    for i in range(num_slots):
+        logits, past = step_fn(prev, i, past)  # (B, bins)
+        prev = logits.argmax(-1, keepdim=True)
+        out.append(prev)
+    return torch.cat(out, dim=1)  # (B, L)
