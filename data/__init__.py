@@ -1,0 +1,1 @@
+"""Datasets: recording demonstrations, readers for public formats, the zarr cache, loaders."""

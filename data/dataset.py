@@ -1,0 +1,76 @@
+"""Torch dataset of (observation, instruction, action chunk) samples from a zarr cache.
+
+Sample i is frame t of some episode: images and state at t, the instruction, and actions
+t .. t + H - 1; steps past the episode's end repeat its last action and are flagged in
+`action_is_pad` (the loss ignores them). Augmentation runs per batch in `collate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.cache import ZarrCache
+from vla.image_transforms import center_crop, color_jitter, random_crop, to_float
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 32
+    augment: bool = True
+    crop_area: float = 0.9
+    jitter: float = 0.1
+
+
+class ChunkDataset(Dataset):
+    def __init__(self, cache: ZarrCache, chunk_size: int, cameras: list[str]) -> None:
+        missing = [c for c in cameras if c not in cache.cameras]
+        if missing:
+            raise KeyError(f"cache {cache.path} has no cameras {missing}; it has {cache.cameras}")
+        self.cache = cache
+        self.chunk_size = chunk_size
+        self.cameras = cameras
+        ep_of_frame = np.searchsorted(cache.episode_ends, np.arange(cache.num_frames), side="right")
+        self.frame_episode = ep_of_frame  # (N,)
+
+    def __len__(self) -> int:
+        return self.cache.num_frames
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.cache
+        ep = int(self.frame_episode[i])
+        end = int(c.episode_ends[ep])
+        idx = np.arange(i, i + self.chunk_size)
+        pad = idx >= end
+        idx = np.minimum(idx, end - 1)
+        return {
+            "images": np.stack([np.asarray(c.images[cam][i]) for cam in self.cameras]),  # (N, H, W, 3)
+            "state": c.state[i],
+            "instruction": c.tasks[int(c.task_index[ep])],
+            "actions": c.action[idx],  # (H, D)
+            "action_is_pad": pad,
+        }
+
+
+class Collate:
+    """Stack samples and apply the image transforms (random crop + jitter, or centre crop)."""
+
+    def __init__(self, cfg: LoaderConfig, image_size: int, rotate_180: bool = False, train: bool = True) -> None:
+        self.cfg, self.size, self.rotate, self.train = cfg, image_size, rotate_180, train
+
+    def __call__(self, samples: list[dict]) -> dict:
+        images = to_float(torch.from_numpy(np.stack([s["images"] for s in samples])), self.rotate)
+        if self.train and self.cfg.augment:
+            images = color_jitter(random_crop(images, self.cfg.crop_area, self.size), self.cfg.jitter)
+        else:
+            images = center_crop(images, self.cfg.crop_area, self.size)
+        return {
+            "images": images,  # (B, N, 3, S, S)
+            "state": torch.from_numpy(np.stack([s["state"] for s in samples])).float(),
+            "instruction": [s["instruction"] for s in samples],
+            "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).float(),
+            "action_is_pad": torch.from_numpy(np.stack([s["action_is_pad"] for s in samples])),
+        }

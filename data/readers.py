@@ -1,0 +1,118 @@
+"""Readers that map a source format's keys onto the Episode contract through a small config.
+
+(a) LeRobotDataset v3 (our recordings, the public LIBERO ports, Bridge-style ports) through
+lerobot's own `LeRobotDataset`; (b) LIBERO's original robomimic-layout HDF5 files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data.episode import Episode
+
+
+@dataclass
+class LeRobotKeys:
+    """Source key for each of our cameras, plus state/action keys (defaults: our recordings)."""
+
+    cameras: dict[str, str] = field(
+        default_factory=lambda: {"agentview": "observation.images.agentview", "wrist": "observation.images.wrist"}
+    )
+    state: str = "observation.state"
+    action: str = "action"
+
+
+LIBERO_LEROBOT_KEYS = LeRobotKeys(
+    cameras={"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"}
+)
+BRIDGE_LEROBOT_KEYS = LeRobotKeys(cameras={"agentview": "observation.images.image_0"})
+
+
+def read_lerobot(root: str | Path, keys: LeRobotKeys | None = None, repo_id: str = "local/dataset") -> Iterator[Episode]:
+    """Episodes of a local LeRobotDataset v3 folder (image or video storage)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    keys = keys or LeRobotKeys()
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset (no meta/info.json); record or download it first")
+    ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
+    have = set(ds.meta.features)
+    wanted = [keys.state, keys.action, *keys.cameras.values()]
+    missing = [k for k in wanted if k not in have]
+    if missing:
+        raise KeyError(f"{root}: dataset has no keys {missing}; it has {sorted(have)}. Adjust the reader's key map.")
+    ends = np.cumsum([ds.meta.episodes[i]["length"] for i in range(ds.num_episodes)])
+    start = 0
+    for ep, end in enumerate(ends):
+        frames = [ds[i] for i in range(start, int(end))]
+        images = {
+            cam: np.stack([_hwc_uint8(f[src]) for f in frames]) for cam, src in keys.cameras.items()
+        }
+        yield Episode(
+            images=images,
+            state=np.stack([np.asarray(f[keys.state], dtype=np.float32) for f in frames]),
+            actions=np.stack([np.asarray(f[keys.action], dtype=np.float32) for f in frames]),
+            task=str(frames[0]["task"]),
+            source=f"{root} episode {ep}",
+        ).validate()
+        start = int(end)
+
+
+def _hwc_uint8(x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 3 and a.shape[0] == 3:  # (3, H, W) -> (H, W, 3)
+        a = a.transpose(1, 2, 0)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return a
+
+
+@dataclass
+class LiberoHDF5Keys:
+    cameras: dict[str, str] = field(default_factory=lambda: {"agentview": "agentview_rgb", "wrist": "eye_in_hand_rgb"})
+    state: list[str] = field(default_factory=lambda: ["ee_states", "gripper_states"])
+    action: str = "actions"
+
+
+def read_libero_hdf5(path: str | Path, keys: LiberoHDF5Keys | None = None) -> Iterator[Episode]:
+    """Episodes of one LIBERO demonstration file (robomimic layout, data/demo_N/...)."""
+    import h5py
+
+    keys = keys or LiberoHDF5Keys()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LIBERO demonstration file {path} does not exist")
+    with h5py.File(path, "r") as f:
+        if "data" not in f:
+            raise KeyError(f"{path}: no 'data' group; is this a LIBERO/robomimic demonstration file?")
+        task = _libero_instruction(f["data"], path)
+        demos = sorted(f["data"].keys(), key=lambda k: int(k.split("_")[-1]))
+        for demo in demos:
+            g = f["data"][demo]
+            where = f"{path} {demo}"
+            for k in [f"obs/{c}" for c in keys.cameras.values()] + [f"obs/{s}" for s in keys.state] + [keys.action]:
+                if k not in g:
+                    raise KeyError(f"{where}: missing key {k!r}")
+            state = np.concatenate([np.asarray(g["obs"][s], dtype=np.float32) for s in keys.state], axis=1)
+            yield Episode(
+                images={cam: np.asarray(g["obs"][src]) for cam, src in keys.cameras.items()},
+                state=state,
+                actions=np.asarray(g[keys.action], dtype=np.float32),
+                task=task,
+                source=where,
+            ).validate()
+
+
+def _libero_instruction(data, path: Path) -> str:
+    info = data.attrs.get("problem_info")
+    if info is None:
+        raise KeyError(f"{path}: data has no 'problem_info' attribute holding the language instruction")
+    info = json.loads(info if isinstance(info, str) else info.decode())
+    instruction = info.get("language_instruction", "")
+    return " ".join(instruction) if isinstance(instruction, list) else str(instruction)
