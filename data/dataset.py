@@ -20,9 +20,36 @@ from vla.image_transforms import center_crop, color_jitter, random_crop, to_floa
 @dataclass
 class LoaderConfig:
     batch_size: int = 32
+    workers: int = 1
     augment: bool = True
     crop_area: float = 0.9
     jitter: float = 0.1
+
+
+class ResumableBatches:
+    """Endless, seeded batches of (frame, batch seed); `start` skips batches already consumed.
+
+    Epoch e is a permutation drawn from seed + e, split across `world` ranks, so the data
+    position after k batches is a function of k alone and a resumed run sees the same stream.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        per_rank = n // world
+        if per_rank < batch_size:
+            raise ValueError(f"dataset has {n} frames, fewer than one batch of {batch_size} per rank ({world} ranks)")
+        self.n, self.batch_size, self.seed, self.start, self.rank, self.world = n, batch_size, seed, start, rank, world
+        self.per_epoch = per_rank // batch_size
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            epoch, b = divmod(k, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            mine = perm[self.rank :: self.world]
+            idx = mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            batch_seed = (self.seed * 1_000_003 + k * self.world + self.rank) % (2**62)
+            yield [(i, batch_seed) for i in idx]
+            k += 1
 
 
 class ChunkDataset(Dataset):
@@ -39,7 +66,9 @@ class ChunkDataset(Dataset):
     def __len__(self) -> int:
         return self.cache.num_frames
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """item: a frame index, or (frame index, augmentation seed of its batch)."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         c = self.cache
         ep = int(self.frame_episode[i])
         end = int(c.episode_ends[ep])
@@ -52,6 +81,7 @@ class ChunkDataset(Dataset):
             "instruction": c.tasks[int(c.task_index[ep])],
             "actions": c.action[idx],  # (H, D)
             "action_is_pad": pad,
+            "seed": seed,
         }
 
 
@@ -64,7 +94,9 @@ class Collate:
     def __call__(self, samples: list[dict]) -> dict:
         images = to_float(torch.from_numpy(np.stack([s["images"] for s in samples])), self.rotate)
         if self.train and self.cfg.augment:
-            images = color_jitter(random_crop(images, self.cfg.crop_area, self.size), self.cfg.jitter)
+            seed = samples[0].get("seed")
+            gen = None if seed is None else torch.Generator().manual_seed(seed)
+            images = color_jitter(random_crop(images, self.cfg.crop_area, self.size, gen), self.cfg.jitter, gen)
         else:
             images = center_crop(images, self.cfg.crop_area, self.size)
         return {

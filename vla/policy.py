@@ -266,8 +266,15 @@ class VLAPolicy(nn.Module):
         self.generator.manual_seed(seed)
 
     # ----------------------------------------------------------------------------- checkpoints
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write a self-describing checkpoint folder atomically (a crash leaves the old one)."""
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        """Training forward (what DDP wraps): the loss and its metrics."""
+        return self.compute_loss(batch, generator)
+
+    def save(self, path: str | Path, extra: dict | None = None, write_more=None) -> Path:
+        """Write a self-describing checkpoint folder atomically (a crash leaves the old one).
+
+        `write_more(folder)` may add files (e.g. training state) inside the same atomic write.
+        """
         path = Path(path)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
@@ -281,6 +288,8 @@ class VLAPolicy(nn.Module):
             base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
             base.config.save_pretrained(tmp / "backbone")
             self.backbone.processor.save_pretrained(tmp / "backbone")
+            if write_more is not None:
+                write_more(tmp)
             _replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

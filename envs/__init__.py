@@ -1,0 +1,1 @@
+"""Simulation: the built-in tabletop suite, scripted experts, the env registry, evaluation."""

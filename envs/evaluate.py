@@ -1,0 +1,167 @@
+"""Evaluate a policy checkpoint on an environment suite: success table, JSON, rollout videos.
+
+Episodes are spread over worker processes (each loads the checkpoint once). The policy is
+queried for a chunk of H actions, the first `execute_steps` are executed, then it re-plans.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vla.configs import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "builtin"
+    tasks: list[str] = field(default_factory=list)  # empty: every task of the suite
+    episodes_per_task: int = 10
+    seed: int = 10_000  # episode e of a task uses seed + e (disjoint from the demo seeds)
+    execute_steps: int = 0  # actions executed per chunk before re-planning; 0 = the whole chunk
+    workers: int = 2
+    videos_per_task: int = 1
+    threads_per_worker: int = 1
+    sampler_overrides: dict = field(default_factory=dict)  # e.g. {"steps": 1} for ablations
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_task < 1:
+            raise ValueError(f"eval.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if self.execute_steps < 0:
+            raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
+
+
+def _observation(obs: dict, instruction: str, cameras: list[str]) -> dict:
+    return {"images": {c: obs[c] for c in cameras}, "state": obs["state"], "instruction": instruction}
+
+
+def rollout(policy, env, seed: int, execute_steps: int, record: bool = False) -> dict:
+    """One episode. Returns success, steps, inference time, and frames when `record`."""
+    obs, info = env.reset(seed=seed)
+    policy.reset(seed)
+    instruction = env.unwrapped.instruction
+    k = execute_steps or policy.cfg.chunk_size
+    frames, steps, infer_s, success = [], 0, 0.0, False
+    done = False
+    while not done:
+        t0 = time.perf_counter()
+        chunk = policy.infer(_observation(obs, instruction, policy.cfg.cameras))
+        infer_s += time.perf_counter() - t0
+        for action in chunk[:k]:
+            if record:
+                frames.append(np.concatenate([obs[c] for c in policy.cfg.cameras], axis=1))
+            obs, _, terminated, truncated, info = env.step(action)
+            steps += 1
+            if terminated or truncated:
+                success = bool(info.get("success", terminated))
+                done = True
+                break
+    return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None:
+    import torch
+
+    from vla.policy import VLAPolicy
+
+    torch.set_num_threads(threads)
+    policy = VLAPolicy.load(checkpoint)
+    for key, value in sampler_overrides.items():
+        if not hasattr(policy.cfg.sampler, key):
+            raise KeyError(f"eval.sampler_overrides: sampler has no field {key!r}")
+        setattr(policy.cfg.sampler, key, value)
+    policy.cfg.sampler.__post_init__()
+    _WORKER["policy"] = policy
+    _WORKER["envs"] = {}
+
+
+def _run_episode(job: tuple[str, str, int, int, bool]) -> dict:
+    from envs.registry import make_env
+
+    suite, task, seed, execute_steps, record = job
+    policy = _WORKER["policy"]
+    env = _WORKER["envs"].get(task)
+    if env is None:
+        env = _WORKER["envs"][task] = make_env(suite, task, image_size=_image_size(policy))
+        obs_space = env.observation_space
+        policy.check_compatible(env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
+    result = rollout(policy, env, seed, execute_steps, record)
+    return {"task": task, "seed": seed, **result}
+
+
+def _image_size(policy) -> int:
+    return policy.cfg.image_size
+
+
+def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run the suite; write results.json and videos under out_dir; return the results dict."""
+    from tqdm import tqdm
+
+    from envs.registry import suite_tasks
+
+    checkpoint = str(checkpoint)
+    out_dir = Path(out_dir)
+    tasks = cfg.tasks or suite_tasks(cfg.suite)
+    jobs = [
+        (cfg.suite, task, cfg.seed + e, cfg.execute_steps, e < cfg.videos_per_task)
+        for task in tasks
+        for e in range(cfg.episodes_per_task)
+    ]
+    ctx = mp.get_context("spawn")
+    episodes = []
+    t0 = time.time()
+    with ProcessPoolExecutor(
+        max(1, cfg.workers), mp_context=ctx, initializer=_init_worker,
+        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker),
+    ) as pool:  # fmt: skip
+        for res in tqdm(pool.map(_run_episode, jobs), total=len(jobs), desc="evaluating", disable=not progress):
+            frames = res.pop("frames")
+            if frames:
+                res["video"] = str(_write_video(out_dir / "videos" / f"{res['task']}_seed{res['seed']}.mp4", frames))
+            episodes.append(res)
+    per_task = {
+        task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks
+    }
+    results = {
+        "checkpoint": checkpoint,
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "per_task_success": per_task,
+        "mean_success": float(np.mean(list(per_task.values()))),
+        "episodes": episodes,
+        "wall_s": time.time() - t0,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    return results
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> Path:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)
+    return path
+
+
+def format_table(results: dict) -> str:
+    per_task = results["per_task_success"]
+    n = results["config"]["episodes_per_task"]
+    width = max(len(t) for t in per_task) + 2
+    lines = [f"{'task':<{width}}success ({n} episodes each)", "-" * (width + 28)]
+    lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
+    lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]
+    return "\n".join(lines)

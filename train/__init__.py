@@ -1,0 +1,1 @@
+"""Training and evaluation entry points (the only package that imports hydra)."""

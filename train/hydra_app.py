@@ -1,0 +1,138 @@
+"""Hydra entry points `vla-train` and `vla-eval`: register the typed configs, then hand a plain
+dataclass to the library. Everything else in the stack is hydra-free.
+
+    vla-train                                  # the main job: collect -> train -> evaluate
+    vla-train experiment=debug                 # seconds, for a smoke test
+    vla-train decoder=autoregressive run_dir=runs/ar
+    vla-train -m policy.sampler.steps=1,4,12   # a sweep (each job gets its own run_dir)
+    vla-eval checkpoint=runs/builtin/checkpoints/latest eval.episodes_per_task=20
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from data.dataset import LoaderConfig
+from data.record import RecordConfig
+from envs.evaluate import EvalConfig
+from train.config import DataConfig, OptimConfig, TrainConfig
+from vla.backbone import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+_HYDRA = {"run": {"dir": "${run_dir}"}, "job": {"chdir": False}, "sweep": {"dir": "multirun", "subdir": "${hydra.job.num}"}}
+
+EXPERIMENTS = {
+    # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes.
+    "builtin": {
+        "run_dir": "runs/builtin",
+        "data": {"record": {"episodes_per_task": 40}, "loader": {"batch_size": 32}},
+        "optim": {"steps": 2500, "lr": 5e-4, "warmup_steps": 100},
+        "eval": {"episodes_per_task": 20, "videos_per_task": 1},
+    },
+    # Runs in well under a minute: tiny data, tiny model, a few steps, one eval episode.
+    "debug": {
+        "run_dir": "runs/debug",
+        "data": {"root": "runs/data/debug", "record": {"episodes_per_task": 1, "tasks": ["lift_red", "place_yellow"]},
+                 "loader": {"batch_size": 8, "workers": 0}},
+        "policy": {"chunk_size": 4, "backbone": {"image_size": 64, "layers": 1, "vision_layers": 1},
+                   "decoder": {"d_model": 64, "layers": 1, "heads": 2}, "action_tokenizer": {"bins": 32},
+                   "sampler": {"steps": 4}},
+        "optim": {"steps": 6, "warmup_steps": 2},
+        "save_every": 3,
+        "log_every": 2,
+        "eval": {"episodes_per_task": 1, "tasks": ["lift_red"], "workers": 1, "videos_per_task": 1},
+    },  # fmt: skip
+    # LIBERO from a LeRobot-format port with a pretrained backbone (paths must be given).
+    "libero": {
+        "run_dir": "runs/libero",
+        "data": {"source": "lerobot", "root": "???",
+                 "camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"}},
+        "policy": {"rotate_180": True, "backbone": {"source": "???", "image_size": 224, "freeze_vision": True,
+                                                    "lora_rank": 32}},
+        "optim": {"steps": 150000, "lr": 5e-4, "warmup_steps": 1000},
+        "eval": {"suite": "libero"},
+    },  # fmt: skip
+}
+
+
+@dataclass
+class EvalAppConfig:
+    checkpoint: str = "???"
+    out_dir: str = ""  # empty: <checkpoint>/../../eval/<suite>
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="vla_train", node={"defaults": ["train_schema", "_self_", {"experiment": "builtin"}], "hydra": _HYDRA})
+    cs.store(group="backbone", name="tiny", node=BackboneConfig, package="policy.backbone")
+    cs.store(group="backbone", name="pretrained", package="policy.backbone",
+             node=BackboneConfig(source="???", freeze_vision=True, lora_rank=16))  # fmt: skip
+    for kind in ("diffusion", "autoregressive"):
+        cs.store(group="decoder", name=kind, node={"decoder_type": kind}, package="policy")
+    cs.store(group="data", name="builtin", node=DataConfig, package="data")
+    cs.store(group="data", name="record", node=RecordConfig, package="data.record")
+    cs.store(group="loader", name="default", node=LoaderConfig, package="data.loader")
+    cs.store(group="optim", name="adamw", node=OptimConfig, package="optim")
+    cs.store(group="env", name="builtin", node=EvalConfig, package="eval")
+    for name, node in EXPERIMENTS.items():
+        cs.store(group="experiment", name=name, node=node, package="_global_")
+    cs.store(name="eval_schema", node=EvalAppConfig)
+    cs.store(name="vla_eval", node={"defaults": ["eval_schema", "_self_"],
+                                    "hydra": {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None}})  # fmt: skip
+
+
+def to_train_config(cfg) -> TrainConfig:
+    return OmegaConf.to_object(cfg)
+
+
+def _train(cfg) -> None:
+    from envs.evaluate import format_table
+    from train.loop import train
+
+    run_cfg = to_train_config(cfg)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        run_cfg.run_dir = str(Path(run_cfg.run_dir) / f"job{HydraConfig.get().job.num}")
+    summary = train(run_cfg)
+    print(f"\ncheckpoint:  {summary['checkpoint']}")
+    print(f"tensorboard: tensorboard --logdir {Path(summary['run_dir']) / 'tensorboard'}")
+    if "eval" in summary:
+        res = summary["eval"]
+        print(f"videos:      {Path(summary['run_dir']) / 'eval' / 'final' / 'videos'}")
+        print(f"results:     {Path(summary['run_dir']) / 'eval' / 'final' / 'results.json'}\n")
+        print(format_table(res))
+
+
+def _eval(cfg) -> None:
+    from envs.evaluate import evaluate, format_table
+
+    app: EvalAppConfig = OmegaConf.to_object(cfg)
+    ckpt = Path(app.checkpoint)
+    out = Path(app.out_dir) if app.out_dir else ckpt.parent.parent / "eval" / app.eval.suite
+    res = evaluate(ckpt, app.eval, out)
+    print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
+    print(format_table(res))
+
+
+def train_main() -> None:
+    register_configs()
+    hydra.main(version_base=None, config_name="vla_train")(_train)()
+
+
+def eval_main() -> None:
+    register_configs()
+    hydra.main(version_base=None, config_name="vla_eval")(_eval)()
+
+
+if __name__ == "__main__":
+    train_main()
