@@ -62,7 +62,9 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
             t = len(ep.actions)
             for cam, arr in arrays.items():
                 if ep.images[cam].shape[1:] != arr.shape[1:]:
-                    raise ValueError(f"{ep.source}: camera {cam!r} frames {ep.images[cam].shape[1:]} != {arr.shape[1:]}")
+                    raise ValueError(
+                        f"{ep.source}: camera {cam!r} frames {ep.images[cam].shape[1:]} != {arr.shape[1:]}"
+                    )
                 arr.resize((n + t, *arr.shape[1:]))
                 arr[n : n + t] = ep.images[cam]
             states.append(ep.state)
@@ -75,8 +77,12 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
         if not ends:
             raise ValueError("no episodes to cache: the source is empty")
         state, action = np.concatenate(states), np.concatenate(actions)
-        root.create_array("state", data=state.astype(np.float32), chunks=(max(1, min(len(state), 65536)), state.shape[1]))
-        root.create_array("action", data=action.astype(np.float32), chunks=(max(1, min(len(action), 65536)), action.shape[1]))
+        root.create_array(
+            "state", data=state.astype(np.float32), chunks=(max(1, min(len(state), 65536)), state.shape[1])
+        )
+        root.create_array(
+            "action", data=action.astype(np.float32), chunks=(max(1, min(len(action), 65536)), action.shape[1])
+        )
         root.create_array("episode_ends", data=np.asarray(ends, dtype=np.int64))
         root.create_array("task_index", data=np.asarray(task_idx, dtype=np.int64))
         root.attrs.update({

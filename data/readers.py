@@ -33,7 +33,9 @@ LIBERO_LEROBOT_KEYS = LeRobotKeys(
 BRIDGE_LEROBOT_KEYS = LeRobotKeys(cameras={"agentview": "observation.images.image_0"})
 
 
-def read_lerobot(root: str | Path, keys: LeRobotKeys | None = None, repo_id: str = "local/dataset") -> Iterator[Episode]:
+def read_lerobot(
+    root: str | Path, keys: LeRobotKeys | None = None, repo_id: str = "local/dataset"
+) -> Iterator[Episode]:
     """Episodes of a local LeRobotDataset v3 folder (image or video storage)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -51,9 +53,7 @@ def read_lerobot(root: str | Path, keys: LeRobotKeys | None = None, repo_id: str
     start = 0
     for ep, end in enumerate(ends):
         frames = [ds[i] for i in range(start, int(end))]
-        images = {
-            cam: np.stack([_hwc_uint8(f[src]) for f in frames]) for cam, src in keys.cameras.items()
-        }
+        images = {cam: np.stack([_hwc_uint8(f[src]) for f in frames]) for cam, src in keys.cameras.items()}
         yield Episode(
             images=images,
             state=np.stack([np.asarray(f[keys.state], dtype=np.float32) for f in frames]),

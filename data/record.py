@@ -8,13 +8,14 @@ recording never leaves a dataset that looks complete.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
 import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ FPS = 20
 
 @dataclass
 class RecordConfig:
-    tasks: list[str] = field(default_factory=lambda: ["lift_red", "lift_green", "lift_blue", "place_yellow", "place_purple"])
+    tasks: list[str] = field(
+        default_factory=lambda: ["lift_red", "lift_green", "lift_blue", "place_yellow", "place_purple"]
+    )
     episodes_per_task: int = 40
     image_size: int = 128
     noise: float = 0.1
@@ -44,12 +47,17 @@ def features(image_size: int, use_videos: bool) -> dict:
     return {
         "observation.images.agentview": img,
         "observation.images.wrist": dict(img),
-        "observation.state": {"dtype": "float32", "shape": (8,), "names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"]},
+        "observation.state": {
+            "dtype": "float32",
+            "shape": (8,),
+            "names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"],
+        },
         "action": {"dtype": "float32", "shape": (7,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
     }
 
 
 def _rollout(args: tuple[str, int, int, float]) -> tuple[str, list[dict], bool]:
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before mujoco is imported
     from envs.experts import run_expert_episode
     from envs.tabletop import TabletopEnv
 
@@ -79,7 +87,8 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     ]
     failed = 0
     try:
-        with ProcessPoolExecutor(max(1, cfg.workers)) as pool:
+        # spawn, not fork: a forked child of a process holding an EGL context can deadlock.
+        with ProcessPoolExecutor(max(1, cfg.workers), mp_context=mp.get_context("spawn")) as pool:
             for instruction, frames, ok in tqdm(pool.map(_rollout, jobs), total=len(jobs), desc="recording demos"):
                 if not ok:
                     failed += 1

@@ -131,9 +131,7 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
             if frames:
                 res["video"] = str(_write_video(out_dir / "videos" / f"{res['task']}_seed{res['seed']}.mp4", frames))
             episodes.append(res)
-    per_task = {
-        task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks
-    }
+    per_task = {task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks}
     results = {
         "checkpoint": checkpoint,
         "config": {k: v for k, v in cfg.__dict__.items()},

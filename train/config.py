@@ -60,6 +60,7 @@ class TrainConfig:
     eval_every: int = 0  # periodic evaluation in simulation; 0 = only at the end
     eval_at_end: bool = True
     resume: bool = True  # continue from <run_dir>/checkpoints/latest when it exists
+    stop_after: int = 0  # stop (after saving) once this many steps ran in this invocation; 0 = never
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

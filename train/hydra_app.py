@@ -28,7 +28,11 @@ from vla.backbone import BackboneConfig
 
 log = logging.getLogger(__name__)
 
-_HYDRA = {"run": {"dir": "${run_dir}"}, "job": {"chdir": False}, "sweep": {"dir": "multirun", "subdir": "${hydra.job.num}"}}
+_HYDRA = {
+    "run": {"dir": "${run_dir}"},
+    "job": {"chdir": False},
+    "sweep": {"dir": "multirun", "subdir": "${hydra.job.num}"},
+}
 
 EXPERIMENTS = {
     # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes.
@@ -41,11 +45,18 @@ EXPERIMENTS = {
     # Runs in well under a minute: tiny data, tiny model, a few steps, one eval episode.
     "debug": {
         "run_dir": "runs/debug",
-        "data": {"root": "runs/data/debug", "record": {"episodes_per_task": 1, "tasks": ["lift_red", "place_yellow"]},
-                 "loader": {"batch_size": 8, "workers": 0}},
-        "policy": {"chunk_size": 4, "backbone": {"image_size": 64, "layers": 1, "vision_layers": 1},
-                   "decoder": {"d_model": 64, "layers": 1, "heads": 2}, "action_tokenizer": {"bins": 32},
-                   "sampler": {"steps": 4}},
+        "data": {
+            "root": "runs/data/debug",
+            "record": {"episodes_per_task": 1, "tasks": ["lift_red", "place_yellow"]},
+            "loader": {"batch_size": 8, "workers": 0},
+        },
+        "policy": {
+            "chunk_size": 4,
+            "backbone": {"image_size": 64, "layers": 1, "vision_layers": 1},
+            "decoder": {"d_model": 64, "layers": 1, "heads": 2},
+            "action_tokenizer": {"bins": 32},
+            "sampler": {"steps": 4},
+        },
         "optim": {"steps": 6, "warmup_steps": 2},
         "save_every": 3,
         "log_every": 2,
@@ -54,10 +65,15 @@ EXPERIMENTS = {
     # LIBERO from a LeRobot-format port with a pretrained backbone (paths must be given).
     "libero": {
         "run_dir": "runs/libero",
-        "data": {"source": "lerobot", "root": "???",
-                 "camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"}},
-        "policy": {"rotate_180": True, "backbone": {"source": "???", "image_size": 224, "freeze_vision": True,
-                                                    "lora_rank": 32}},
+        "data": {
+            "source": "lerobot",
+            "root": "???",
+            "camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"},
+        },
+        "policy": {
+            "rotate_180": True,
+            "backbone": {"source": "???", "image_size": 224, "freeze_vision": True, "lora_rank": 32},
+        },
         "optim": {"steps": 150000, "lr": 5e-4, "warmup_steps": 1000},
         "eval": {"suite": "libero"},
     },  # fmt: skip
@@ -74,7 +90,9 @@ class EvalAppConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="vla_train", node={"defaults": ["train_schema", "_self_", {"experiment": "builtin"}], "hydra": _HYDRA})
+    cs.store(
+        name="vla_train", node={"defaults": ["train_schema", "_self_", {"experiment": "builtin"}], "hydra": _HYDRA}
+    )
     cs.store(group="backbone", name="tiny", node=BackboneConfig, package="policy.backbone")
     cs.store(group="backbone", name="pretrained", package="policy.backbone",
              node=BackboneConfig(source="???", freeze_vision=True, lora_rank=16))  # fmt: skip

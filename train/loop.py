@@ -46,7 +46,7 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
 
 
 def _episodes(cfg: DataConfig):
-    from data.readers import LeRobotKeys, LiberoHDF5Keys, read_libero_hdf5, read_lerobot
+    from data.readers import LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
 
     if cfg.source in ("builtin", "lerobot"):
         keys = LeRobotKeys(cameras=dict(cfg.camera_keys)) if cfg.camera_keys else LeRobotKeys()
@@ -179,9 +179,13 @@ def train(cfg: TrainConfig) -> dict:
 
     model = policy
     if cfg.strategy == "ddp":
-        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
     lcfg = cfg.data.loader
-    sampler = ResumableBatches(len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world)
+    sampler = ResumableBatches(
+        len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world
+    )
     collate = Collate(lcfg, cfg.policy.image_size, cfg.policy.rotate_180, train=True)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=lcfg.workers,
                         persistent_workers=lcfg.workers > 0, prefetch_factor=4 if lcfg.workers > 0 else None)  # fmt: skip
@@ -196,6 +200,7 @@ def train(cfg: TrainConfig) -> dict:
     pbar = tqdm(total=cfg.optim.steps, initial=step, desc="training", disable=rank != 0)
     t_window, wait_window, samples_window = time.perf_counter(), 0.0, 0
     history = []
+    start_step = step
     while step < cfg.optim.steps:
         for _ in range(cfg.optim.grad_accum):
             t0 = time.perf_counter()
@@ -230,14 +235,17 @@ def train(cfg: TrainConfig) -> dict:
             history.append(row)
             pbar.set_postfix(loss=f"{row['loss']:.3f}", full_acc=f"{full_acc:.2f}", wait=f"{row['data_wait_frac']:.2f}")
             t_window, wait_window, samples_window = time.perf_counter(), 0.0, 0
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.optim.steps):
+        stopping = cfg.stop_after > 0 and step - start_step >= cfg.stop_after
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.optim.steps or stopping):
             ckpt.save(policy, step, optimizer, scheduler, ema, periodic=step % cfg.save_every == 0)
+        if stopping:
+            break
         if rank == 0 and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.optim.steps:
             res = _evaluate(cfg, ckpt, policy, step, optimizer, scheduler, ema, f"eval/step_{step:07d}")
             writer.add_scalar("eval/mean_success", res["mean_success"], step)
     pbar.close()
     summary = {"checkpoint": str(ckpt.latest), "step": step, "history": history, "run_dir": str(run_dir)}
-    if rank == 0 and cfg.eval_at_end:
+    if rank == 0 and cfg.eval_at_end and step == cfg.optim.steps:
         res = _evaluate(cfg, ckpt, policy, step, optimizer, scheduler, ema, "eval/final")
         writer.add_scalar("eval/mean_success", res["mean_success"], step)
         summary["eval"] = res

@@ -148,8 +148,8 @@ class VLMBackbone(nn.Module):
         self.processor = processor
         self.model_type = model.config.model_type
         self.hidden_size = int(_text_config(model).hidden_size)
-        self._apply_freezing(model)
-        self.vlm = self._maybe_lora(model)
+        self.vlm = self._maybe_lora(model)  # LoRA first: it freezes base weights, adds adapters
+        self._apply_freezing(model)  # then a frozen tower freezes its adapters too
 
     def _apply_freezing(self, model: nn.Module) -> None:
         for name, module in model.named_children():

@@ -13,16 +13,14 @@ import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+def from_dict[T](cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass `cls` from a (possibly nested) dict; unknown keys raise, naming them."""
     if not isinstance(data, dict):
         raise TypeError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")

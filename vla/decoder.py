@@ -122,7 +122,7 @@ class ActionDecoder(nn.Module):
         """All slots in one pass. tokens: (B, L) ids -> logits (B, L, bins)."""
         x = self.token_emb(tokens) + self.slot_embedding()[: tokens.shape[1]]
         mask = self._mask(cache["mask"], tokens.shape[1], tokens.shape[1], causal)
-        for blk, kv in zip(self.blocks, cache["kv"]):
+        for blk, kv in zip(self.blocks, cache["kv"], strict=True):
             x, _ = blk(x, kv, mask)
         return self.head(self.ln_f(x))
 
@@ -131,7 +131,7 @@ class ActionDecoder(nn.Module):
         x = self.token_emb(token) + self.slot_embedding()[position : position + 1]
         mask = self._mask(cache["mask"], 1, position + 1, causal=True, offset=position)
         new_past = []
-        for i, (blk, kv) in enumerate(zip(self.blocks, cache["kv"])):
+        for i, (blk, kv) in enumerate(zip(self.blocks, cache["kv"], strict=True)):
             x, layer_kv = blk(x, kv, mask, None if past is None else past[i])
             new_past.append(layer_kv)
         return self.head(self.ln_f(x))[:, 0], new_past  # (B, bins)

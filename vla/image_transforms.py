@@ -26,7 +26,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     b, n, c, h, w = x.shape
     if (h, w) == (size, size):
         return x
-    y = F.interpolate(x.reshape(b * n, c, h, w), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    y = F.interpolate(
+        x.reshape(b * n, c, h, w), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return y.reshape(b, n, c, size, size)
 
 

@@ -83,7 +83,11 @@ class VLAPolicy(nn.Module):
         self.cfg = cfg
         self.stats = stats
         if vlm is None:
-            vlm = build_tiny_vlm(cfg.backbone) if cfg.backbone.source == "tiny" else load_pretrained_vlm(cfg.backbone.source)
+            vlm = (
+                build_tiny_vlm(cfg.backbone)
+                if cfg.backbone.source == "tiny"
+                else load_pretrained_vlm(cfg.backbone.source)
+            )
         self.backbone = VLMBackbone(*vlm, cfg.backbone)
         if tokenizer_state is None:
             q01 = _stat(stats, "action", "q01", cfg.action_dim)
@@ -98,7 +102,9 @@ class VLAPolicy(nn.Module):
         mean = _stat(stats, "state", "mean", cfg.state_dim)
         std = _stat(stats, "state", "std", cfg.state_dim)
         self.register_buffer("state_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
-        self.register_buffer("state_std", torch.tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "state_std", torch.tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32), persistent=False
+        )
         hidden = self.backbone.hidden_size
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins)
@@ -209,7 +215,9 @@ class VLAPolicy(nn.Module):
             if not 0 < k < self.cfg.chunk_size:
                 raise ValueError(f"fixed_actions must fix 1..{self.cfg.chunk_size - 1} steps, got {k}")
             fixed_tokens = torch.full((b, n), self.decoder.mask_id, dtype=torch.long, device=self.device)
-            fixed_tokens[:, : k * self.cfg.action_dim] = self.action_tokenizer.encode(fixed_actions.to(self.device)).reshape(b, -1)
+            fixed_tokens[:, : k * self.cfg.action_dim] = self.action_tokenizer.encode(
+                fixed_actions.to(self.device)
+            ).reshape(b, -1)
             fixed_mask = fixed_tokens != self.decoder.mask_id
         tokens = masked_diffusion_decode(
             logits_cached if use_cache else logits_recomputed,
@@ -307,7 +315,9 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
         cfg = from_dict(PolicyConfig, meta["policy"], "policy")
         vlm = model_from_saved_config(path / "backbone")
-        policy = cls(cfg, load_json(path / "stats.json"), vlm=vlm, tokenizer_state=load_json(path / "action_tokenizer.json"))
+        policy = cls(
+            cfg, load_json(path / "stats.json"), vlm=vlm, tokenizer_state=load_json(path / "action_tokenizer.json")
+        )
         missing, unexpected = safetensors.torch.load_model(policy, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise ValueError(

@@ -29,13 +29,7 @@ _TARGETS = ["plate", "pad", "bowl", "basket", "drawer", "towel", "cabinet", "lef
 
 
 def build_text_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    corpus = [
-        s.format(c=c, o=o, t=t)
-        for s in _CORPUS
-        for c in _COLOURS
-        for o in _OBJECTS
-        for t in _TARGETS[:3]
-    ]
+    corpus = [s.format(c=c, o=o, t=t) for s in _CORPUS for c in _COLOURS for o in _OBJECTS for t in _TARGETS[:3]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

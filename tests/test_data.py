@@ -1,0 +1,118 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from data.cache import ZarrCache, build_cache
+from data.dataset import ChunkDataset, Collate, LoaderConfig, ResumableBatches
+from data.episode import Episode
+from data.readers import LeRobotKeys, read_lerobot, read_libero_hdf5
+from data.record import RecordConfig, record_builtin
+
+
+def episode(t=6, cams=("agentview", "wrist"), task="lift", seed=0):
+    rng = np.random.default_rng(seed)
+    return Episode(
+        images={c: rng.integers(0, 255, (t, 16, 16, 3), dtype=np.uint8) for c in cams},
+        state=rng.normal(size=(t, 8)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(t, 7)).astype(np.float32),
+        task=task,
+        source=f"test episode {seed}",
+    )
+
+
+def test_recording_reads_back_with_lerobot(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = record_builtin(
+        RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=1), tmp_path / "ds"
+    )
+    ds = LeRobotDataset("local/test", root=root)
+    assert ds.num_episodes == 1 and ds[0]["task"] == "pick up the red cube"
+    eps = list(read_lerobot(root))
+    assert len(eps) == 1 and eps[0].images["wrist"].shape[1:] == (32, 32, 3)
+    assert not list(tmp_path.glob(".ds.recording-*"))  # no half-written leftovers
+    with pytest.raises(FileExistsError):
+        record_builtin(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=1), root)
+    with pytest.raises(KeyError, match="no keys"):
+        list(read_lerobot(root, LeRobotKeys(cameras={"agentview": "observation.images.image"})))
+
+
+def write_libero_hdf5(path, demos=2, t=5, instruction="put the bowl on the plate", corrupt=None):
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": instruction, "problem_name": "x"})
+        for i in range(demos):
+            g = data.create_group(f"demo_{i}")
+            obs = g.create_group("obs")
+            obs["agentview_rgb"] = rng.integers(0, 255, (t, 16, 16, 3), dtype=np.uint8)
+            obs["eye_in_hand_rgb"] = rng.integers(0, 255, (t, 16, 16, 3), dtype=np.uint8)
+            obs["ee_states"] = rng.normal(size=(t, 6))
+            obs["gripper_states"] = rng.normal(size=(t, 2))
+            actions = rng.uniform(-1, 1, (t, 7))
+            if corrupt == "nan" and i == 1:
+                actions[2, 3] = np.nan
+            g["actions"] = actions if corrupt != "short" else actions[:-1]
+            if corrupt == "missing" and i == 1:
+                del obs["eye_in_hand_rgb"]
+
+
+def test_libero_hdf5_reader_and_cache(tmp_path):
+    write_libero_hdf5(tmp_path / "task.hdf5")
+    eps = list(read_libero_hdf5(tmp_path / "task.hdf5"))
+    assert len(eps) == 2 and eps[0].state.shape == (5, 8) and eps[0].task == "put the bowl on the plate"
+    build_cache(eps, tmp_path / "c.zarr")
+    cache = ZarrCache(tmp_path / "c.zarr")
+    assert cache.num_frames == 10 and cache.tasks == ["put the bowl on the plate"]
+    for key in ("q01", "q99", "min", "max", "mean", "std"):
+        assert len(cache.stats["action"][key]) == 7 and len(cache.stats["state"][key]) == 8
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [("nan", "demo_1: actions contain NaN"), ("missing", "demo_1: missing key 'obs/eye_in_hand_rgb'"),
+     ("short", "state has 5 frames but actions have 4")],
+)  # fmt: skip
+def test_bad_libero_files_name_file_episode_and_key(tmp_path, corrupt, message):
+    write_libero_hdf5(tmp_path / "bad.hdf5", corrupt=corrupt)
+    with pytest.raises((ValueError, KeyError), match=message):
+        list(read_libero_hdf5(tmp_path / "bad.hdf5"))
+
+
+def test_bad_episodes_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="empty episode"):
+        episode(t=0).validate()
+    ep = episode()
+    ep.images["wrist"] = ep.images["wrist"][:3]
+    with pytest.raises(ValueError, match="camera 'wrist' has 3 frames"):
+        ep.validate()
+    with pytest.raises(FileNotFoundError):
+        list(read_libero_hdf5(tmp_path / "absent.hdf5"))
+    with pytest.raises(ValueError, match="no episodes"):
+        build_cache(iter([]), tmp_path / "empty.zarr")
+    assert not (tmp_path / "empty.zarr").exists()
+
+
+def test_chunks_pad_at_episode_end_and_augment(tmp_path):
+    build_cache([episode(t=6, seed=0), episode(t=4, seed=1, task="place")], tmp_path / "c.zarr")
+    ds = ChunkDataset(ZarrCache(tmp_path / "c.zarr"), chunk_size=4, cameras=["agentview", "wrist"])
+    last = ds[4]  # frame 4 of the first episode: steps 4, 5 real, 6, 7 padded
+    assert last["action_is_pad"].tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(last["actions"][2], last["actions"][1])
+    assert ds[6]["instruction"] == "place" and not ds[6]["action_is_pad"].any()
+    batch = Collate(LoaderConfig(), image_size=12)([ds[(i, 7)] for i in range(4)])
+    again = Collate(LoaderConfig(), image_size=12)([ds[(i, 7)] for i in range(4)])
+    assert batch["images"].shape == (4, 2, 3, 12, 12)
+    assert np.array_equal(batch["images"].numpy(), again["images"].numpy())  # seeded augmentation
+    with pytest.raises(KeyError, match="no cameras"):
+        ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["side"])
+
+
+def test_resumable_batches_continue_the_same_stream():
+    full = ResumableBatches(10, 3, seed=1)
+    it = iter(full)
+    first = [next(it) for _ in range(7)]
+    it2 = iter(ResumableBatches(10, 3, seed=1, start=4))
+    assert [next(it2) for _ in range(3)] == first[4:]

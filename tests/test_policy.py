@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_policy_config, tiny_stats
+
+from vla.policy import VLAPolicy
+from vla.sampling import DecodeTrace
+
+
+def batch(b=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "images": torch.rand(b, 1, 3, size, size, generator=g),
+        "state": torch.randn(b, 2, generator=g),
+        "instruction": ["pick up the red cube", "put the cube on the plate", "lift"][:b],
+        "actions": torch.rand(b, 4, 3, generator=g) * 2 - 1,
+        "action_is_pad": torch.zeros(b, 4, dtype=torch.bool),
+    }
+
+
+def observation(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "images": {"agentview": rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)},
+        "state": rng.normal(size=2).astype(np.float32),
+        "instruction": "pick up the red cube",
+    }
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    return VLAPolicy(tiny_policy_config(), tiny_stats()).eval()
+
+
+def test_prefix_cache_gives_the_same_logits_and_tokens(policy):
+    b = batch()
+    prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
+    cache = policy.decoder.prefix_cache(prefix, mask)
+    tokens = torch.randint(0, 17, (3, 12))
+    cached = policy.decoder(tokens, cache)
+    p2, m2 = policy.encode_prefix(b["images"], b["state"], b["instruction"])
+    fresh = policy.decoder(tokens, policy.decoder.prefix_cache(p2, m2))
+    torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-5)
+    policy.reset(7)
+    with_cache = policy.predict_tokens(b["images"], b["state"], b["instruction"], use_cache=True)
+    policy.reset(7)
+    without = policy.predict_tokens(b["images"], b["state"], b["instruction"], use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_autoregressive_kv_cache_matches_full_causal_pass():
+    torch.manual_seed(0)
+    pol = VLAPolicy(tiny_policy_config(decoder_type="autoregressive"), tiny_stats()).eval()
+    b = batch()
+    prefix, mask = pol.encode_prefix(b["images"], b["state"], b["instruction"])
+    cache = pol.decoder.prefix_cache(prefix, mask)
+    seq = torch.randint(0, 16, (3, 12))
+    inp = torch.cat([torch.full((3, 1), pol.decoder.bos_id), seq[:, :-1]], dim=1)
+    full = pol.decoder(inp, cache, causal=True)
+    past = None
+    for i in range(12):
+        step_logits, past = pol.decoder.step(inp[:, i : i + 1], i, cache, past)
+        torch.testing.assert_close(step_logits, full[:, i], rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_never_sees_action_slots(policy):
+    """Changing action tokens must not change the prefix cache (prefix-LM mask)."""
+    b = batch()
+    prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
+    cache = policy.decoder.prefix_cache(prefix, mask)
+    a = policy.decoder(torch.full((3, 12), 16), cache)
+    b2 = policy.decoder(torch.randint(0, 16, (3, 12)), cache)
+    assert not torch.allclose(a, b2)  # slots do see each other
+    k0 = cache["kv"][0][0].clone()
+    policy.decoder(torch.randint(0, 16, (3, 12)), cache)
+    assert torch.equal(k0, cache["kv"][0][0])
+
+
+def test_losses_are_finite_and_ignore_padding(policy):
+    for kind in ("diffusion", "autoregressive"):
+        pol = VLAPolicy(tiny_policy_config(decoder_type=kind), tiny_stats())
+        bt = batch()
+        bt["action_is_pad"][:, 2:] = True
+        loss, metrics = pol.compute_loss(bt, torch.Generator().manual_seed(0))
+        loss.backward()
+        assert torch.isfinite(loss) and 0 <= metrics["masked_acc"] <= 1
+
+
+def test_infer_inpainting_keeps_fixed_actions(policy):
+    fixed = np.array([[0.5, -0.5, 1.0]], dtype=np.float32)
+    actions = policy.infer(observation(), fixed_actions=fixed)
+    assert actions.shape == (4, 3)
+    tok = policy.action_tokenizer
+    np.testing.assert_allclose(actions[0], tok.decode(tok.encode(torch.tensor(fixed)))[0].numpy())
+
+
+def test_checkpoint_round_trip_gives_identical_actions(policy, tmp_path):
+    policy.save(tmp_path / "ckpt")
+    loaded = VLAPolicy.load(tmp_path / "ckpt")
+    policy.reset(3)
+    loaded.reset(3)
+    np.testing.assert_array_equal(policy.infer(observation()), loaded.infer(observation()))
+    for name in ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json", "backbone"):
+        assert (tmp_path / "ckpt" / name).exists()
+
+
+def test_checkpoint_errors_name_the_problem(policy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a complete policy checkpoint"):
+        VLAPolicy.load(tmp_path / "nothing")
+    policy.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "stats.json").unlink()
+    with pytest.raises(FileNotFoundError, match="stats.json is missing"):
+        VLAPolicy.load(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="action width 7 != checkpoint's 3"):
+        policy.check_compatible(7, 2, ["agentview"])
+    with pytest.raises(ValueError, match="expects 2"):
+        policy.encode_prefix(torch.rand(1, 1, 3, 32, 32), torch.zeros(1, 5), ["x"])
+    bad = observation()
+    bad["state"][0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        policy.infer(bad)
+    with pytest.raises(KeyError, match="missing cameras"):
+        policy.infer({**observation(), "images": {"wrist": observation()["images"]["agentview"]}})
+    stats = tiny_stats()
+    stats["state"]["std"] = [float("nan"), 1.0]
+    with pytest.raises(ValueError, match="state.std contain NaN"):
+        VLAPolicy(tiny_policy_config(), stats)
+
+
+def test_learns_a_language_and_image_conditioned_task():
+    """Action = f(image colour, instruction): fully-masked decoding must get > 90% of tokens."""
+    torch.manual_seed(0)
+    cfg = tiny_policy_config()
+    cfg.action_tokenizer.binary_dims = []
+    pol = VLAPolicy(cfg, tiny_stats())
+    colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]])
+    words = ["go left", "go right"]
+    table = torch.rand(3, 2, 4, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9  # per (colour, word)
+
+    def sample(n, gen):
+        c = torch.randint(0, 3, (n,), generator=gen)
+        w = torch.randint(0, 2, (n,), generator=gen)
+        img = colours[c][:, None, :, None, None].expand(n, 1, 3, 32, 32).clone()
+        img += 0.05 * torch.rand(img.shape, generator=gen)
+        return {"images": img.clamp(0, 1), "state": torch.zeros(n, 2), "instruction": [words[i] for i in w],
+                "actions": table[c, w], "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)}  # fmt: skip
+
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
+    for _ in range(300):
+        loss, _ = pol.compute_loss(sample(32, gen), gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pol.eval()
+    assert pol.fully_masked_accuracy(sample(128, gen)) > 0.9
+
+
+def test_decode_trace_through_policy(policy):
+    b = batch()
+    trace = DecodeTrace([], [], [])
+    tokens = policy.predict_tokens(b["images"], b["state"], b["instruction"], trace=trace)
+    assert len(trace.tokens) == policy.cfg.sampler.steps and tokens.shape == (3, 4, 3)

@@ -1,0 +1,111 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from hydra import compose, initialize
+from omegaconf import OmegaConf
+
+from train.config import TrainConfig
+from train.hydra_app import EXPERIMENTS, register_configs, to_train_config
+from train.loop import train
+
+
+def composed(overrides):
+    register_configs()
+    with initialize(version_base=None, config_path=None):
+        return compose(config_name="vla_train", overrides=overrides)
+
+
+REQUIRED = {"libero": ["data.root=/data/libero_spatial", "policy.backbone.source=/models/smolvlm"]}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_preset_composes_into_a_valid_config(name):
+    cfg = to_train_config(composed([f"experiment={name}", *REQUIRED.get(name, [])]))
+    assert isinstance(cfg, TrainConfig) and cfg.run_dir
+
+
+def test_groups_and_bad_values():
+    cfg = to_train_config(composed(["decoder=autoregressive", "backbone=pretrained", "policy.backbone.source=x/y"]))
+    assert cfg.policy.decoder_type == "autoregressive" and cfg.policy.backbone.lora_rank == 16
+    with pytest.raises(Exception, match="decoder_type"):
+        to_train_config(composed(["policy.decoder_type=diffusionn"]))
+    with pytest.raises(Exception, match="confidence"):
+        to_train_config(composed(["policy.sampler.confidence=best"]))
+
+
+def test_slurm_launcher_config_validates():
+    register_configs()
+    with initialize(version_base=None, config_path=None):
+        cfg = compose(config_name="vla_train", overrides=["hydra/launcher=submitit_slurm",
+                      "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=720"],
+                      return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 4 and launcher.timeout_min == 720
+
+
+def debug_config(tmp_path, **over) -> TrainConfig:
+    data_root = tmp_path.parent / "shared_data" / "debug"
+    cfg = to_train_config(composed(["experiment=debug", f"run_dir={tmp_path / 'run'}", f"data.root={data_root}",
+                                    "eval_at_end=false"]))  # fmt: skip
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def weights(run_dir: Path) -> dict:
+    return safetensors.torch.load_file(str(run_dir / "checkpoints" / "latest" / "model.safetensors"))
+
+
+def test_collect_train_resume_eval_end_to_end(tmp_path):
+    from envs.evaluate import EvalConfig, evaluate, format_table
+
+    cfg = debug_config(tmp_path, stop_after=3)
+    first = train(cfg)  # interrupted after 3 of 6 steps
+    assert first["step"] == 3 and (tmp_path / "run" / "checkpoints" / "step_0000003").exists()
+    cfg.stop_after = 0
+    second = train(cfg)  # resumes and finishes
+    assert second["step"] == 6 and second["history"][0]["step"] > 3
+    assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
+    res = evaluate(
+        second["checkpoint"], EvalConfig(tasks=["lift_red"], episodes_per_task=1, workers=1), tmp_path / "ev"
+    )
+    assert set(res["per_task_success"]) == {"lift_red"} and (tmp_path / "ev" / "results.json").exists()
+    assert list((tmp_path / "ev" / "videos").glob("*.mp4"))
+    assert "lift_red" in format_table(res)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path):
+    a = debug_config(tmp_path / "a")
+    train(a)
+    b = debug_config(tmp_path / "b", stop_after=2)
+    train(b)
+    b.stop_after = 0
+    train(b)
+    wa, wb = weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_a_different_policy(tmp_path):
+    cfg = debug_config(tmp_path, stop_after=1)
+    train(cfg)
+    cfg.policy.chunk_size = 2
+    with pytest.raises(ValueError, match="different policy config"):
+        train(cfg)
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    data_root = tmp_path.parent / "shared_data" / "debug"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "train.hydra_app", "experiment=debug", "strategy=ddp", f"run_dir={tmp_path / 'ddp'}",
+           f"data.root={data_root}", "eval_at_end=false", "optim.steps=3"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "latest" / "model.safetensors").exists()
+    OmegaConf.clear_resolvers()
