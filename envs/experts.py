@@ -7,11 +7,10 @@ action, DART-style), so demonstrations cover recoveries from small errors.
 
 from __future__ import annotations
 
-import mujoco
 import numpy as np
 
 from envs.scene import CUBE_HALF
-from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _quat_to_axis_angle
+from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _mat_to_rotvec
 
 GRIP_CLOSE_STEPS = 8
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
@@ -25,7 +24,6 @@ class ScriptedExpert:
     def reset(self) -> None:
         self.phase = "above"
         self.count = 0
-        self.yaw: float | None = None  # locked once the grasp starts, so a held cube never spins
         self.grasp_at: np.ndarray | None = None
 
     def _move(self, target: np.ndarray, grip: float, gain: float = 1.0) -> np.ndarray:
@@ -33,19 +31,11 @@ class ScriptedExpert:
         return np.concatenate([np.clip(delta, -1, 1), self._hold_orientation(), [grip]])
 
     def _hold_orientation(self) -> np.ndarray:
-        """Rotation (world frame) that points the gripper down with its fingers square to the cube."""
-        current = self.env.data.site_xmat[self.env._site].reshape(3, 3)
-        yaw = self.yaw
-        if yaw is None:
-            qc = self.env.data.body(f"{self.env.task.target_cube}_cube").xquat
-            yaw = 2.0 * np.arctan2(qc[3], qc[0])
-            yaw = (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4  # a cube is symmetric under quarter turns
-        c, s = np.cos(yaw), np.sin(yaw)
-        target = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ DOWN
-        err = target @ current.T
-        quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, err.ravel())
-        return np.clip(_quat_to_axis_angle(quat) / ROT_SCALE, -1, 1)
+        """Rotation that brings the controller's target to 'gripper straight down' (then zero:
+        the controller holds its target). Cubes are yawed by at most 0.25 rad, which the open
+        gripper tolerates, so the expert does not turn to them."""
+        err = _mat_to_rotvec(DOWN @ self.env._target_rot.T)
+        return np.clip(err / ROT_SCALE, -1, 1)
 
     def act(self) -> np.ndarray:
         env, task = self.env, self.env.task
@@ -62,8 +52,6 @@ class ScriptedExpert:
             if np.linalg.norm(eef - grasp) < 0.01:
                 self.phase, self.count = "grasp", 0
                 self.grasp_at = grasp
-                current = self.env.data.site_xmat[self.env._site].reshape(3, 3)
-                self.yaw = float(np.arctan2(-current[1, 0], -current[0, 0]))
             return self._move(grasp, -1.0, gain=0.7)
         if self.phase == "grasp":
             self.count += 1

@@ -61,7 +61,7 @@ def scene_xml(cubes: list[str], plates: list[str], image_size: int) -> str:
   <worldbody>
     <light pos="0.4 0 1.5" dir="0 0 -1" castshadow="false" diffuse="0.4 0.4 0.4"/>
     <geom name="table" type="plane" size="3 3 0.01" rgba="0.55 0.45 0.35 1"/>
-    <camera name="agentview" pos="0.95 0 0.45" xyaxes="0 1 0 -0.625 0 0.781" fovy="60"/>
+    <camera name="agentview" pos="0.9 0 0.4" xyaxes="0 1 0 -0.689 0 0.725" fovy="50"/>
     <body name="base" pos="0 0 0">
       <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" rgba="0.25 0.25 0.28 1" contype="0" conaffinity="0"/>
       <body name="l1" pos="0 0 0.1" gravcomp="1">

@@ -1,9 +1,9 @@
 """The built-in language-conditioned tabletop suite (gymnasium API, LIBERO conventions).
 
 Action: delta end-effector pose (dx, dy, dz, droll, dpitch, dyaw) + gripper, all in [-1, 1],
-at 20 Hz; -1 opens, +1 closes the gripper (robosuite/LIBERO convention). A damped
-least-squares step on MuJoCo's site Jacobian turns the pose delta into joint targets for
-position servos. Observation: `agentview` and `wrist` RGB (uint8) and an 8-D state
+at 20 Hz; -1 opens, +1 closes the gripper (robosuite/LIBERO convention). The delta moves a target pose (so a
+zero action holds the pose exactly, without drift); a damped least-squares step on MuJoCo's
+site Jacobian turns the remaining pose error into joint targets for position servos. Observation: `agentview` and `wrist` RGB (uint8) and an 8-D state
 (end-effector position 3, axis-angle 3, finger positions 2), like LIBERO's.
 """
 
@@ -60,6 +60,29 @@ def _quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
     return q[1:] / s * 2.0 * np.arctan2(s, q[0])
 
 
+def _canonical_axis_angle(v: np.ndarray) -> np.ndarray:
+    """A gripper pointing down sits near angle pi, where (a, pi) and (-a, pi) flip sign from
+    step to step; (-a, 2 pi - angle) is the same rotation, so keep the y component positive."""
+    angle = np.linalg.norm(v)
+    if angle > np.pi / 2 and v[1] < 0:
+        return -v / angle * (2 * np.pi - angle)
+    return v
+
+
+def _mat_to_rotvec(m: np.ndarray) -> np.ndarray:
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(m).ravel())
+    return _quat_to_axis_angle(quat)
+
+
+def _rotvec_to_mat(v: np.ndarray) -> np.ndarray:
+    quat, mat = np.zeros(4), np.zeros(9)
+    angle = np.linalg.norm(v)
+    mujoco.mju_axisAngle2Quat(quat, v / angle if angle > 1e-12 else np.array([1.0, 0, 0]), angle)
+    mujoco.mju_quat2Mat(mat, quat)
+    return mat.reshape(3, 3)
+
+
 class TabletopEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
@@ -105,11 +128,13 @@ class TabletopEnv(gym.Env):
             body = self.model.body(name)
             if name.endswith("cube"):
                 adr = self.model.joint(f"{name}_joint").qposadr[0]
-                yaw = self.np_random.uniform(-0.5, 0.5)
+                yaw = self.np_random.uniform(-0.25, 0.25)
                 self.data.qpos[adr : adr + 7] = [*xy, CUBE_HALF, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
             else:
                 self.model.body_pos[body.id][:2] = xy
         mujoco.mj_forward(self.model, self.data)
+        self._target_pos = self.eef_pos()
+        self._target_rot = self.data.site_xmat[self._site].reshape(3, 3).copy()
         self._steps = 0
         return self._observation(), self._info()
 
@@ -127,14 +152,23 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"action must have shape (7,), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError(f"action contains NaN or Inf: {action}")
-        action = np.clip(action, -1.0, 1.0)
-        self.data.ctrl[:7] = self._ik_targets(action[:3] * POS_SCALE, action[3:6] * ROT_SCALE)
-        self.data.ctrl[7:9] = 0.0 if action[6] > 0 else 0.045
-        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
+        self.simulate(np.clip(action, -1.0, 1.0))
         self._steps += 1
         success = self.is_success()
         truncated = self._steps >= self.task.max_episode_steps
         return self._observation(), float(success), success, truncated, self._info()
+
+    def simulate(self, action: np.ndarray) -> None:
+        """Controller + physics for one 20 Hz control step (no rendering)."""
+        eef = self.eef_pos()
+        # Anti-windup: the target never runs more than two steps ahead of the hand.
+        self._target_pos = eef + np.clip(self._target_pos + action[:3] * POS_SCALE - eef, -0.06, 0.06)
+        self._target_rot = _rotvec_to_mat(action[3:6] * ROT_SCALE) @ self._target_rot
+        current = self.data.site_xmat[self._site].reshape(3, 3)
+        rot_err = _mat_to_rotvec(self._target_rot @ current.T)
+        self.data.ctrl[:7] = self._ik_targets(self._target_pos - eef, rot_err)
+        self.data.ctrl[7:9] = 0.0 if action[6] > 0 else 0.045
+        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
 
     def _ik_targets(self, dpos: np.ndarray, drot: np.ndarray) -> np.ndarray:
         """One damped least-squares step from the current joints towards the displaced pose."""
@@ -161,9 +195,7 @@ class TabletopEnv(gym.Env):
         return float(self.data.qpos[self._fingers].sum())
 
     def proprio(self) -> np.ndarray:
-        quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._site])
-        axis_angle = _quat_to_axis_angle(quat)
+        axis_angle = _canonical_axis_angle(_mat_to_rotvec(self.data.site_xmat[self._site].reshape(3, 3)))
         return np.concatenate([self.eef_pos(), axis_angle, self.data.qpos[self._fingers]]).astype(np.float32)
 
     def is_success(self) -> bool:

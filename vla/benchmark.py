@@ -1,0 +1,84 @@
+"""`vla-bench-decode`: per-chunk decode latency of the default policy on this machine.
+
+Masked diffusion with and without the prefix cache, one-shot (T = 1), and the autoregressive
+baseline with its key/value cache, all on the same backbone and an 8 x 7 chunk. Prints medians
+and ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from vla.policy import PolicyConfig, VLAPolicy
+
+
+def _stats(cfg: PolicyConfig) -> dict:
+    return {
+        "state": {"mean": [0.0] * cfg.state_dim, "std": [1.0] * cfg.state_dim},
+        "action": {"q01": [-1.0] * cfg.action_dim, "q99": [1.0] * cfg.action_dim},
+    }
+
+
+def _time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1000.0
+
+
+def run(repeats: int = 20, steps: int = 12, threads: int = 0) -> list[tuple[str, float]]:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = PolicyConfig()
+    diffusion = VLAPolicy(cfg, _stats(cfg)).eval()
+    ar_cfg = PolicyConfig(decoder_type="autoregressive")
+    ar = VLAPolicy(ar_cfg, _stats(ar_cfg)).eval()
+    ar.load_state_dict(diffusion.state_dict())  # same backbone and decoder weights
+    rng = np.random.default_rng(0)
+    obs = {
+        "images": {c: rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for c in cfg.cameras},
+        "state": np.zeros(cfg.state_dim, np.float32),
+        "instruction": "pick up the red cube",
+    }
+    images, state, instr, _ = diffusion.preprocess(obs)
+
+    def md(t: int, cache: bool):
+        diffusion.cfg.sampler.steps = t
+        return lambda: diffusion.predict_tokens(images, state, instr, use_cache=cache)
+
+    rows = [
+        (f"masked diffusion T={steps}, prefix cache", _time(md(steps, True), repeats)),
+        (f"masked diffusion T={steps}, no cache", _time(md(steps, False), max(3, repeats // 4))),
+        ("one-shot parallel (T=1)", _time(md(1, True), repeats)),
+        ("autoregressive, KV cache (56 passes)", _time(lambda: ar.predict_tokens(images, state, instr), repeats)),
+        ("  of which: prefix (backbone) only", _time(lambda: diffusion.encode_prefix(images, state, instr), repeats)),
+    ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    rows = run(args.repeats, args.steps, args.threads)
+    ar_ms = rows[3][1]
+    print(f"decode latency per 8x7 chunk, default policy, {torch.get_num_threads()} torch threads, CPU")
+    print(f"{'mode':<42}{'median ms':>10}{'AR / mode':>11}")
+    for name, ms in rows:
+        print(f"{name:<42}{ms:>10.1f}{ar_ms / ms:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()
