@@ -12,8 +12,6 @@ The group is written to a temporary folder and renamed when complete.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import zarr
 from tqdm import tqdm
 
 from data.episode import Episode
+from vla.configs import atomic_dir
 
 CACHE_FORMAT = "vla-zarr-cache/1"
 
@@ -39,9 +38,7 @@ def compute_stats(x: np.ndarray) -> dict:
 
 
 def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard: int = 256) -> Path:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.building-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(path, "building") as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         arrays: dict[str, zarr.Array] = {}
         n = 0
@@ -91,13 +88,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
             "cameras": cams,
             "stats": {"state": compute_stats(state), "action": compute_stats(action)},
         })  # fmt: skip
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 class ZarrCache:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+from vla.configs import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,15 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     root = Path(root)
     if (root / "meta" / "info.json").exists():
         raise FileExistsError(f"{root} already holds a dataset; remove it or record elsewhere")
-    tmp = root.parent / f".{root.name}.recording-{uuid.uuid4().hex[:8]}"
-    ds = LeRobotDataset.create(REPO_ID, FPS, features(cfg.image_size, cfg.use_videos), root=tmp,
-                               robot_type="vla_tabletop_arm7", use_videos=cfg.use_videos)  # fmt: skip
     jobs = [
         (task, cfg.seed * 100_000 + i * 1_000 + j, cfg.image_size, cfg.noise)
         for i, task in enumerate(cfg.tasks)
         for j in range(cfg.episodes_per_task)
     ]
     failed = 0
-    try:
+    with atomic_dir(root, "recording") as tmp:
+        ds = LeRobotDataset.create(REPO_ID, FPS, features(cfg.image_size, cfg.use_videos), root=tmp,
+                                   robot_type="vla_tabletop_arm7", use_videos=cfg.use_videos)  # fmt: skip
         # spawn, not fork: a forked child of a process holding an EGL context can deadlock.
         with ProcessPoolExecutor(max(1, cfg.workers), mp_context=mp.get_context("spawn")) as pool:
             for instruction, frames, ok in tqdm(pool.map(_rollout, jobs), total=len(jobs), desc="recording demos"):
@@ -103,11 +102,5 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
                     })  # fmt: skip
                 ds.save_episode()
         ds.finalize()
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("recorded %d episodes (%d expert failures skipped) to %s", len(jobs) - failed, failed, root)
     return root

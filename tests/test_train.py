@@ -7,7 +7,6 @@ import pytest
 import safetensors.torch
 import torch
 from hydra import compose, initialize
-from omegaconf import OmegaConf
 
 from train.config import TrainConfig
 from train.hydra_app import EXPERIMENTS, register_configs, to_train_config
@@ -49,8 +48,12 @@ def test_slurm_launcher_config_validates():
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 4 and launcher.timeout_min == 720
 
 
-def debug_config(tmp_path, **over) -> TrainConfig:
-    data_root = tmp_path.parent / "shared_data" / "debug"
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "debug"  # recorded by the first test, reused after
+
+
+def debug_config(tmp_path, data_root, **over) -> TrainConfig:
     cfg = to_train_config(composed(["experiment=debug", f"run_dir={tmp_path / 'run'}", f"data.root={data_root}",
                                     "eval_at_end=false"]))  # fmt: skip
     for k, v in over.items():
@@ -62,10 +65,10 @@ def weights(run_dir: Path) -> dict:
     return safetensors.torch.load_file(str(run_dir / "checkpoints" / "latest" / "model.safetensors"))
 
 
-def test_collect_train_resume_eval_end_to_end(tmp_path):
+def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
     from envs.evaluate import EvalConfig, evaluate, format_table
 
-    cfg = debug_config(tmp_path, stop_after=3)
+    cfg = debug_config(tmp_path, data_root, stop_after=3)
     first = train(cfg)  # interrupted after 3 of 6 steps
     assert first["step"] == 3 and (tmp_path / "run" / "checkpoints" / "step_0000003").exists()
     cfg.stop_after = 0
@@ -80,10 +83,10 @@ def test_collect_train_resume_eval_end_to_end(tmp_path):
     assert "lift_red" in format_table(res)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path):
-    a = debug_config(tmp_path / "a")
+def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path, data_root):
+    a = debug_config(tmp_path / "a", data_root)
     train(a)
-    b = debug_config(tmp_path / "b", stop_after=2)
+    b = debug_config(tmp_path / "b", data_root, stop_after=2)
     train(b)
     b.stop_after = 0
     train(b)
@@ -92,20 +95,23 @@ def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
 
 
-def test_resume_refuses_a_different_policy(tmp_path):
-    cfg = debug_config(tmp_path, stop_after=1)
+def test_resume_refuses_a_different_policy(tmp_path, data_root):
+    cfg = debug_config(tmp_path, data_root, stop_after=1)
     train(cfg)
     cfg.policy.chunk_size = 2
     with pytest.raises(ValueError, match="different policy config"):
         train(cfg)
 
 
-def test_ddp_with_two_cpu_processes(tmp_path):
-    data_root = tmp_path.parent / "shared_data" / "debug"
+def test_ddp_with_two_cpu_processes(tmp_path, data_root):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "train.hydra_app", "experiment=debug", "strategy=ddp", f"run_dir={tmp_path / 'ddp'}",
            f"data.root={data_root}", "eval_at_end=false", "optim.steps=3"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoints" / "latest" / "model.safetensors").exists()
-    OmegaConf.clear_resolvers()
+
+
+def test_fsdp_is_refused_with_a_way_forward():
+    with pytest.raises(Exception, match="not implemented yet; use strategy=ddp"):
+        to_train_config(composed(["strategy=fsdp"]))

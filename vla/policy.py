@@ -12,8 +12,6 @@ Training batch contract (built by data/):
 from __future__ import annotations
 
 import math
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from torch import nn
 
 from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
 from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm, model_from_saved_config
-from vla.configs import from_dict, load_json, save_json, to_dict
+from vla.configs import atomic_dir, from_dict, load_json, save_json, to_dict
 from vla.decoder import ActionDecoder, DecoderConfig
 from vla.image_transforms import center_crop, to_float
 from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
@@ -284,9 +282,8 @@ class VLAPolicy(nn.Module):
         `write_more(folder)` may add files (e.g. training state) inside the same atomic write.
         """
         path = Path(path)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
+        with atomic_dir(path) as tmp:
+            tmp.mkdir()
             safetensors.torch.save_model(self, str(tmp / "model.safetensors"))
             meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "policy": to_dict(self.cfg)}
             save_json(tmp / "config.json", {**meta, **(extra or {})})
@@ -298,10 +295,6 @@ class VLAPolicy(nn.Module):
             self.backbone.processor.save_pretrained(tmp / "backbone")
             if write_more is not None:
                 write_more(tmp)
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -338,13 +331,3 @@ class VLAPolicy(nn.Module):
             problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
         if problems:
             raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        dst.rename(old)
-    src.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
