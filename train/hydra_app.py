@@ -90,9 +90,8 @@ class EvalAppConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(
-        name="vla_train", node={"defaults": ["train_schema", "_self_", {"experiment": "builtin"}], "hydra": _HYDRA}
-    )
+    defaults = ["train_schema", {"backbone": "tiny"}, {"decoder": "diffusion"}, "_self_", {"experiment": "builtin"}]
+    cs.store(name="vla_train", node={"defaults": defaults, "hydra": _HYDRA})
     cs.store(group="backbone", name="tiny", node=BackboneConfig, package="policy.backbone")
     cs.store(group="backbone", name="pretrained", package="policy.backbone",
              node=BackboneConfig(source="???", freeze_vision=True, lora_rank=16))  # fmt: skip

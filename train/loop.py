@@ -179,15 +179,18 @@ def train(cfg: TrainConfig) -> dict:
 
     model = policy
     if cfg.strategy == "ddp":
+        # VLMs carry modules the prefix never uses (e.g. SigLIP's pooling head under LLaVA).
         model = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None
+            policy, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     lcfg = cfg.data.loader
     sampler = ResumableBatches(
         len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world
     )
     collate = Collate(lcfg, cfg.policy.image_size, cfg.policy.rotate_180, train=True)
+    # Its own generator: creating the iterator must not draw from the (restored) global RNG.
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=lcfg.workers,
+                        generator=torch.Generator().manual_seed(cfg.seed + step),
                         persistent_workers=lcfg.workers > 0, prefetch_factor=4 if lcfg.workers > 0 else None)  # fmt: skip
     writer = None
     if rank == 0:
