@@ -91,7 +91,9 @@ def run_expert_episode(env: TabletopEnv, seed: int, noise: float = 0.0, rng: np.
         frames.append({**obs, "action": action})
         executed = action.copy()
         if noise > 0:
-            executed[:6] = np.clip(executed[:6] + rng.normal(0, noise, 6), -1, 1)
+            # Translation only: rotation noise would move the controller's (unobserved) target
+            # orientation, and the expert's corrections of it become unpredictable labels.
+            executed[:3] = np.clip(executed[:3] + rng.normal(0, noise, 3), -1, 1)
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated:
             success = True
