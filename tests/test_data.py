@@ -7,7 +7,7 @@ import pytest
 from data.cache import ZarrCache, build_cache
 from data.dataset import ChunkDataset, Collate, LoaderConfig, ResumableBatches
 from data.episode import Episode
-from data.readers import LeRobotKeys, read_lerobot, read_libero_hdf5
+from data.readers import BRIDGE_LEROBOT_KEYS, LIBERO_LEROBOT_KEYS, LeRobotKeys, read_lerobot, read_libero_hdf5
 from data.record import RecordConfig, record_builtin
 
 
@@ -116,3 +116,40 @@ def test_resumable_batches_continue_the_same_stream():
     first = [next(it) for _ in range(7)]
     it2 = iter(ResumableBatches(10, 3, seed=1, start=4))
     assert [next(it2) for _ in range(3)] == first[4:]
+
+
+def _write_port(root, cams: dict[str, str], state_dim: int, episodes=2, t=4):
+    """A LeRobotDataset v3 in a public port's schema, written with lerobot's API."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    img = {"dtype": "image", "shape": (16, 16, 3), "names": ["height", "width", "channels"]}
+    features = {key: dict(img) for key in cams.values()}
+    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": None}
+    features["action"] = {"dtype": "float32", "shape": (7,), "names": None}
+    ds = LeRobotDataset.create("local/port", 10, features, root=root, use_videos=False)
+    rng = np.random.default_rng(0)
+    for _ in range(episodes):
+        for _ in range(t):
+            frame = {key: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for key in cams.values()}
+            frame["observation.state"] = rng.normal(size=state_dim).astype(np.float32)
+            frame["action"] = rng.uniform(-1, 1, 7).astype(np.float32)
+            frame["task"] = "put the carrot on the plate"
+            ds.add_frame(frame)
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+@pytest.mark.parametrize(
+    ("keys", "state_dim"),
+    [(LIBERO_LEROBOT_KEYS, 8), (BRIDGE_LEROBOT_KEYS, 7)],
+    ids=["libero_port", "bridge_port"],
+)
+def test_public_lerobot_port_schemas(tmp_path, keys, state_dim):
+    root = _write_port(tmp_path / "port", keys.cameras, state_dim)
+    eps = list(read_lerobot(root, keys))
+    assert len(eps) == 2 and set(eps[0].images) == set(keys.cameras)
+    assert eps[0].state.shape == (4, state_dim) and eps[0].actions.shape == (4, 7)
+    assert eps[0].task == "put the carrot on the plate"
+    build_cache(eps, tmp_path / "c.zarr")
+    assert ZarrCache(tmp_path / "c.zarr").cameras == sorted(keys.cameras)
