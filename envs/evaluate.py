@@ -94,15 +94,11 @@ def _run_episode(job: tuple[str, str, int, int, bool]) -> dict:
     policy = _WORKER["policy"]
     env = _WORKER["envs"].get(task)
     if env is None:
-        env = _WORKER["envs"][task] = make_env(suite, task, image_size=_image_size(policy))
+        env = _WORKER["envs"][task] = make_env(suite, task, image_size=policy.cfg.image_size)
         obs_space = env.observation_space
         policy.check_compatible(env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
     result = rollout(policy, env, seed, execute_steps, record)
     return {"task": task, "seed": seed, **result}
-
-
-def _image_size(policy) -> int:
-    return policy.cfg.image_size
 
 
 def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True) -> dict:

@@ -83,10 +83,13 @@ def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
     assert "lift_red" in format_table(res)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path, data_root):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path, data_root, ema_decay):
     a = debug_config(tmp_path / "a", data_root)
+    a.optim.ema_decay = ema_decay
     train(a)
     b = debug_config(tmp_path / "b", data_root, stop_after=2)
+    b.optim.ema_decay = ema_decay
     train(b)
     b.stop_after = 0
     train(b)

@@ -105,7 +105,7 @@ class _Checkpointer:
             _copy_into(policy, ema)
 
         def write_state(folder: Path) -> None:
-            save_training_state(folder / "training_state", step, optimizer, scheduler, raw, {"step": step})
+            save_training_state(folder / "training_state", step, optimizer, scheduler, raw)
             save_json(folder / "train_config.json", asdict(self.cfg))
 
         policy.save(self.latest, extra={"step": step}, write_more=write_state)
@@ -126,7 +126,7 @@ class _Checkpointer:
             )
         safetensors.torch.load_model(policy, str(self.latest / "model.safetensors"))
         raw = {n: torch.zeros_like(p) for n, p in policy.named_parameters() if ema is not None and n in ema}
-        step, _ = load_training_state(self.latest / "training_state", optimizer, scheduler, raw or None)
+        step = load_training_state(self.latest / "training_state", optimizer, scheduler, raw or None)
         if ema is not None:  # model.safetensors held the EMA; restore the raw weights to train on
             for n in ema:
                 ema[n].copy_(dict(policy.named_parameters())[n].detach())
