@@ -72,6 +72,7 @@ def _rollout(args: tuple[str, int, int, float]) -> tuple[str, list[dict], bool]:
 
 def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     """Collect successful expert episodes of every task; returns the dataset folder."""
+    from datasets.utils import logging as hf_datasets_logging
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     root = Path(root)
@@ -83,24 +84,31 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
         for j in range(cfg.episodes_per_task)
     ]
     failed = 0
-    with atomic_dir(root, "recording") as tmp:
-        ds = LeRobotDataset.create(REPO_ID, FPS, features(cfg.image_size, cfg.use_videos), root=tmp,
-                                   robot_type="vla_tabletop_arm7", use_videos=cfg.use_videos)  # fmt: skip
-        # spawn, not fork: a forked child of a process holding an EGL context can deadlock.
-        with ProcessPoolExecutor(max(1, cfg.workers), mp_context=mp.get_context("spawn")) as pool:
-            for instruction, frames, ok in tqdm(pool.map(_rollout, jobs), total=len(jobs), desc="recording demos"):
-                if not ok:
-                    failed += 1
-                    continue
-                for fr in frames:
-                    ds.add_frame({
-                        "observation.images.agentview": fr["agentview"],
-                        "observation.images.wrist": fr["wrist"],
-                        "observation.state": fr["state"],
-                        "action": fr["action"],
-                        "task": instruction,
-                    })  # fmt: skip
-                ds.save_episode()
-        ds.finalize()
+    # save_episode runs a `datasets` map per episode; its bar would bury ours. Restored after.
+    bars_were_on = hf_datasets_logging.is_progress_bar_enabled()
+    hf_datasets_logging.disable_progress_bar()
+    try:
+        with atomic_dir(root, "recording") as tmp:
+            ds = LeRobotDataset.create(REPO_ID, FPS, features(cfg.image_size, cfg.use_videos), root=tmp,
+                                       robot_type="vla_tabletop_arm7", use_videos=cfg.use_videos)  # fmt: skip
+            # spawn, not fork: a forked child of a process holding an EGL context can deadlock.
+            with ProcessPoolExecutor(max(1, cfg.workers), mp_context=mp.get_context("spawn")) as pool:
+                for instruction, frames, ok in tqdm(pool.map(_rollout, jobs), total=len(jobs), desc="recording demos"):
+                    if not ok:
+                        failed += 1
+                        continue
+                    for fr in frames:
+                        ds.add_frame({
+                            "observation.images.agentview": fr["agentview"],
+                            "observation.images.wrist": fr["wrist"],
+                            "observation.state": fr["state"],
+                            "action": fr["action"],
+                            "task": instruction,
+                        })  # fmt: skip
+                    ds.save_episode()
+            ds.finalize()
+    finally:
+        if bars_were_on:
+            hf_datasets_logging.enable_progress_bar()
     log.info("recorded %d episodes (%d expert failures skipped) to %s", len(jobs) - failed, failed, root)
     return root

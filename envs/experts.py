@@ -13,6 +13,10 @@ from envs.scene import CUBE_HALF
 from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _mat_to_rotvec
 
 GRIP_CLOSE_STEPS = 8
+# Proportional gain: each step moves the target by this fraction of the remaining error (capped
+# by the action range). Below 1 the approach is smooth, so labels are a smooth function of the
+# observed pose; gains at or above 1 make bang-bang, overshooting labels that are hard to imitate.
+GAIN = 0.5
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
 
 
@@ -26,8 +30,8 @@ class ScriptedExpert:
         self.count = 0
         self.grasp_at: np.ndarray | None = None
 
-    def _move(self, target: np.ndarray, grip: float, gain: float = 1.0) -> np.ndarray:
-        delta = (target - self.env.eef_pos()) / POS_SCALE * gain
+    def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
+        delta = (target - self.env.eef_pos()) / POS_SCALE * GAIN
         return np.concatenate([np.clip(delta, -1, 1), self._hold_orientation(), [grip]])
 
     def _hold_orientation(self) -> np.ndarray:
@@ -47,12 +51,12 @@ class ScriptedExpert:
             aligned = np.abs(self._hold_orientation()).max() * ROT_SCALE < 0.05
             if np.linalg.norm((eef - above)[:2]) < 0.015 and abs(eef[2] - above[2]) < 0.03 and aligned:
                 self.phase = "descend"
-            return self._move(above, -1.0, gain=1.5)
+            return self._move(above, -1.0)
         if self.phase == "descend":
             if np.linalg.norm(eef - grasp) < 0.01:
                 self.phase, self.count = "grasp", 0
                 self.grasp_at = grasp
-            return self._move(grasp, -1.0, gain=0.7)
+            return self._move(grasp, -1.0)
         if self.phase == "grasp":
             self.count += 1
             if self.count >= GRIP_CLOSE_STEPS:

@@ -20,7 +20,15 @@ from envs.scene import CUBE_HALF, HOME_QPOS, PLATE_RADIUS, scene_xml
 CONTROL_HZ = 20
 POS_SCALE = 0.03  # metres per unit action per control step
 ROT_SCALE = 0.3  # radians per unit action per control step
-WORKSPACE = ((0.38, 0.62), (-0.2, 0.2))  # x, y ranges for objects
+# Like LIBERO, every object starts in its own small init region of a fixed scene layout:
+# name -> (centre x, centre y), and each episode jitters it uniformly by up to REGION_HALF.
+# The instruction picks the target among objects that are always present.
+LAYOUT = {
+    "red_cube": (0.50, -0.13), "green_cube": (0.50, 0.0), "blue_cube": (0.50, 0.13),
+    "yellow_plate": (0.56, -0.12), "purple_plate": (0.56, 0.12),
+}  # fmt: skip
+PLACE_CUBE_XY = (0.42, 0.0)  # the place scene's single cube starts in front of both plates
+REGION_HALF = {"cube": (0.03, 0.02), "plate": (0.02, 0.02)}
 CAMERAS = ("agentview", "wrist")
 
 
@@ -121,10 +129,8 @@ class TabletopEnv(gym.Env):
         self.data.qpos[self._fingers] = 0.045
         self.data.ctrl[:7] = self.data.qpos[self._arm_qpos]
         self.data.ctrl[7:9] = 0.045
-        placed: list[np.ndarray] = []
         for name in [f"{c}_cube" for c in self.task.cubes] + [f"{p}_plate" for p in self.task.plates]:
-            xy = self._sample_xy(placed, 0.15 if name.endswith("plate") else 0.09)
-            placed.append(xy)
+            xy = self._init_xy(name)
             body = self.model.body(name)
             if name.endswith("cube"):
                 adr = self.model.joint(f"{name}_joint").qposadr[0]
@@ -138,12 +144,11 @@ class TabletopEnv(gym.Env):
         self._steps = 0
         return self._observation(), self._info()
 
-    def _sample_xy(self, placed: list[np.ndarray], min_dist: float) -> np.ndarray:
-        for _ in range(200):
-            xy = np.array([self.np_random.uniform(*WORKSPACE[0]), self.np_random.uniform(*WORKSPACE[1])])
-            if all(np.linalg.norm(xy - p) >= min_dist for p in placed):
-                return xy
-        raise RuntimeError(f"could not place objects for task {self.task.name} without overlap")
+    def _init_xy(self, name: str) -> np.ndarray:
+        kind = name.split("_")[1]
+        centre = PLACE_CUBE_XY if self.task.kind == "place" and kind == "cube" else LAYOUT[name]
+        half = np.array(REGION_HALF[kind])
+        return np.asarray(centre) + self.np_random.uniform(-half, half)
 
     # ------------------------------------------------------------------ step
     def step(self, action):

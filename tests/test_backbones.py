@@ -33,6 +33,13 @@ def test_pretrained_family_loads_by_path_and_round_trips(family, tmp_path):
             torch.testing.assert_close(params[name], value)
             matched += 1
     assert matched > 10
+    # The instruction summary pools text positions only: never image placeholders or padding.
+    inputs = policy.backbone.prepare(torch.rand(2, 2, 3, 32, 32), ["pick up the red cube", "go"])
+    text = policy.backbone.text_mask(inputs)
+    image = torch.isin(inputs["input_ids"], torch.tensor(policy.backbone.image_token_ids))
+    assert policy.backbone.image_token_ids and image.any() and not (text & image).any()
+    assert not (text & ~inputs["attention_mask"].bool()).any() and (text.sum(1) > 0).all()
+    assert text[0].sum() > text[1].sum()  # the longer instruction has more text positions
     # A policy checkpoint carries the architecture and processor: it loads without the source.
     policy.save(tmp_path / "ckpt")
     shutil.rmtree(src)

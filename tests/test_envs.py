@@ -3,7 +3,7 @@ import pytest
 
 from envs.experts import run_expert_episode
 from envs.registry import make_env, suite_tasks
-from envs.tabletop import TASKS, TabletopEnv
+from envs.tabletop import LAYOUT, PLACE_CUBE_XY, REGION_HALF, TASKS, TabletopEnv
 
 TASK_NAMES = suite_tasks("builtin")
 
@@ -31,6 +31,22 @@ def test_resets_are_reproducible_and_seeds_differ():
     c = env.reset(seed=6)[0]["agentview"]
     env.close()
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("task", ["lift_green", "place_purple"])
+def test_objects_start_inside_their_init_regions(task):
+    env = TabletopEnv(task, image_size=32)
+    starts = []
+    for seed in range(20):
+        env.reset(seed=seed)
+        xy = {f"{c}_cube": env.object_pos(f"{c}_cube")[:2] for c in env.task.cubes}
+        xy |= {f"{p}_plate": env.object_pos(f"{p}_plate")[:2] for p in env.task.plates}
+        for name, pos in xy.items():
+            centre = PLACE_CUBE_XY if env.task.kind == "place" and name.endswith("cube") else LAYOUT[name]
+            assert np.all(np.abs(pos - centre) <= np.array(REGION_HALF[name.split("_")[1]]) + 1e-6), (name, pos)
+        starts.append(xy[f"{env.task.target_cube}_cube"])
+    env.close()
+    assert np.ptp(np.array(starts), axis=0).min() > 0.02  # jittered, not fixed
 
 
 def test_tasks_sharing_a_scene_differ_only_in_instruction():

@@ -36,11 +36,11 @@ def policy():
 def test_prefix_cache_gives_the_same_logits_and_tokens(policy):
     b = batch()
     prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    cache = policy.decoder.prefix_cache(prefix, mask)
+    cache = policy.decoder_cache(prefix, mask)
     tokens = torch.randint(0, 17, (3, 12))
     cached = policy.decoder(tokens, cache)
     p2, m2 = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    fresh = policy.decoder(tokens, policy.decoder.prefix_cache(p2, m2))
+    fresh = policy.decoder(tokens, policy.decoder_cache(p2, m2))
     torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-5)
     policy.reset(7)
     with_cache = policy.predict_tokens(b["images"], b["state"], b["instruction"], use_cache=True)
@@ -54,7 +54,7 @@ def test_autoregressive_kv_cache_matches_full_causal_pass():
     pol = VLAPolicy(tiny_policy_config(decoder_type="autoregressive"), tiny_stats()).eval()
     b = batch()
     prefix, mask = pol.encode_prefix(b["images"], b["state"], b["instruction"])
-    cache = pol.decoder.prefix_cache(prefix, mask)
+    cache = pol.decoder_cache(prefix, mask)
     seq = torch.randint(0, 16, (3, 12))
     inp = torch.cat([torch.full((3, 1), pol.decoder.bos_id), seq[:, :-1]], dim=1)
     full = pol.decoder(inp, cache, causal=True)
@@ -68,7 +68,7 @@ def test_prefix_never_sees_action_slots(policy):
     """Changing action tokens must not change the prefix cache (prefix-LM mask)."""
     b = batch()
     prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    cache = policy.decoder.prefix_cache(prefix, mask)
+    cache = policy.decoder_cache(prefix, mask)
     a = policy.decoder(torch.full((3, 12), 16), cache)
     b2 = policy.decoder(torch.randint(0, 16, (3, 12)), cache)
     assert not torch.allclose(a, b2)  # slots do see each other

@@ -39,7 +39,7 @@ EXPERIMENTS = {
     "builtin": {
         "run_dir": "runs/builtin",
         "data": {"record": {"episodes_per_task": 40}, "loader": {"batch_size": 32}},
-        "optim": {"steps": 2500, "lr": 5e-4, "warmup_steps": 100},
+        "optim": {"steps": 2000, "lr": 1e-3, "warmup_steps": 100},
         "eval": {"episodes_per_task": 20, "videos_per_task": 1, "execute_steps": 4},
     },
     # Runs in well under a minute: tiny data, tiny model, a few steps, one eval episode.

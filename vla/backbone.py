@@ -109,7 +109,12 @@ def build_tiny_vlm(cfg: BackboneConfig):
         image_seq_length=n_patches,
         projector_hidden_act="gelu",
     )
-    return LlavaModel(config), processor
+    model = LlavaModel(config)
+    # Llama's N(0, 0.02) embedding init suits wide pretrained models; in this narrow random one
+    # the instruction's token embeddings would be ~3% of a residual stream dominated by image
+    # features, and the policy would take thousands of steps to notice which cube was asked for.
+    nn.init.normal_(model.get_input_embeddings().weight, std=1.0)
+    return model, processor
 
 
 def load_pretrained_vlm(source: str, local_files_only: bool = False):
@@ -148,6 +153,10 @@ class VLMBackbone(nn.Module):
         self.processor = processor
         self.model_type = model.config.model_type
         self.hidden_size = int(_text_config(model).hidden_size)
+        # Ids of image placeholder tokens: text_mask() excludes them (and padding).
+        ids = {getattr(model.config, a, None) for a in ("image_token_id", "image_token_index")}
+        ids |= {getattr(processor, "image_token_id", None)}
+        self.image_token_ids = sorted(i for i in ids if isinstance(i, int))
         self.vlm = self._maybe_lora(model)  # LoRA first: it freezes base weights, adds adapters
         self._apply_freezing(model)  # then a frozen tower freezes its adapters too
 
@@ -196,3 +205,9 @@ class VLMBackbone(nn.Module):
         hidden = out.last_hidden_state  # (B, P, hidden)
         mask = inputs["attention_mask"].bool()  # (B, P)
         return hidden, mask
+
+    def text_mask(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, P) bool: attended positions that are not image placeholders (prompt and instruction)."""
+        ids = inputs["input_ids"]
+        image = torch.isin(ids, torch.tensor(self.image_token_ids, dtype=ids.dtype, device=ids.device))
+        return inputs["attention_mask"].bool() & ~image

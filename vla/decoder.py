@@ -62,7 +62,7 @@ class Block(nn.Module):
         return self._split(k), self._split(v)
 
     def forward(self, x: torch.Tensor, prefix_kv: KV, mask: torch.Tensor, past: KV | None = None) -> tuple:
-        """x: (B, La, d) action slots; mask: (B, 1, La, P + S) bool, True = may attend."""
+        """x: (B, La, d) action slots; mask: bool, broadcastable to (B, 1, La, P + S), or None."""
         h = self.ln1(x)
         q = self._split(self.q(h))
         k, v = self.kv(h).chunk(2, dim=-1)
@@ -79,7 +79,9 @@ class Block(nn.Module):
 
 
 class ActionDecoder(nn.Module):
-    def __init__(self, cfg: DecoderConfig, prefix_dim: int, chunk_size: int, action_dim: int, bins: int) -> None:
+    def __init__(
+        self, cfg: DecoderConfig, prefix_dim: int, chunk_size: int, action_dim: int, bins: int, cond_dim: int = 0
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.bins = bins
@@ -91,6 +93,10 @@ class ActionDecoder(nn.Module):
         self.step_emb = nn.Parameter(torch.randn(chunk_size, 1, cfg.d_model) * 0.02)  # which future step
         self.dim_emb = nn.Parameter(torch.randn(1, action_dim, cfg.d_model) * 0.02)  # which action dimension
         self.prefix_proj = nn.Linear(prefix_dim, cfg.d_model)
+        # Optional global conditioning added to every slot's input (the policy passes the state
+        # token and the backbone's last hidden state): attention to a few needles among hundreds
+        # of prefix tokens is slow to learn, a direct path is not.
+        self.cond_proj = nn.Linear(cond_dim, cfg.d_model) if cond_dim else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, bins)
@@ -102,34 +108,58 @@ class ActionDecoder(nn.Module):
     def slot_embedding(self) -> torch.Tensor:
         return (self.step_emb + self.dim_emb).reshape(self.num_slots, -1)  # (L, d), slot = h * D + d
 
-    def prefix_cache(self, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> dict:
-        """Per-layer keys/values of the prefix, computed once per chunk. prefix: (B, P, prefix_dim)."""
-        p = self.prefix_proj(prefix)
-        return {"kv": [blk.keys_values(p) for blk in self.blocks], "mask": prefix_mask}
+    def prefix_cache(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, cond: torch.Tensor | None = None) -> dict:
+        """Per-layer keys/values of the prefix (and the slot conditioning), computed once per chunk.
 
-    def _mask(self, prefix_mask: torch.Tensor, n_query: int, n_keys: int, causal: bool, offset: int = 0):
-        b, _ = prefix_mask.shape
-        pm = prefix_mask[:, None, None, :].expand(b, 1, n_query, prefix_mask.shape[1])
-        if causal:
-            q_pos = torch.arange(n_query, device=prefix_mask.device)[:, None] + offset
-            k_pos = torch.arange(n_keys, device=prefix_mask.device)[None, :]
-            am = (k_pos <= q_pos)[None, None].expand(b, 1, n_query, n_keys)
-        else:
-            am = torch.ones(b, 1, n_query, n_keys, dtype=torch.bool, device=prefix_mask.device)
-        return torch.cat([pm, am], dim=-1)  # (B, 1, Lq, P + Lk)
+        prefix: (B, P, prefix_dim); prefix_mask: (B, P) bool; cond: (B, cond_dim) when cond_dim > 0.
+        """
+        p = self.prefix_proj(prefix)
+        cache = {"kv": [blk.keys_values(p) for blk in self.blocks], "mask": prefix_mask, "cond": None}
+        if self.cond_proj is not None:
+            if cond is None or cond.shape != (prefix.shape[0], self.cond_proj.in_features):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(
+                    f"decoder needs cond of shape ({prefix.shape[0]}, {self.cond_proj.in_features}), got {got}"
+                )
+            cache["cond"] = self.cond_proj(cond.to(p.dtype))[:, None]  # (B, 1, d)
+        return cache
+
+    def _embed(self, tokens: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        x = self.token_emb(tokens) + self.slot_embedding()[start : start + tokens.shape[1]]
+        return x if cache["cond"] is None else x + cache["cond"]
+
+    def _mask(self, cache: dict, n_query: int, n_keys: int, causal: bool) -> torch.Tensor | None:
+        """Attention mask over [prefix ; n_keys slots], True = may attend; None when nothing is masked.
+
+        Non-causal masks are (B, 1, 1, P + n_keys), broadcast over queries, and kept in the cache
+        so the refinement steps of one chunk build them once.
+        """
+        pm = cache["mask"]
+        if not causal:
+            key = ("mask", n_keys)
+            if key not in cache:
+                ones = torch.ones(pm.shape[0], n_keys, dtype=torch.bool, device=pm.device)
+                cache[key] = None if bool(pm.all()) else torch.cat([pm, ones], dim=1)[:, None, None, :]
+            return cache[key]
+        b = pm.shape[0]
+        q_pos = torch.arange(n_query, device=pm.device)[:, None]
+        k_pos = torch.arange(n_keys, device=pm.device)[None, :]
+        am = (k_pos <= q_pos)[None, None].expand(b, 1, n_query, n_keys)
+        return torch.cat([pm[:, None, None, :].expand(b, 1, n_query, pm.shape[1]), am], dim=-1)
 
     def forward(self, tokens: torch.Tensor, cache: dict, causal: bool = False) -> torch.Tensor:
         """All slots in one pass. tokens: (B, L) ids -> logits (B, L, bins)."""
-        x = self.token_emb(tokens) + self.slot_embedding()[: tokens.shape[1]]
-        mask = self._mask(cache["mask"], tokens.shape[1], tokens.shape[1], causal)
+        x = self._embed(tokens, cache, 0)
+        mask = self._mask(cache, tokens.shape[1], tokens.shape[1], causal)
         for blk, kv in zip(self.blocks, cache["kv"], strict=True):
             x, _ = blk(x, kv, mask)
         return self.head(self.ln_f(x))
 
     def step(self, token: torch.Tensor, position: int, cache: dict, past: list[KV] | None) -> tuple:
         """One autoregressive pass for slot `position`: token (B, 1) is the previous slot's id."""
-        x = self.token_emb(token) + self.slot_embedding()[position : position + 1]
-        mask = self._mask(cache["mask"], 1, position + 1, causal=True, offset=position)
+        x = self._embed(token, cache, position)
+        # One query at the newest position sees every cached slot: only the prefix can be masked.
+        mask = self._mask(cache, 1, position + 1, causal=False)
         new_past = []
         for i, (blk, kv) in enumerate(zip(self.blocks, cache["kv"], strict=True)):
             x, layer_kv = blk(x, kv, mask, None if past is None else past[i])

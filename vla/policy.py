@@ -105,7 +105,9 @@ class VLAPolicy(nn.Module):
         )
         hidden = self.backbone.hidden_size
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins)
+        self.decoder = ActionDecoder(
+            cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins, cond_dim=2 * hidden
+        )
         self.generator = torch.Generator()
         self.reset()
 
@@ -115,23 +117,35 @@ class VLAPolicy(nn.Module):
 
     # ----------------------------------------------------------------------------- prefix
     def encode_prefix(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]):
-        """images float (B, N, 3, S, S); state (B, S_dim) raw -> prefix (B, P + 1, hidden), mask."""
+        """images float (B, N, 3, S, S); state (B, S_dim) raw -> prefix (B, P + 2, hidden), mask.
+
+        The prefix is the backbone's hidden states, then the mean of its text positions (the
+        instruction, which a randomly initialised backbone would otherwise bury among hundreds of
+        image tokens), then the proprio token. The last two also condition every action slot.
+        """
         if state.shape[-1] != self.cfg.state_dim:
             raise ValueError(f"state has width {state.shape[-1]}, this policy expects {self.cfg.state_dim}")
         if images.shape[1] != len(self.cfg.cameras):
             raise ValueError(f"got {images.shape[1]} camera images, this policy expects {self.cfg.cameras}")
-        hidden, mask = self.backbone(self.backbone.prepare(images, instructions))
+        inputs = self.backbone.prepare(images, instructions)
+        hidden, mask = self.backbone(inputs)
+        text = self.backbone.text_mask(inputs).to(hidden.device)[..., None].to(hidden.dtype)  # (B, P, 1)
+        text_tok = (hidden * text).sum(1, keepdim=True) / text.sum(1, keepdim=True).clamp_min(1.0)
         s = (state.to(self.device).float() - self.state_mean) / self.state_std
-        state_tok = self.state_proj(s)[:, None]  # (B, 1, hidden)
-        prefix = torch.cat([hidden, state_tok.to(hidden.dtype)], dim=1)  # (B, P + 1, hidden)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        state_tok = self.state_proj(s)[:, None].to(hidden.dtype)  # (B, 1, hidden)
+        prefix = torch.cat([hidden, text_tok, state_tok], dim=1)  # (B, P + 2, hidden)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :2])], dim=1)
         return prefix, mask
+
+    def decoder_cache(self, prefix: torch.Tensor, mask: torch.Tensor) -> dict:
+        """The decoder's per-chunk cache; every slot is conditioned on the text and state tokens."""
+        return self.decoder.prefix_cache(prefix, mask, cond=prefix[:, -2:].flatten(1))
 
     # ----------------------------------------------------------------------------- training
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Masked-diffusion objective (method.md section 4) or next-slot cross-entropy."""
         prefix, pmask = self.encode_prefix(batch["images"], batch["state"], batch["instruction"])
-        cache = self.decoder.prefix_cache(prefix, pmask)
+        cache = self.decoder_cache(prefix, pmask)
         tokens = self.action_tokenizer.encode(batch["actions"].to(self.device))  # (B, H, D)
         b, h, d = tokens.shape
         if h != self.cfg.chunk_size:
@@ -166,7 +180,7 @@ class VLAPolicy(nn.Module):
         b, h, d = tokens.shape
         tokens = tokens.reshape(b, h * d)
         valid = (~batch["action_is_pad"].to(self.device))[:, :, None].expand(b, h, d).reshape(b, h * d)
-        cache = self.decoder.prefix_cache(prefix, pmask)
+        cache = self.decoder_cache(prefix, pmask)
         if self.cfg.decoder_type == "autoregressive":
             pred = self._decode_ar(cache, b)
         else:
@@ -193,7 +207,7 @@ class VLAPolicy(nn.Module):
         """-> tokens (B, H, D). fixed_actions (B, k, D): the first k steps are pre-committed."""
         b = images.shape[0]
         prefix, pmask = self.encode_prefix(images, state, instructions)
-        cache = self.decoder.prefix_cache(prefix, pmask)
+        cache = self.decoder_cache(prefix, pmask)
         if self.cfg.decoder_type == "autoregressive":
             if fixed_actions is not None:
                 raise ValueError("inpainting (fixed_actions) needs decoder_type='diffusion'")
@@ -204,7 +218,7 @@ class VLAPolicy(nn.Module):
 
         def logits_recomputed(tokens):  # reference path: the prefix is recomputed every step
             p, m = self.encode_prefix(images, state, instructions)
-            return self.decoder(tokens, self.decoder.prefix_cache(p, m))
+            return self.decoder(tokens, self.decoder_cache(p, m))
 
         fixed_tokens = fixed_mask = None
         n = self.decoder.num_slots

@@ -105,56 +105,61 @@ def masked_diffusion_decode(
             raise ValueError(f"fixed_tokens and fixed_mask must both be ({b}, {n})")
         tokens = torch.where(fixed_mask, fixed_tokens.to(device), tokens)
     free = (~fixed_mask).sum(1).tolist()  # per sample
+    # How many free slots stay masked after each step, per sample: (T, B), known up front.
+    keep_after = torch.tensor(
+        [[masked_after_step(f, s, cfg.steps) for f in free] for s in range(cfg.steps)], device=device
+    )
     masked = ~fixed_mask
     commit_conf = torch.zeros(b, n, dtype=torch.float64, device=device)
+    remasking = cfg.remask_threshold or cfg.remask_delta is not None
 
     for s in range(cfg.steps):
-        probs = torch.softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
+        logp = torch.log_softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
         tau = temperature_at(cfg, s)
         last = s == cfg.steps - 1
 
         # Secondary remasking of committed (not fixed) slots, judged on the current distribution.
-        committed = ~masked & ~fixed_mask
-        remask = torch.zeros_like(masked)
-        if not last and (cfg.remask_threshold or cfg.remask_delta is not None):
-            held = tokens.clamp(max=probs.shape[-1] - 1)
-            own_prob = probs.gather(-1, held[..., None])[..., 0]
+        remask = None
+        if remasking and not last:
+            committed = ~masked & ~fixed_mask
+            remask = torch.zeros_like(masked)
             if cfg.remask_threshold:
-                remask |= committed & (probs.max(-1).values < eta_at(cfg, s))
+                remask |= committed & (logp.amax(-1).exp() < eta_at(cfg, s))
             if cfg.remask_delta is not None:
+                own_prob = logp.gather(-1, tokens.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0].exp()
                 remask |= committed & (commit_conf - own_prob > cfg.remask_delta)
             tokens = torch.where(remask, mask_id, tokens)
             masked = masked | remask
 
         # Candidates for every masked slot: tempered Gumbel-max (argmax once tau reaches 0).
-        logp = probs.clamp_min(1e-30).log()
         noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
         cand = noisy.argmax(-1)  # (B, L)
-        top2 = probs.topk(2, dim=-1).values
-        conf = {
-            "max_prob": top2[..., 0],
-            "margin": top2[..., 0] - top2[..., 1],
-            "sampled_prob": probs.gather(-1, cand[..., None])[..., 0],
-            "random": torch.rand((b, n), generator=generator, device=device, dtype=torch.float64),
-        }[cfg.confidence]
-        score = conf.clamp_min(1e-30).log()
+        cand_logp = logp.gather(-1, cand[..., None])[..., 0]  # log-prob of the candidate
+        if cfg.confidence == "max_prob":
+            score = logp.amax(-1)
+        elif cfg.confidence == "margin":
+            top2 = logp.topk(2, dim=-1).values.exp()
+            score = (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
+        elif cfg.confidence == "sampled_prob":
+            score = cand_logp
+        else:  # random
+            score = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64).clamp_min(1e-30).log()
         if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence != "random":
             score = score + cfg.confidence_noise * tau * _gumbel(score.shape, generator, device)
 
         # Easy first: the lowest-scoring masked slots stay masked, the schedule says how many.
-        keep = torch.tensor([masked_after_step(f, s, cfg.steps) for f in free], device=device)
         score = torch.where(masked, score, torch.inf)
         rank = score.argsort(dim=1).argsort(dim=1)  # 0 = least confident
-        stay = masked & (rank < keep[:, None])
+        stay = masked & (rank < keep_after[s][:, None])
         commit = masked & ~stay
         tokens = torch.where(commit, cand, tokens)
-        own = probs.gather(-1, cand[..., None])[..., 0]
-        commit_conf = torch.where(commit, own, commit_conf)
+        if cfg.remask_delta is not None:
+            commit_conf = torch.where(commit, cand_logp.exp(), commit_conf)
         masked = stay
         if trace is not None:
             trace.tokens.append(tokens.clone())
             trace.masked.append(masked.clone())
-            trace.remasked.append(remask.clone())
+            trace.remasked.append(torch.zeros_like(masked) if remask is None else remask.clone())
     return tokens
 
 
