@@ -105,7 +105,8 @@ def register_configs() -> None:
     for name, node in EXPERIMENTS.items():
         cs.store(group="experiment", name=name, node=node, package="_global_")
     cs.store(name="eval_schema", node=EvalAppConfig)
-    cs.store(name="vla_eval", node={"defaults": ["eval_schema", "_self_"],
+    # Evaluation runs in the caller's folder: log to stdout only, no hydra_app.log left behind.
+    cs.store(name="vla_eval", node={"defaults": ["eval_schema", {"override hydra/job_logging": "stdout"}, "_self_"],
                                     "hydra": {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None}})  # fmt: skip
 
 

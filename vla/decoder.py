@@ -93,9 +93,9 @@ class ActionDecoder(nn.Module):
         self.step_emb = nn.Parameter(torch.randn(chunk_size, 1, cfg.d_model) * 0.02)  # which future step
         self.dim_emb = nn.Parameter(torch.randn(1, action_dim, cfg.d_model) * 0.02)  # which action dimension
         self.prefix_proj = nn.Linear(prefix_dim, cfg.d_model)
-        # Optional global conditioning added to every slot's input (the policy passes the state
-        # token and the backbone's last hidden state): attention to a few needles among hundreds
-        # of prefix tokens is slow to learn, a direct path is not.
+        # Optional global conditioning added to every slot's input (the policy passes its pooled
+        # instruction token and its state token): attention to a few needles among hundreds of
+        # prefix tokens is slow to learn, a direct path is not.
         self.cond_proj = nn.Linear(cond_dim, cfg.d_model) if cond_dim else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)

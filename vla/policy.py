@@ -129,7 +129,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"got {images.shape[1]} camera images, this policy expects {self.cfg.cameras}")
         inputs = self.backbone.prepare(images, instructions)
         hidden, mask = self.backbone(inputs)
-        text = self.backbone.text_mask(inputs).to(hidden.device)[..., None].to(hidden.dtype)  # (B, P, 1)
+        text = self.backbone.text_mask(inputs)[..., None].to(hidden.device, hidden.dtype)  # (B, P, 1)
         text_tok = (hidden * text).sum(1, keepdim=True) / text.sum(1, keepdim=True).clamp_min(1.0)
         s = (state.to(self.device).float() - self.state_mean) / self.state_std
         state_tok = self.state_proj(s)[:, None].to(hidden.dtype)  # (B, 1, hidden)

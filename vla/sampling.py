@@ -142,8 +142,8 @@ def masked_diffusion_decode(
             score = (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
         elif cfg.confidence == "sampled_prob":
             score = cand_logp
-        else:  # random
-            score = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64).clamp_min(1e-30).log()
+        else:  # random: only the order matters
+            score = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64)
         if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence != "random":
             score = score + cfg.confidence_noise * tau * _gumbel(score.shape, generator, device)
 
