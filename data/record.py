@@ -16,11 +16,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vla.configs import atomic_dir
+from vla.configs import atomic_dir, load_json, save_json, to_dict
 
 log = logging.getLogger(__name__)
 
 REPO_ID = "local/vla_builtin"
+# Bump when the scripted experts or the scene change what a recording with the same settings holds.
+RECORDING_VERSION = 2
+RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
 
 
@@ -70,6 +73,26 @@ def _rollout(args: tuple[str, int, int, float]) -> tuple[str, list[dict], bool]:
         env.close()
 
 
+def recording_settings(cfg: RecordConfig) -> dict:
+    """What determines a recording's content (worker count does not)."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    return {"version": RECORDING_VERSION, **settings}
+
+
+def check_recording(cfg: RecordConfig, root: str | Path) -> None:
+    """Refuse a built-in recording made with other settings or an older expert than `cfg` asks for."""
+    path = Path(root) / RECORDING_FILE
+    saved = load_json(path) if path.is_file() else {"version": 1}
+    wanted = recording_settings(cfg)
+    diff = sorted(k for k in wanted.keys() | saved.keys() if saved.get(k) != wanted.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: recorded {saved.get(k)!r}, asked {wanted.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"the demonstrations at {root} were recorded with other settings ({detail}); "
+            f"remove {root} (and its .zarr cache) to record again, or point data.root elsewhere"
+        )
+
+
 def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     """Collect successful expert episodes of every task; returns the dataset folder."""
     from datasets.utils import logging as hf_datasets_logging
@@ -107,6 +130,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
                         })  # fmt: skip
                     ds.save_episode()
             ds.finalize()
+            save_json(tmp / RECORDING_FILE, recording_settings(cfg))
     finally:
         if bars_were_on:
             hf_datasets_logging.enable_progress_bar()

@@ -1,8 +1,15 @@
 """Scripted experts: privileged object poses + the env's delta end-effector controller.
 
-Each expert is a small phase machine (above -> descend -> grasp -> lift [-> carry -> lower ->
-release]). `noise` perturbs the executed action (the recorded label stays the clean expert
-action, DART-style), so demonstrations cover recoveries from small errors.
+The expert is a state-feedback law, not a phase machine: its action is a function of what the
+policy can observe (hand pose and finger opening in the state, object poses in the images), so
+a reactive policy can imitate it and demonstrations show how to recover from any state.
+- Approach: a funnel. The hand aims above the grasp point at a height that shrinks with the
+  horizontal misalignment, so it descends as it lines up and rises again if it drifts off.
+- Grasp: close when the cube is between the fingers; hold still until they have closed on it.
+- Lift (and for place: carry above the plate, lower through the same kind of funnel, release,
+  rise clear). Fingers closed on nothing (a missed grasp) open again and the approach restarts.
+Moves are proportional (gain GAIN) so labels are smooth in the observed pose. `noise` perturbs
+the executed action while the recorded label stays the clean one (DART-style).
 """
 
 from __future__ import annotations
@@ -12,23 +19,29 @@ import numpy as np
 from envs.scene import CUBE_HALF
 from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _mat_to_rotvec
 
-GRIP_CLOSE_STEPS = 8
-# Proportional gain: each step moves the target by this fraction of the remaining error (capped
-# by the action range). Below 1 the approach is smooth, so labels are a smooth function of the
-# observed pose; gains at or above 1 make bang-bang, overshooting labels that are hard to imitate.
+# Each step moves the target by this fraction of the remaining error (capped by the action
+# range): smooth labels; gains at or above 1 give bang-bang, overshooting labels.
 GAIN = 0.5
+HOVER = 0.1  # approach height above the grasp point when far off horizontally (m)
+FUNNEL = 3.0  # approach height per metre of horizontal misalignment
+ALIGNED = 0.006  # horizontal misalignment that counts as lined up (m)
+OPEN = 0.09  # finger opening (sum of both fingers) when fully open (m)
+SAFE_Z = 0.15  # carry height (m)
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
+
+
+def _funnel(target: np.ndarray, eef: np.ndarray) -> np.ndarray:
+    """A point above `target` at a height growing with the hand's horizontal offset from it."""
+    off = np.linalg.norm((eef - target)[:2])
+    return target + np.array([0.0, 0.0, min(HOVER, FUNNEL * max(0.0, off - ALIGNED))])
 
 
 class ScriptedExpert:
     def __init__(self, env: TabletopEnv) -> None:
         self.env = env
-        self.reset()
 
     def reset(self) -> None:
-        self.phase = "above"
-        self.count = 0
-        self.grasp_at: np.ndarray | None = None
+        """Stateless: kept so callers can treat every expert alike."""
 
     def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
         delta = (target - self.env.eef_pos()) / POS_SCALE * GAIN
@@ -45,42 +58,36 @@ class ScriptedExpert:
         env, task = self.env, self.env.task
         cube = env.object_pos(f"{task.target_cube}_cube")
         eef = env.eef_pos()
-        above = cube + np.array([0, 0, 0.1])
-        grasp = cube + np.array([0, 0, 0.005])
-        if self.phase == "above":
-            aligned = np.abs(self._hold_orientation()).max() * ROT_SCALE < 0.05
-            if np.linalg.norm((eef - above)[:2]) < 0.015 and abs(eef[2] - above[2]) < 0.03 and aligned:
-                self.phase = "descend"
-            return self._move(above, -1.0)
-        if self.phase == "descend":
-            if np.linalg.norm(eef - grasp) < 0.01:
-                self.phase, self.count = "grasp", 0
-                self.grasp_at = grasp
-            return self._move(grasp, -1.0)
-        if self.phase == "grasp":
-            self.count += 1
-            if self.count >= GRIP_CLOSE_STEPS:
-                self.phase = "lift"
-            return self._move(self.grasp_at, 1.0)
-        if self.phase == "lift":
-            lift_to = np.array([eef[0], eef[1], 0.2])
-            if task.kind == "place" and eef[2] > 0.14:
-                self.phase = "carry"
-            return self._move(lift_to, 1.0)
-        plate = env.object_pos(f"{task.target_plate}_plate")
-        carry = np.array([plate[0], plate[1], 0.15])
-        lower = np.array([plate[0], plate[1], CUBE_HALF + 0.025])
-        if self.phase == "carry":
-            if np.linalg.norm((eef - carry)[:2]) < 0.012:
-                self.phase = "lower"
-            return self._move(carry, 1.0)
-        if self.phase == "lower":
-            if eef[2] - lower[2] < 0.01:
-                self.phase, self.count = "release", 0
-            return self._move(lower, 1.0)
-        # release, then rise clear of the cube
-        self.count += 1
-        return self._move(np.array([eef[0], eef[1], 0.2]), -1.0) if self.count > 3 else self._move(eef, -1.0)
+        opening = env.gripper_opening()
+        grasp = cube + np.array([0.0, 0.0, 0.005])
+        rel = eef - grasp
+        between = np.linalg.norm(rel[:2]) < 0.015 and abs(rel[2]) < 0.02  # cube between the fingers
+        holding = between and opening < OPEN - 0.02  # fingers closed on the cube
+        if task.kind == "place":
+            plate = env.object_pos(f"{task.target_plate}_plate")
+            drop = np.array([plate[0], plate[1], CUBE_HALF + 0.025])
+            if np.linalg.norm(cube[:2] - plate[:2]) < 0.03 and cube[2] < CUBE_HALF + 0.035:
+                # Low over the plate: open, then rise clear once the fingers are apart.
+                if opening < OPEN - 0.01 and eef[2] < cube[2] + 0.04:
+                    return self._move(eef, -1.0)
+                return self._move(np.array([eef[0], eef[1], 0.2]), -1.0)
+            if holding and cube[2] > CUBE_HALF + 0.015:
+                # Carrying: rise first, then travel at a safe height and lower through a funnel.
+                if np.linalg.norm((eef - drop)[:2]) > 0.04 and eef[2] < SAFE_Z - 0.03:
+                    return self._move(np.array([eef[0], eef[1], SAFE_Z]), 1.0)
+                return self._move(_funnel(drop, eef), 1.0)
+        if holding:
+            if opening > 0.05:  # still closing on the cube: hold still
+                return self._move(eef, 1.0)
+            return self._move(np.array([eef[0], eef[1], 0.2]), 1.0)
+        if between and opening < OPEN - 0.005:
+            return self._move(grasp, 1.0)  # fingers on their way in
+        if np.linalg.norm(rel) < 0.01:
+            return self._move(grasp, 1.0)  # at the grasp point: close
+        if opening < OPEN - 0.005:
+            # Fingers closed on nothing (a missed grasp): open while backing up.
+            return self._move(eef + np.array([0.0, 0.0, 0.02]), -1.0)
+        return self._move(_funnel(grasp, eef), -1.0)
 
 
 def run_expert_episode(env: TabletopEnv, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None):

@@ -8,7 +8,7 @@ from data.cache import ZarrCache, build_cache
 from data.dataset import ChunkDataset, Collate, LoaderConfig, ResumableBatches
 from data.episode import Episode
 from data.readers import BRIDGE_LEROBOT_KEYS, LIBERO_LEROBOT_KEYS, LeRobotKeys, read_lerobot, read_libero_hdf5
-from data.record import RecordConfig, record_builtin
+from data.record import RECORDING_FILE, RecordConfig, check_recording, record_builtin
 
 
 def episode(t=6, cams=("agentview", "wrist"), task="lift", seed=0):
@@ -33,8 +33,15 @@ def test_recording_reads_back_with_lerobot(tmp_path):
     eps = list(read_lerobot(root))
     assert len(eps) == 1 and eps[0].images["wrist"].shape[1:] == (32, 32, 3)
     assert not list(tmp_path.glob(".ds.recording-*"))  # no half-written leftovers
+    cfg = RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=1)
     with pytest.raises(FileExistsError):
-        record_builtin(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=1), root)
+        record_builtin(cfg, root)
+    check_recording(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=2), root)
+    with pytest.raises(ValueError, match=r"noise: recorded 0.1, asked 0.3.*remove"):
+        check_recording(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, noise=0.3), root)
+    (root / RECORDING_FILE).unlink()  # a recording from before the settings were saved
+    with pytest.raises(ValueError, match="version: recorded 1"):
+        check_recording(cfg, root)
     with pytest.raises(KeyError, match="no keys"):
         list(read_lerobot(root, LeRobotKeys(cameras={"agentview": "observation.images.image"})))
 

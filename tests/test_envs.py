@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from envs.experts import run_expert_episode
+from envs.experts import ScriptedExpert, run_expert_episode
 from envs.registry import make_env, suite_tasks
 from envs.tabletop import LAYOUT, PLACE_CUBE_XY, REGION_HALF, TASKS, TabletopEnv
 
@@ -65,6 +65,23 @@ def test_expert_solves_a_few_seeds(task):
     finally:
         env.close()
     assert all(results)
+
+
+def test_expert_is_state_feedback_and_recovers_from_a_missed_grasp():
+    env = TabletopEnv("lift_red", image_size=32)
+    try:
+        env.reset(seed=3)
+        a, b = ScriptedExpert(env).act(), ScriptedExpert(env).act()
+        assert np.array_equal(a, b)  # a function of the current state, not of a phase history
+        assert a[6] < 0 and a[2] < 0  # far above: gripper open, descending towards the cube
+        # Close the fingers on nothing, away from the cube: the expert opens and backs up.
+        for _ in range(10):
+            env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
+        assert env.gripper_opening() < 0.02
+        act = ScriptedExpert(env).act()
+        assert act[6] < 0 and act[2] > 0
+    finally:
+        env.close()
 
 
 def test_bad_actions_and_tasks_are_refused():

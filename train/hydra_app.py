@@ -38,8 +38,11 @@ EXPERIMENTS = {
     # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes.
     "builtin": {
         "run_dir": "runs/builtin",
-        "data": {"record": {"episodes_per_task": 40}, "loader": {"batch_size": 32}},
-        "optim": {"steps": 2000, "lr": 1e-3, "warmup_steps": 100},
+        # 64 px cameras (16 patches each): 4.5 training steps/s on 2 cores instead of 2 at 128 px.
+        "data": {"record": {"episodes_per_task": 100, "image_size": 64}, "loader": {"batch_size": 32}},
+        "policy": {"backbone": {"image_size": 64}},
+        "optim": {"steps": 5000, "lr": 1e-3, "warmup_steps": 100},
+        "save_every": 1000,
         "eval": {"episodes_per_task": 20, "videos_per_task": 1, "execute_steps": 4},
     },
     # Runs in well under a minute: tiny data, tiny model, a few steps, one eval episode.

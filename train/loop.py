@@ -34,13 +34,15 @@ log = logging.getLogger(__name__)
 def prepare_data(cfg: DataConfig) -> ZarrCache:
     """Return the zarr cache, recording demonstrations and building the cache when missing."""
     cache = Path(cfg.cache_path)
-    if not cache.exists():
-        root = Path(cfg.root)
-        if cfg.source == "builtin" and not (root / "meta" / "info.json").exists():
-            from data.record import record_builtin
+    root = Path(cfg.root)
+    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is used as is
+        from data.record import check_recording, record_builtin
 
+        if not (root / "meta" / "info.json").exists():
             log.info("no demonstrations at %s: recording the built-in suite with scripted experts", root)
             record_builtin(cfg.record, root)
+        check_recording(cfg.record, root)
+    if not cache.exists():
         build_cache(_episodes(cfg), cache)
     return ZarrCache(cache)
 

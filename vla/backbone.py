@@ -114,6 +114,12 @@ def build_tiny_vlm(cfg: BackboneConfig):
     # the instruction's token embeddings would be ~3% of a residual stream dominated by image
     # features, and the policy would take thousands of steps to notice which cube was asked for.
     nn.init.normal_(model.get_input_embeddings().weight, std=1.0)
+    # For the same reason the image tokens must enter at that scale too: with the 0.02 init the
+    # projector's output has a per-token norm ~50x below the text embeddings', and the first
+    # attention layer overwrites the image positions with text. Variance-preserving init instead.
+    for layer in (model.multi_modal_projector.linear_1, model.multi_modal_projector.linear_2):
+        nn.init.normal_(layer.weight, std=(2.0 / layer.in_features) ** 0.5)
+        nn.init.zeros_(layer.bias)
     return model, processor
 
 
