@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.scene import CUBE_HALF
+from envs.scene import CUBE_HALF, FINGER_TRAVEL
 from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _mat_to_rotvec
 
 # Each step moves the target by this fraction of the remaining error (capped by the action
@@ -25,7 +25,7 @@ GAIN = 0.5
 HOVER = 0.1  # approach height above the grasp point when far off horizontally (m)
 FUNNEL = 3.0  # approach height per metre of horizontal misalignment
 ALIGNED = 0.006  # horizontal misalignment that counts as lined up (m)
-OPEN = 0.09  # finger opening (sum of both fingers) when fully open (m)
+OPEN = 2 * FINGER_TRAVEL  # finger opening (sum of both fingers) when fully open (m)
 SAFE_Z = 0.15  # carry height (m)
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
 
@@ -39,9 +39,6 @@ def _funnel(target: np.ndarray, eef: np.ndarray) -> np.ndarray:
 class ScriptedExpert:
     def __init__(self, env: TabletopEnv) -> None:
         self.env = env
-
-    def reset(self) -> None:
-        """Stateless: kept so callers can treat every expert alike."""
 
     def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
         delta = (target - self.env.eef_pos()) / POS_SCALE * GAIN

@@ -16,6 +16,7 @@ COLOURS = {
 }
 CUBE_HALF = 0.02
 PLATE_RADIUS = 0.06
+FINGER_TRAVEL = 0.045  # each finger slides 0..FINGER_TRAVEL from the centre (open = travel)
 HOME_QPOS = (0.0, 0.698, 0.0, 1.745, 0.0, 0.698, 0.0)
 
 
@@ -88,12 +89,12 @@ def scene_xml(cubes: list[str], plates: list[str], image_size: int) -> str:
                     <camera name="wrist" pos="0.06 0 0.0" xyaxes="1 0 0 0 -1 0" fovy="75"/>
                     <site name="grip" pos="0 0 0.095" size="0.005" rgba="1 0 0 0"/>
                     <body name="finger_l" pos="0 0 0.015" gravcomp="1">
-                      <joint name="f_l" type="slide" axis="0 1 0" range="0 0.045" damping="5"/>
+                      <joint name="f_l" type="slide" axis="0 1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
                       <geom type="box" size="0.018 0.006 0.045" pos="0 0.006 0.045" rgba="0.35 0.35 0.38 1"
                             friction="2 0.05 0.001" condim="4" mass="0.05"/>
                     </body>
                     <body name="finger_r" pos="0 0 0.015" gravcomp="1">
-                      <joint name="f_r" type="slide" axis="0 -1 0" range="0 0.045" damping="5"/>
+                      <joint name="f_r" type="slide" axis="0 -1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
                       <geom type="box" size="0.018 0.006 0.045" pos="0 -0.006 0.045" rgba="0.35 0.35 0.38 1"
                             friction="2 0.05 0.001" condim="4" mass="0.05"/>
                     </body>
@@ -109,8 +110,8 @@ def scene_xml(cubes: list[str], plates: list[str], image_size: int) -> str:
   </worldbody>
   <actuator>
     {actuators}
-    <position name="a_fl" joint="f_l" kp="300" kv="10" ctrlrange="0 0.045" forcerange="-10 10"/>
-    <position name="a_fr" joint="f_r" kp="300" kv="10" ctrlrange="0 0.045" forcerange="-10 10"/>
+    <position name="a_fl" joint="f_l" kp="300" kv="10" ctrlrange="0 {FINGER_TRAVEL}" forcerange="-10 10"/>
+    <position name="a_fr" joint="f_r" kp="300" kv="10" ctrlrange="0 {FINGER_TRAVEL}" forcerange="-10 10"/>
   </actuator>
 </mujoco>
 """

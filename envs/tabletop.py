@@ -15,7 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.scene import CUBE_HALF, HOME_QPOS, PLATE_RADIUS, scene_xml
+from envs.scene import CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
 
 CONTROL_HZ = 20
 POS_SCALE = 0.03  # metres per unit action per control step
@@ -126,9 +126,9 @@ class TabletopEnv(gym.Env):
         super().reset(seed=seed)
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qpos] = HOME_QPOS + self.np_random.uniform(-0.05, 0.05, 7)
-        self.data.qpos[self._fingers] = 0.045
+        self.data.qpos[self._fingers] = FINGER_TRAVEL
         self.data.ctrl[:7] = self.data.qpos[self._arm_qpos]
-        self.data.ctrl[7:9] = 0.045
+        self.data.ctrl[7:9] = FINGER_TRAVEL
         for name in [f"{c}_cube" for c in self.task.cubes] + [f"{p}_plate" for p in self.task.plates]:
             xy = self._init_xy(name)
             body = self.model.body(name)
@@ -172,7 +172,7 @@ class TabletopEnv(gym.Env):
         current = self.data.site_xmat[self._site].reshape(3, 3)
         rot_err = _mat_to_rotvec(self._target_rot @ current.T)
         self.data.ctrl[:7] = self._ik_targets(self._target_pos - eef, rot_err)
-        self.data.ctrl[7:9] = 0.0 if action[6] > 0 else 0.045
+        self.data.ctrl[7:9] = 0.0 if action[6] > 0 else FINGER_TRAVEL
         mujoco.mj_step(self.model, self.data, nstep=self._substeps)
 
     def _ik_targets(self, dpos: np.ndarray, drot: np.ndarray) -> np.ndarray:

@@ -39,6 +39,9 @@ def test_recording_reads_back_with_lerobot(tmp_path):
     check_recording(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=2), root)
     with pytest.raises(ValueError, match=r"noise: recorded 0.1, asked 0.3.*remove"):
         check_recording(RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, noise=0.3), root)
+    (root / RECORDING_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match=r"recording.json is not valid JSON"):
+        check_recording(cfg, root)
     (root / RECORDING_FILE).unlink()  # a recording from before the settings were saved
     with pytest.raises(ValueError, match="version: recorded 1"):
         check_recording(cfg, root)
