@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "local/vla_builtin"
 # Bump when the scripted experts or the scene change what a recording with the same settings holds.
-RECORDING_VERSION = 2
+RECORDING_VERSION = 5
 RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
 
@@ -34,7 +34,8 @@ class RecordConfig:
     )
     episodes_per_task: int = 40
     image_size: int = 128
-    noise: float = 0.1
+    noise: float = 0.1  # DART: std of noise on the executed translation (labels stay clean)
+    faults: float = 0.08  # per-step chance of a 3-8 step push of the hand or inverted gripper
     seed: int = 0
     workers: int = 2
     use_videos: bool = False
@@ -59,15 +60,15 @@ def features(image_size: int, use_videos: bool) -> dict:
     }
 
 
-def _rollout(args: tuple[str, int, int, float]) -> tuple[str, list[dict], bool]:
+def _rollout(args: tuple[str, int, int, float, float]) -> tuple[str, list[dict], bool]:
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before mujoco is imported
     from envs.experts import run_expert_episode
     from envs.tabletop import TabletopEnv
 
-    task, seed, image_size, noise = args
+    task, seed, image_size, noise, faults = args
     env = TabletopEnv(task, image_size=image_size)
     try:
-        frames, ok = run_expert_episode(env, seed, noise=noise)
+        frames, ok = run_expert_episode(env, seed, noise=noise, faults=faults)
         return env.instruction, frames, ok
     finally:
         env.close()
@@ -102,7 +103,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     if (root / "meta" / "info.json").exists():
         raise FileExistsError(f"{root} already holds a dataset; remove it or record elsewhere")
     jobs = [
-        (task, cfg.seed * 100_000 + i * 1_000 + j, cfg.image_size, cfg.noise)
+        (task, cfg.seed * 100_000 + i * 1_000 + j, cfg.image_size, cfg.noise, cfg.faults)
         for i, task in enumerate(cfg.tasks)
         for j in range(cfg.episodes_per_task)
     ]

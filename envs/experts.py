@@ -8,8 +8,13 @@ a reactive policy can imitate it and demonstrations show how to recover from any
 - Grasp: close when the cube is between the fingers; hold still until they have closed on it.
 - Lift (and for place: carry above the plate, lower through the same kind of funnel, release,
   rise clear). Fingers closed on nothing (a missed grasp) open again and the approach restarts.
-Moves are proportional (gain GAIN) so labels are smooth in the observed pose. `noise` perturbs
-the executed action while the recorded label stays the clean one (DART-style).
+Moves are proportional (gain GAIN) so labels are smooth in the observed pose. Recording perturbs
+what is executed while the recorded label stays the clean one (DART-style): `noise` on the
+translation, and `faults` now and then, for a few steps, either pushes the hand in a random
+direction or inverts the gripper command. Per-step noise averages out under the expert's
+feedback and keeps demonstrations in a narrow funnel; faults put them several centimetres off
+it, or closed on nothing, or with a dropped cube, and the labels show the recovery that a learnt
+policy needs when it drifts there itself.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ FUNNEL = 3.0  # approach height per metre of horizontal misalignment
 ALIGNED = 0.006  # horizontal misalignment that counts as lined up (m)
 OPEN = 2 * FINGER_TRAVEL  # finger opening (sum of both fingers) when fully open (m)
 SAFE_Z = 0.15  # carry height (m)
+BETWEEN_XY, BETWEEN_Z = 0.015, 0.02  # grasp-point offsets (m) at which the cube counts as between the fingers
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
 
 
@@ -58,7 +64,9 @@ class ScriptedExpert:
         opening = env.gripper_opening()
         grasp = cube + np.array([0.0, 0.0, 0.005])
         rel = eef - grasp
-        between = np.linalg.norm(rel[:2]) < 0.015 and abs(rel[2]) < 0.02  # cube between the fingers
+        # Deliberately tighter than what the pads physically hold: a looser 2 cm box made a worse
+        # policy (see the README's design notes).
+        between = bool(np.linalg.norm(rel[:2]) < BETWEEN_XY and abs(rel[2]) < BETWEEN_Z)
         holding = between and opening < OPEN - 0.02  # fingers closed on the cube
         if task.kind == "place":
             plate = env.object_pos(f"{task.target_plate}_plate")
@@ -87,13 +95,27 @@ class ScriptedExpert:
         return self._move(_funnel(grasp, eef), -1.0)
 
 
-def run_expert_episode(env: TabletopEnv, seed: int, noise: float = 0.0, rng: np.random.Generator | None = None):
-    """Roll out the expert once. Returns (frames, success); frames hold obs + clean action."""
+FAULT_STEPS = (3, 8)  # a fault lasts this many steps (inclusive)
+
+
+def run_expert_episode(
+    env: TabletopEnv,
+    seed: int,
+    noise: float = 0.0,
+    faults: float = 0.0,
+    rng: np.random.Generator | None = None,
+):
+    """Roll out the expert once. Returns (frames, success); frames hold obs + clean action.
+
+    `noise`: std of Gaussian noise on the executed translation. `faults`: per-step
+    probability that a fault starts; for FAULT_STEPS steps it replaces the executed translation
+    by a random constant push, or (half of the faults) inverts the executed gripper command."""
     rng = rng or np.random.default_rng(seed)
     expert = ScriptedExpert(env)
     obs, info = env.reset(seed=seed)
     frames = []
     success = False
+    fault_left, push = 0, None
     for _ in range(env.task.max_episode_steps):
         action = expert.act().astype(np.float32)
         frames.append({**obs, "action": action})
@@ -102,6 +124,15 @@ def run_expert_episode(env: TabletopEnv, seed: int, noise: float = 0.0, rng: np.
             # Translation only: rotation noise would move the controller's (unobserved) target
             # orientation, and the expert's corrections of it become unpredictable labels.
             executed[:3] = np.clip(executed[:3] + rng.normal(0, noise, 3), -1, 1)
+        if fault_left == 0 and faults > 0 and rng.random() < faults:
+            fault_left = int(rng.integers(FAULT_STEPS[0], FAULT_STEPS[1] + 1))
+            push = rng.uniform(-1, 1, 3) if rng.random() < 0.5 else None  # None: gripper fault
+        if fault_left > 0:
+            if push is None:
+                executed[6] = -executed[6]
+            else:
+                executed[:3] = push
+            fault_left -= 1
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated:
             success = True

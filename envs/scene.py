@@ -86,7 +86,7 @@ def scene_xml(cubes: list[str], plates: list[str], image_size: int) -> str:
                   <body name="hand" pos="0 0 0.08" gravcomp="1">
                     <joint name="j7" axis="0 0 1" range="-2.8 2.8"/>
                     <geom type="box" size="0.02 0.06 0.015" rgba="0.25 0.25 0.28 1" mass="0.3"/>
-                    <camera name="wrist" pos="0.06 0 0.0" xyaxes="1 0 0 0 -1 0" fovy="75"/>
+                    <camera name="wrist" pos="0.05 0 0.02" xyaxes="0 1 0 0.8321 0 0.5547" fovy="75"/>
                     <site name="grip" pos="0 0 0.095" size="0.005" rgba="1 0 0 0"/>
                     <body name="finger_l" pos="0 0 0.015" gravcomp="1">
                       <joint name="f_l" type="slide" axis="0 1 0" range="0 {FINGER_TRAVEL}" damping="5"/>

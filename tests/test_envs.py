@@ -94,3 +94,17 @@ def test_bad_actions_and_tasks_are_refused():
     with pytest.raises(ValueError, match="NaN"):
         env.step(np.full(7, np.nan))
     env.close()
+
+
+def test_gripper_faults_put_recoveries_into_the_demonstrations():
+    env = TabletopEnv("lift_red", image_size=32)
+    try:
+        clean, _ = run_expert_episode(env, 0, noise=0.1)
+        faulty = [run_expert_episode(env, seed, noise=0.1, faults=0.08) for seed in range(4)]
+    finally:
+        env.close()
+    shut = lambda f: f["state"][6] + f["state"][7] < 0.02  # noqa: E731  (fingers closed on nothing)
+    assert not any(shut(f) for f in clean)
+    # The label stays the expert's clean command: open again when the fault shut the fingers.
+    assert any(shut(f) and f["action"][6] < 0 for frames, _ in faulty for f in frames)
+    assert sum(ok for _, ok in faulty) >= 3

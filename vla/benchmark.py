@@ -8,6 +8,8 @@ and ratios from one run.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import statistics
 import time
 
@@ -35,13 +37,15 @@ def _time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def run(repeats: int = 20, steps: int = 12, threads: int = 0) -> list[tuple[str, float]]:
+def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int = 0) -> list[tuple[str, float]]:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = PolicyConfig()
+    if decoder_width:
+        cfg.decoder = dataclasses.replace(cfg.decoder, d_model=decoder_width)
     diffusion = VLAPolicy(cfg, _stats(cfg)).eval()
-    ar_cfg = PolicyConfig(decoder_type="autoregressive")
+    ar_cfg = dataclasses.replace(copy.deepcopy(cfg), decoder_type="autoregressive")
     ar = VLAPolicy(ar_cfg, _stats(ar_cfg)).eval()
     ar.load_state_dict(diffusion.state_dict())  # same backbone and decoder weights
     rng = np.random.default_rng(0)
@@ -71,13 +75,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--decoder-width", type=int, default=0, help="decoder d_model (0: the default policy's)")
     args = parser.parse_args()
-    rows = run(args.repeats, args.steps, args.threads)
-    ar_ms = rows[3][1]
-    print(f"decode latency per 8x7 chunk, default policy, {torch.get_num_threads()} torch threads, CPU")
+    rows = run(args.repeats, args.steps, args.threads, args.decoder_width)
+    ar_ms, prefix_ms = rows[3][1], rows[4][1]
+    width = args.decoder_width or PolicyConfig().decoder.d_model
+    print(
+        f"decode latency per 8x7 chunk, default policy (decoder d_model {width}), {torch.get_num_threads()} torch threads"
+    )
     print(f"{'mode':<42}{'median ms':>10}{'AR / mode':>11}")
     for name, ms in rows:
         print(f"{name:<42}{ms:>10.1f}{ar_ms / ms:>10.2f}x")
+    md_pass = (rows[0][1] - prefix_ms) / args.steps
+    ar_pass = (ar_ms - prefix_ms) / 56
+    print(f"per pass after the prefix: refinement step over 56 slots {md_pass:.2f} ms, one AR slot {ar_pass:.2f} ms")
 
 
 if __name__ == "__main__":
