@@ -24,7 +24,8 @@ VARIANTS: list[tuple[str, dict]] = [
     ("max_prob, T=4", {"steps": 4}),
     ("max_prob, T=8", {"steps": 8}),
     ("max_prob, T=12, hard argmax (no Gumbel)", {"temperature": 0.0}),
-    ("max_prob, T=12 + secondary remasking", {"remask_threshold": True, "remask_delta": 0.3}),
+    ("max_prob, T=12 + threshold remasking (eta 0.5)", {"remask_threshold": True}),
+    ("max_prob, T=12 + residual-drop remasking (delta 0.3)", {"remask_delta": 0.3}),
 ]
 
 

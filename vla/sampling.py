@@ -27,7 +27,9 @@ class SamplerConfig:
     remask_threshold: bool = False  # threshold check: committed slot with max-prob < eta_s -> [MASK]
     remask_eta: float = 0.5  # eta at the last step
     remask_eta_schedule: str = "linear"  # linear: eta_s = remask_eta * s / T (loose early); constant
-    remask_delta: float | None = None  # residual-drop check: confidence fell by > delta -> [MASK]
+    # residual-drop check: confidence fell by > delta -> [MASK]. Both checks read the head at
+    # committed slots, which the masked-slot objective never trains; see the README's ablation.
+    remask_delta: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
