@@ -43,6 +43,10 @@ class RecordConfig:
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1:
             raise ValueError(f"record.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if self.noise < 0:
+            raise ValueError(f"record.noise must be >= 0 (a standard deviation), got {self.noise}")
+        if not 0 <= self.faults <= 1:
+            raise ValueError(f"record.faults must be a probability in [0, 1], got {self.faults}")
 
 
 def features(image_size: int, use_videos: bool) -> dict:

@@ -163,3 +163,10 @@ def test_public_lerobot_port_schemas(tmp_path, keys, state_dim):
     assert eps[0].task == "put the carrot on the plate"
     build_cache(eps, tmp_path / "c.zarr")
     assert ZarrCache(tmp_path / "c.zarr").cameras == sorted(keys.cameras)
+
+
+def test_record_config_refuses_bad_perturbations():
+    with pytest.raises(ValueError, match="record.faults"):
+        RecordConfig(faults=1.5)
+    with pytest.raises(ValueError, match="record.noise"):
+        RecordConfig(noise=-0.1)

@@ -79,16 +79,20 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args.repeats, args.steps, args.threads, args.decoder_width)
     ar_ms, prefix_ms = rows[3][1], rows[4][1]
-    width = args.decoder_width or PolicyConfig().decoder.d_model
+    default = PolicyConfig()
+    width, slots = args.decoder_width or default.decoder.d_model, default.chunk_size * default.action_dim
     print(
-        f"decode latency per 8x7 chunk, default policy (decoder d_model {width}), {torch.get_num_threads()} torch threads"
+        f"decode latency per {default.chunk_size}x{default.action_dim} chunk, default policy "
+        f"(decoder d_model {width}), {torch.get_num_threads()} torch threads"
     )
     print(f"{'mode':<42}{'median ms':>10}{'AR / mode':>11}")
     for name, ms in rows:
         print(f"{name:<42}{ms:>10.1f}{ar_ms / ms:>10.2f}x")
     md_pass = (rows[0][1] - prefix_ms) / args.steps
-    ar_pass = (ar_ms - prefix_ms) / 56
-    print(f"per pass after the prefix: refinement step over 56 slots {md_pass:.2f} ms, one AR slot {ar_pass:.2f} ms")
+    ar_pass = (ar_ms - prefix_ms) / slots
+    print(
+        f"per pass after the prefix: refinement step over {slots} slots {md_pass:.2f} ms, one AR slot {ar_pass:.2f} ms"
+    )
 
 
 if __name__ == "__main__":
