@@ -37,9 +37,12 @@ def main() -> None:
     parser.add_argument("--execute-steps", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--only", default="", help="comma-separated name fragments: run just the matching rows "
+                        "(e.g. 'remasking'; 'autoregressive' with --ar-checkpoint runs only that row)")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
-    runs = [(name, args.checkpoint, over) for name, over in VARIANTS]
+    only = [f.strip() for f in args.only.split(",") if f.strip()]
+    runs = [(name, args.checkpoint, over) for name, over in VARIANTS if not only or any(f in name for f in only)]
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}))
     rows = []

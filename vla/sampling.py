@@ -27,9 +27,11 @@ class SamplerConfig:
     remask_threshold: bool = False  # threshold check: committed slot with max-prob < eta_s -> [MASK]
     remask_eta: float = 0.5  # eta at the last step
     remask_eta_schedule: str = "linear"  # linear: eta_s = remask_eta * s / T (loose early); constant
-    # residual-drop check: confidence fell by > delta -> [MASK]. Both checks read the head at
-    # committed slots, which the masked-slot objective never trains; see the README's ablation.
+    # residual-drop check: confidence fell by > delta -> [MASK]. The head is only trained at
+    # [MASK] inputs (method.md section 4), so both checks judge a committed slot from an extra
+    # pass in which a random `remask_probe` fraction of the committed slots is masked again.
     remask_delta: float | None = None
+    remask_probe: float = 0.5
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -43,6 +45,8 @@ class SamplerConfig:
             raise ValueError(f"sampler.temperature must be >= 0, got {self.temperature}")
         if self.remask_delta is not None and self.remask_delta <= 0:
             raise ValueError(f"sampler.remask_delta must be > 0 or None, got {self.remask_delta}")
+        if not 0.0 < self.remask_probe <= 1.0:
+            raise ValueError(f"sampler.remask_probe must be in (0, 1], got {self.remask_probe}")
 
 
 def masked_after_step(num_free: int, step: int, steps: int) -> int:
@@ -116,22 +120,28 @@ def masked_diffusion_decode(
     remasking = cfg.remask_threshold or cfg.remask_delta is not None
 
     for s in range(cfg.steps):
-        logp = torch.log_softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
-        tau = temperature_at(cfg, s)
         last = s == cfg.steps - 1
-
-        # Secondary remasking of committed (not fixed) slots, judged on the current distribution.
+        # Secondary remasking of committed (not fixed) slots. The head's output at a slot whose
+        # own token is visible is untrained, so a random subset of committed slots is masked
+        # again in a probe pass and judged there, the others staying visible as context; remasked
+        # slots then get new candidates from the step's own pass, read at [MASK] like every other.
         remask = None
-        if remasking and not last:
-            committed = ~masked & ~fixed_mask
+        committed = ~masked & ~fixed_mask
+        if remasking and not last and committed.any():
+            draw = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64)
+            probe = committed & (draw < cfg.remask_probe)
+            probe_logp = torch.log_softmax(logits_fn(torch.where(probe, mask_id, tokens)).double(), dim=-1)
             remask = torch.zeros_like(masked)
             if cfg.remask_threshold:
-                remask |= committed & (logp.amax(-1).exp() < eta_at(cfg, s))
+                remask |= probe & (probe_logp.amax(-1).exp() < eta_at(cfg, s))
             if cfg.remask_delta is not None:
-                own_prob = logp.gather(-1, tokens.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0].exp()
-                remask |= committed & (commit_conf - own_prob > cfg.remask_delta)
+                own = probe_logp.gather(-1, tokens.clamp(max=probe_logp.shape[-1] - 1)[..., None])[..., 0].exp()
+                remask |= probe & (commit_conf - own > cfg.remask_delta)
             tokens = torch.where(remask, mask_id, tokens)
             masked = masked | remask
+
+        logp = torch.log_softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
+        tau = temperature_at(cfg, s)
 
         # Candidates for every masked slot: tempered Gumbel-max (argmax once tau reaches 0).
         noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
