@@ -24,6 +24,8 @@ VARIANTS: list[tuple[str, dict]] = [
     ("max_prob, T=4", {"steps": 4}),
     ("max_prob, T=8", {"steps": 8}),
     ("max_prob, T=12, hard argmax (no Gumbel)", {"temperature": 0.0}),
+    # The autoregressive baseline's order and greediness, with the masked-diffusion model.
+    ("left-to-right order, T=56, hard argmax", {"confidence": "left_to_right", "steps": 56, "temperature": 0.0}),
     ("max_prob, T=12 + threshold remasking (eta 0.5)", {"remask_threshold": True}),
     ("max_prob, T=12 + residual-drop remasking (delta 0.3)", {"remask_delta": 0.3}),
 ]

@@ -47,10 +47,19 @@ def test_one_step_is_one_shot_argmax():
 
 
 def test_deterministic_given_generator():
-    for conf in ("max_prob", "margin", "sampled_prob", "random"):
+    for conf in ("max_prob", "margin", "sampled_prob", "random", "left_to_right"):
         cfg = SamplerConfig(steps=8, confidence=conf)
         assert torch.equal(decode(cfg, seed=3), decode(cfg, seed=3))
     assert not torch.equal(decode(SamplerConfig(steps=8), seed=3), decode(SamplerConfig(steps=8), seed=4))
+
+
+def test_left_to_right_commits_slots_in_index_order():
+    trace = DecodeTrace([], [], [])
+    decode(SamplerConfig(steps=12, confidence="left_to_right"), trace=trace)
+    for masked in trace.masked:  # after every step the masked slots are a suffix
+        first = (~masked).sum(1, keepdim=True)
+        assert torch.equal(masked, torch.arange(56)[None] >= first)
+    assert [int((~m[0]).sum()) for m in trace.masked][:3] == [1, 2, 5]
 
 
 def test_inpainting_keeps_fixed_slots():

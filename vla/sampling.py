@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-CONFIDENCES = ("max_prob", "margin", "sampled_prob", "random")
+# left_to_right is no confidence but a fixed order (the AR baseline's), for ablations.
+CONFIDENCES = ("max_prob", "margin", "sampled_prob", "random", "left_to_right")
 SCHEDULES = ("linear", "constant")
 
 
@@ -154,9 +155,11 @@ def masked_diffusion_decode(
             score = (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
         elif cfg.confidence == "sampled_prob":
             score = cand_logp
+        elif cfg.confidence == "left_to_right":
+            score = -torch.arange(n, device=device, dtype=torch.float64).expand(b, n)
         else:  # random: only the order matters
             score = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64)
-        if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence != "random":
+        if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence not in ("random", "left_to_right"):
             score = score + cfg.confidence_noise * tau * _gumbel(score.shape, generator, device)
 
         # Easy first: the lowest-scoring masked slots stay masked, the schedule says how many.
