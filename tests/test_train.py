@@ -83,6 +83,31 @@ def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
     assert "lift_red" in format_table(res)
 
 
+def test_eval_inherits_the_checkpoints_eval_settings_unless_overridden(tmp_path):
+    from envs.evaluate import EvalConfig
+    from train.hydra_app import overridden_eval_keys, resolve_eval_config
+    from vla.configs import save_json
+
+    ckpt = tmp_path / "ckpt"
+    saved = {"execute_steps": 4, "episodes_per_task": 20, "tasks": ["lift_red"], "gone_field": 1}
+    save_json(ckpt / "train_config.json", {"eval": saved})
+    keys = overridden_eval_keys(["checkpoint=x", "eval.episodes_per_task=5", "+eval.sampler_overrides.steps=1"])
+    assert keys == {"episodes_per_task", "sampler_overrides"}
+    cli = EvalConfig(episodes_per_task=5, sampler_overrides={"steps": 1})
+    cfg, inherited = resolve_eval_config(cli, ckpt, keys)
+    assert (cfg.execute_steps, cfg.episodes_per_task, cfg.tasks, cfg.sampler_overrides) == (
+        4,
+        5,
+        ["lift_red"],
+        {"steps": 1},
+    )
+    assert inherited == {"execute_steps": 4, "tasks": ["lift_red"]}
+    # Explicitly asking for the default (whole chunk) beats the checkpoint's 4.
+    cfg, _ = resolve_eval_config(EvalConfig(), ckpt, overridden_eval_keys(["eval.execute_steps=0"]))
+    assert cfg.execute_steps == 0
+    assert resolve_eval_config(cli, tmp_path / "bare", keys) == (cli, {})  # no train_config.json
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path, data_root, ema_decay):
     a = debug_config(tmp_path / "a", data_root)

@@ -5,7 +5,10 @@ dataclass to the library. Everything else in the stack is hydra-free.
     vla-train experiment=debug                 # seconds, for a smoke test
     vla-train decoder=autoregressive run_dir=runs/ar
     vla-train -m policy.sampler.steps=1,4,12   # a sweep (each job gets its own run_dir)
-    vla-eval checkpoint=runs/builtin/checkpoints/latest eval.episodes_per_task=20
+    vla-eval checkpoint=runs/builtin/checkpoints/latest eval.episodes_per_task=50
+
+`vla-eval` evaluates the way the checkpoint's own training run did (its `eval` settings, e.g.
+the main job's 4-of-8 chunk execution); `eval.<key>=...` on the command line wins.
 """
 
 from __future__ import annotations
@@ -134,11 +137,41 @@ def _train(cfg) -> None:
         print(format_table(res))
 
 
+def overridden_eval_keys(overrides: list[str]) -> set[str]:
+    """Top-level `eval.` fields named on the command line (`eval.x=..`, `+eval.x=..`, `eval.x.y=..`)."""
+    keys = set()
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith("eval."):
+            keys.add(key.split(".")[1])
+    return keys
+
+
+def resolve_eval_config(cli: EvalConfig, checkpoint: Path, overridden: set[str]) -> tuple[EvalConfig, dict]:
+    """The checkpoint's training-time eval settings, with the fields named on the command line
+    taken from `cli`. Returns the config and the inherited settings that differ from `cli`."""
+    from vla.configs import from_dict, load_json, to_dict
+
+    path = checkpoint / "train_config.json"
+    if not path.is_file():  # a policy saved outside `vla-train`: command line and defaults only
+        return cli, {}
+    saved = load_json(path).get("eval", {})
+    current = to_dict(cli)  # keys an older checkpoint saved but this version lacks are ignored
+    merged = {**current, **{k: v for k, v in saved.items() if k in current and k not in overridden}}
+    resolved = from_dict(EvalConfig, merged, where=f"{path} eval")
+    inherited = {k: v for k, v in to_dict(resolved).items() if v != getattr(cli, k)}
+    return resolved, inherited
+
+
 def _eval(cfg) -> None:
     from envs.evaluate import evaluate, format_table
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)
     ckpt = Path(app.checkpoint)
+    app.eval, inherited = resolve_eval_config(app.eval, ckpt, overridden_eval_keys(HydraConfig.get().overrides.task))
+    if inherited:
+        shown = ", ".join(f"eval.{k}={v}" for k, v in sorted(inherited.items()))
+        log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
     out = Path(app.out_dir) if app.out_dir else ckpt.parent.parent / "eval" / app.eval.suite
     res = evaluate(ckpt, app.eval, out)
     print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
