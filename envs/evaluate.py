@@ -106,7 +106,9 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
     from tqdm import tqdm
 
     from envs.registry import suite_tasks
+    from vla.policy import VLAPolicy
 
+    VLAPolicy.check_checkpoint(checkpoint)  # here, not buried under the worker pool's traceback
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
     tasks = cfg.tasks or suite_tasks(cfg.suite)

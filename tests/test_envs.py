@@ -108,3 +108,11 @@ def test_gripper_faults_put_recoveries_into_the_demonstrations():
     # The label stays the expert's clean command: open again when the fault shut the fingers.
     assert any(shut(f) and f["action"][6] < 0 for frames, _ in faulty for f in frames)
     assert sum(ok for _, ok in faulty) >= 3
+
+
+def test_evaluate_names_a_missing_checkpoint_before_starting_workers(tmp_path):
+    from envs.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        evaluate(tmp_path / "nope", EvalConfig(episodes_per_task=1, workers=1), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

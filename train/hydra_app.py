@@ -14,12 +14,13 @@ the main job's 4-of-8 chunk execution); `eval.<key>=...` on the command line win
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -138,12 +139,12 @@ def _train(cfg) -> None:
 
 
 def overridden_eval_keys(overrides: list[str]) -> set[str]:
-    """Top-level `eval.` fields named on the command line (`eval.x=..`, `+eval.x=..`, `eval.x.y=..`)."""
+    """Top-level `eval` fields the command line sets (`eval.x=..`, `+eval.x.y=..`; `eval={..}`: all)."""
     keys = set()
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key.startswith("eval."):
-            keys.add(key.split(".")[1])
+    for o in OverridesParser.create().parse_overrides(overrides):
+        path = o.key_or_group.split(".")
+        if path[0] == "eval":
+            keys |= {f.name for f in fields(EvalConfig)} if len(path) == 1 else {path[1]}
     return keys
 
 

@@ -311,8 +311,9 @@ class VLAPolicy(nn.Module):
                 write_more(tmp)
         return path
 
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+    @staticmethod
+    def check_checkpoint(path: str | Path) -> dict:
+        """Raise, naming what is wrong, unless `path` is a complete checkpoint; returns its config.json."""
         path = Path(path)
         for name in ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json", "backbone"):
             if not (path / name).exists():
@@ -320,6 +321,12 @@ class VLAPolicy(nn.Module):
         meta = load_json(path / "config.json")
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
+        return meta
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+        path = Path(path)
+        meta = cls.check_checkpoint(path)
         cfg = from_dict(PolicyConfig, meta["policy"], "policy")
         vlm = model_from_saved_config(path / "backbone")
         policy = cls(
