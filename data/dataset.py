@@ -21,8 +21,7 @@ from vla.image_transforms import center_crop, color_jitter, random_crop, to_floa
 class LoaderConfig:
     batch_size: int = 32
     workers: int = 1
-    augment: bool = True
-    crop_area: float = 0.9
+    augment: bool = True  # random crop (of policy.crop_area) + colour jitter while training
     jitter: float = 0.1
 
 
@@ -86,19 +85,25 @@ class ChunkDataset(Dataset):
 
 
 class Collate:
-    """Stack samples and apply the image transforms (random crop + jitter, or centre crop)."""
+    """Stack samples and apply the image transforms (random crop + jitter, or centre crop).
 
-    def __init__(self, cfg: LoaderConfig, image_size: int, rotate_180: bool = False, train: bool = True) -> None:
-        self.cfg, self.size, self.rotate, self.train = cfg, image_size, rotate_180, train
+    `crop_area` is the policy's (`PolicyConfig.crop_area`): evaluation centre-crops the same area,
+    so training and inference cannot disagree on it.
+    """
+
+    def __init__(
+        self, cfg: LoaderConfig, image_size: int, crop_area: float, rotate_180: bool = False, train: bool = True
+    ) -> None:
+        self.cfg, self.size, self.crop, self.rotate, self.train = cfg, image_size, crop_area, rotate_180, train
 
     def __call__(self, samples: list[dict]) -> dict:
         images = to_float(torch.from_numpy(np.stack([s["images"] for s in samples])), self.rotate)
         if self.train and self.cfg.augment:
             seed = samples[0].get("seed")
             gen = None if seed is None else torch.Generator().manual_seed(seed)
-            images = color_jitter(random_crop(images, self.cfg.crop_area, self.size, gen), self.cfg.jitter, gen)
+            images = color_jitter(random_crop(images, self.crop, self.size, gen), self.cfg.jitter, gen)
         else:
-            images = center_crop(images, self.cfg.crop_area, self.size)
+            images = center_crop(images, self.crop, self.size)
         return {
             "images": images,  # (B, N, 3, S, S)
             "state": torch.from_numpy(np.stack([s["state"] for s in samples])).float(),

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "local/vla_builtin"
 # Bump when the scripted experts or the scene change what a recording with the same settings holds.
-RECORDING_VERSION = 5
+RECORDING_VERSION = 7
 RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
 

@@ -7,7 +7,8 @@ a reactive policy can imitate it and demonstrations show how to recover from any
   horizontal misalignment, so it descends as it lines up and rises again if it drifts off.
 - Grasp: close when the cube is between the fingers; hold still until they have closed on it.
 - Lift (and for place: carry above the plate, lower through the same kind of funnel, release,
-  rise clear). Fingers closed on nothing (a missed grasp) open again and the approach restarts.
+  rise clear). Fingers closed on nothing (a missed grasp) open again while the hand follows
+  the approach funnel 2 cm higher, so the approach restarts.
 Moves are proportional (gain GAIN) so labels are smooth in the observed pose. Recording perturbs
 what is executed while the recorded label stays the clean one (DART-style): `noise` on the
 translation, and `faults` now and then, for a few steps, either pushes the hand in a random
@@ -33,6 +34,9 @@ ALIGNED = 0.006  # horizontal misalignment that counts as lined up (m)
 OPEN = 2 * FINGER_TRAVEL  # finger opening (sum of both fingers) when fully open (m)
 SAFE_Z = 0.15  # carry height (m)
 BETWEEN_XY, BETWEEN_Z = 0.015, 0.02  # grasp-point offsets (m) at which the cube counts as between the fingers
+HELD_OPENING = 0.025  # finger opening (m) above which closed fingers are stopped by a cube (4 cm wide)
+RETRY_LIFT = 0.02  # after a missed grasp the fingers re-open this far (m) above the approach funnel
+HELD_NEAR = 0.04  # the target cube is within this distance (m) of the grasp point when it is held
 DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # gripper z down, x backwards
 
 
@@ -67,7 +71,11 @@ class ScriptedExpert:
         # Deliberately tighter than what the pads physically hold: a looser 2 cm box made a worse
         # policy (see the README's design notes).
         between = bool(np.linalg.norm(rel[:2]) < BETWEEN_XY and abs(rel[2]) < BETWEEN_Z)
-        holding = between and opening < OPEN - 0.02  # fingers closed on the cube
+        # Holding is read from the fingers, which the state shows exactly: closed but stopped
+        # apart by something, with the target cube near the grasp point. Judging it from the
+        # tight `between` box instead made the labels of a cube gripped 1-1.5 cm off centre flip
+        # between "lift" and "missed grasp: open", a distinction the policy cannot see.
+        holding = HELD_OPENING < opening < OPEN - 0.02 and bool(np.linalg.norm(rel) < HELD_NEAR)
         if task.kind == "place":
             plate = env.object_pos(f"{task.target_plate}_plate")
             drop = np.array([plate[0], plate[1], CUBE_HALF + 0.025])
@@ -90,8 +98,10 @@ class ScriptedExpert:
         if np.linalg.norm(rel) < 0.01:
             return self._move(grasp, 1.0)  # at the grasp point: close
         if opening < OPEN - 0.005:
-            # Fingers closed on nothing (a missed grasp): open while backing up.
-            return self._move(eef + np.array([0.0, 0.0, 0.02]), -1.0)
+            # Fingers closed on nothing (a missed grasp): open while following the approach
+            # funnel 2 cm higher. (Backing straight up, dx = dy = 0, made one exact action a
+            # sixth of all labels, and decoded policies snapped to it far from any missed grasp.)
+            return self._move(_funnel(grasp, eef) + np.array([0.0, 0.0, RETRY_LIFT]), -1.0)
         return self._move(_funnel(grasp, eef), -1.0)
 
 

@@ -112,8 +112,8 @@ def test_chunks_pad_at_episode_end_and_augment(tmp_path):
     assert last["action_is_pad"].tolist() == [False, False, True, True]
     np.testing.assert_array_equal(last["actions"][2], last["actions"][1])
     assert ds[6]["instruction"] == "place" and not ds[6]["action_is_pad"].any()
-    batch = Collate(LoaderConfig(), image_size=12)([ds[(i, 7)] for i in range(4)])
-    again = Collate(LoaderConfig(), image_size=12)([ds[(i, 7)] for i in range(4)])
+    batch = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
+    again = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
     assert batch["images"].shape == (4, 2, 3, 12, 12)
     assert np.array_equal(batch["images"].numpy(), again["images"].numpy())  # seeded augmentation
     with pytest.raises(KeyError, match="no cameras"):

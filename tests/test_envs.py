@@ -3,7 +3,7 @@ import pytest
 
 from envs.experts import ScriptedExpert, run_expert_episode
 from envs.registry import make_env, suite_tasks
-from envs.tabletop import LAYOUT, PLACE_CUBE_XY, REGION_HALF, TASKS, TabletopEnv
+from envs.tabletop import LAYOUT, PLACE_CUBE_XY, POS_SCALE, REGION_HALF, TASKS, TabletopEnv
 
 TASK_NAMES = suite_tasks("builtin")
 
@@ -74,12 +74,38 @@ def test_expert_is_state_feedback_and_recovers_from_a_missed_grasp():
         a, b = ScriptedExpert(env).act(), ScriptedExpert(env).act()
         assert np.array_equal(a, b)  # a function of the current state, not of a phase history
         assert a[6] < 0 and a[2] < 0  # far above: gripper open, descending towards the cube
-        # Close the fingers on nothing, away from the cube: the expert opens and backs up.
+        # Close the fingers on nothing, away from the cube: the expert opens them and keeps
+        # approaching through the funnel (2 cm higher), moving towards the cube.
         for _ in range(10):
             env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
         assert env.gripper_opening() < 0.02
         act = ScriptedExpert(env).act()
-        assert act[6] < 0 and act[2] > 0
+        to_cube = (env.object_pos("red_cube") - env.eef_pos())[:2]
+        assert act[6] < 0 and np.dot(act[:2], to_cube) > 0
+    finally:
+        env.close()
+
+
+def test_expert_lifts_a_cube_gripped_off_centre():
+    # Holding is read from the fingers: a cube shut between them 2 cm off centre (outside the
+    # 1.5 cm box the expert closes in) is lifted, not treated as a missed grasp.
+    env = TabletopEnv("lift_red", image_size=32)
+    try:
+        env.reset(seed=1)
+        expert = ScriptedExpert(env)
+        target = env.object_pos("red_cube") + np.array([0.02, 0.0, 0.005])
+        for t in range(40):
+            move = np.clip((target - env.eef_pos()) / POS_SCALE * 0.5, -1, 1)
+            env.step(np.concatenate([move, expert._hold_orientation(), [-1.0 if t < 30 else 1.0]]))
+        assert 0.03 < env.gripper_opening() < 0.06
+        assert np.linalg.norm((env.eef_pos() - env.object_pos("red_cube"))[:2]) > 0.015
+        for _ in range(20):
+            action = expert.act()
+            assert action[6] > 0  # never re-opens
+            _, _, terminated, _, _ = env.step(action)
+            if terminated:
+                break
+        assert env.is_success()
     finally:
         env.close()
 

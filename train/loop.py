@@ -190,7 +190,7 @@ def train(cfg: TrainConfig) -> dict:
     sampler = ResumableBatches(
         len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world
     )
-    collate = Collate(lcfg, cfg.policy.image_size, cfg.policy.rotate_180, train=True)
+    collate = Collate(lcfg, cfg.policy.image_size, cfg.policy.crop_area, cfg.policy.rotate_180, train=True)
     # Its own generator: creating the iterator must not draw from the (restored) global RNG.
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=lcfg.workers,
                         generator=torch.Generator().manual_seed(cfg.seed + step),
