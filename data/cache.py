@@ -4,6 +4,7 @@ Layout (zarr v3 group):
     images/<camera>  uint8 (N, H, W, 3), one frame per chunk (random access reads one chunk)
     state            float32 (N, S)
     action           float32 (N, D)
+    perturbed        bool (N,)    a recording fault replaced the executed action (Episode.perturbed)
     episode_ends     int64 (E,)   exclusive end index of each episode
     task_index       int64 (E,)   index into attrs["tasks"]
     attrs: tasks, cameras, stats (q01, q99, min, max, mean, std per dimension), complete
@@ -43,7 +44,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
         arrays: dict[str, zarr.Array] = {}
         n = 0
         ends, task_idx, tasks = [], [], []
-        states, actions = [], []
+        states, actions, perturbed = [], [], []
         for ep in tqdm(episodes, desc="building zarr cache"):
             ep.validate()
             if not arrays:
@@ -66,6 +67,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
                 arr[n : n + t] = ep.images[cam]
             states.append(ep.state)
             actions.append(ep.actions)
+            perturbed.append(np.zeros(t, dtype=bool) if ep.perturbed is None else ep.perturbed.astype(bool))
             if ep.task not in tasks:
                 tasks.append(ep.task)
             task_idx.append(tasks.index(ep.task))
@@ -80,6 +82,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
         root.create_array(
             "action", data=action.astype(np.float32), chunks=(max(1, min(len(action), 65536)), action.shape[1])
         )
+        root.create_array("perturbed", data=np.concatenate(perturbed), chunks=(max(1, min(n, 65536)),))
         root.create_array("episode_ends", data=np.asarray(ends, dtype=np.int64))
         root.create_array("task_index", data=np.asarray(task_idx, dtype=np.int64))
         root.attrs.update({
@@ -109,6 +112,8 @@ class ZarrCache:
         self.images = {cam: load(root[f"images/{cam}"]) for cam in self.cameras}
         self.state = root["state"][:]
         self.action = root["action"][:]
+        # Caches built before the flag existed hold only unperturbed sources.
+        self.perturbed = root["perturbed"][:] if "perturbed" in root else np.zeros(len(self.action), dtype=bool)
         self.episode_ends = root["episode_ends"][:]
         self.task_index = root["task_index"][:]
         self.episode_starts = np.concatenate([[0], self.episode_ends[:-1]])

@@ -1,8 +1,12 @@
 """Torch dataset of (observation, instruction, action chunk) samples from a zarr cache.
 
 Sample i is frame t of some episode: images and state at t, the instruction, and actions
-t .. t + H - 1; steps past the episode's end repeat its last action and are flagged in
-`action_is_pad` (the loss ignores them). Augmentation runs per batch in `collate`.
+t .. t + H - 1. Steps the loss must ignore are flagged in `action_is_pad`: those past the
+episode's end (they repeat its last action), and those after a frame whose executed action was
+perturbed by a recording fault (`ZarrCache.perturbed`): from t the policy cannot foresee that
+push, and the expert's labels after it are a recovery from it, not the plan at t. Step 0 is
+always supervised (a label at a perturbed state is the recovery the data is there to show).
+Augmentation runs per batch in `collate`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class ChunkDataset(Dataset):
         idx = np.arange(i, i + self.chunk_size)
         pad = idx >= end
         idx = np.minimum(idx, end - 1)
+        # step k is unsupervised when any executed action t .. t + k - 1 was perturbed
+        hit = np.cumsum(c.perturbed[idx] & ~pad) > 0
+        pad[1:] |= hit[:-1]
         return {
             "images": np.stack([np.asarray(c.images[cam][i]) for cam in self.cameras]),  # (N, H, W, 3)
             "state": c.state[i],

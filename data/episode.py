@@ -14,6 +14,9 @@ class Episode:
     actions: np.ndarray  # float32 (T, D)
     task: str
     source: str = ""  # file / dataset and episode, for error messages
+    # bool (T,): the action executed at t was not the label (a recording fault), so states
+    # after t follow a perturbation; None when the source does not say (treated as all False).
+    perturbed: np.ndarray | None = None
 
     def validate(self) -> Episode:
         where = self.source or "episode"
@@ -24,6 +27,8 @@ class Episode:
             raise ValueError(f"{where}: actions {self.actions.shape} and state {self.state.shape} must be 2-D (T, dim)")
         if len(self.state) != t:
             raise ValueError(f"{where}: state has {len(self.state)} frames but actions have {t}")
+        if self.perturbed is not None and self.perturbed.shape != (t,):
+            raise ValueError(f"{where}: perturbed flags have shape {self.perturbed.shape}, expected ({t},)")
         for cam, img in self.images.items():
             if img.ndim != 4 or img.shape[-1] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"{where}: camera {cam!r} must be uint8 (T, H, W, 3), got {img.dtype} {img.shape}")

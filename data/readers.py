@@ -25,6 +25,7 @@ class LeRobotKeys:
     )
     state: str = "observation.state"
     action: str = "action"
+    perturbed: str = "perturbed"  # optional: per-frame recording-fault flag (our recordings)
 
 
 LIBERO_LEROBOT_KEYS = LeRobotKeys(
@@ -60,6 +61,11 @@ def read_lerobot(
             actions=np.stack([np.asarray(f[keys.action], dtype=np.float32) for f in frames]),
             task=str(frames[0]["task"]),
             source=f"{root} episode {ep}",
+            perturbed=(
+                np.array([bool(np.asarray(f[keys.perturbed]).reshape(-1)[0]) for f in frames])
+                if keys.perturbed in have
+                else None
+            ),
         ).validate()
         start = int(end)
 

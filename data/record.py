@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from vla.configs import atomic_dir, load_json, save_json, to_dict
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 REPO_ID = "local/vla_builtin"
 # Bump when the scripted experts or the scene change what a recording with the same settings holds.
-RECORDING_VERSION = 7
+RECORDING_VERSION = 8
 RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
+PERTURBED_KEY = "perturbed"
 
 
 @dataclass
@@ -61,6 +63,9 @@ def features(image_size: int, use_videos: bool) -> dict:
             "names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"],
         },
         "action": {"dtype": "float32", "shape": (7,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
+        # True where a recording fault replaced the executed action: the following states
+        # come from a push the label does not show, so training chunks stop there.
+        PERTURBED_KEY: {"dtype": "bool", "shape": (1,), "names": ["perturbed"]},
     }
 
 
@@ -131,6 +136,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
                             "observation.images.wrist": fr["wrist"],
                             "observation.state": fr["state"],
                             "action": fr["action"],
+                            PERTURBED_KEY: np.array([fr["perturbed"]], dtype=bool),
                             "task": instruction,
                         })  # fmt: skip
                     ds.save_episode()

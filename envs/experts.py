@@ -115,7 +115,8 @@ def run_expert_episode(
     faults: float = 0.0,
     rng: np.random.Generator | None = None,
 ):
-    """Roll out the expert once. Returns (frames, success); frames hold obs + clean action.
+    """Roll out the expert once. Returns (frames, success); frames hold obs + clean action +
+    `perturbed` (a fault replaced the executed action at that frame).
 
     `noise`: std of Gaussian noise on the executed translation. `faults`: per-step
     probability that a fault starts; for FAULT_STEPS steps it replaces the executed translation
@@ -128,7 +129,6 @@ def run_expert_episode(
     fault_left, push = 0, None
     for _ in range(env.task.max_episode_steps):
         action = expert.act().astype(np.float32)
-        frames.append({**obs, "action": action})
         executed = action.copy()
         if noise > 0:
             # Translation only: rotation noise would move the controller's (unobserved) target
@@ -137,12 +137,16 @@ def run_expert_episode(
         if fault_left == 0 and faults > 0 and rng.random() < faults:
             fault_left = int(rng.integers(FAULT_STEPS[0], FAULT_STEPS[1] + 1))
             push = rng.uniform(-1, 1, 3) if rng.random() < 0.5 else None  # None: gripper fault
-        if fault_left > 0:
+        faulted = fault_left > 0
+        if faulted:
             if push is None:
                 executed[6] = -executed[6]
             else:
                 executed[:3] = push
             fault_left -= 1
+        # `perturbed`: a fault replaced what was executed, so the next states (and their labels)
+        # follow a push the policy cannot foresee; chunk targets stop before them (data/dataset.py).
+        frames.append({**obs, "action": action, "perturbed": faulted})
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated:
             success = True

@@ -32,6 +32,7 @@ def test_recording_reads_back_with_lerobot(tmp_path):
     assert ds.num_episodes == 1 and ds[0]["task"] == "pick up the red cube"
     eps = list(read_lerobot(root))
     assert len(eps) == 1 and eps[0].images["wrist"].shape[1:] == (32, 32, 3)
+    assert eps[0].perturbed is not None and eps[0].perturbed.shape == (len(eps[0].actions),)
     assert not list(tmp_path.glob(".ds.recording-*"))  # no half-written leftovers
     cfg = RecordConfig(tasks=["lift_red"], episodes_per_task=1, image_size=32, workers=1)
     with pytest.raises(FileExistsError):
@@ -118,6 +119,30 @@ def test_chunks_pad_at_episode_end_and_augment(tmp_path):
     assert np.array_equal(batch["images"].numpy(), again["images"].numpy())  # seeded augmentation
     with pytest.raises(KeyError, match="no cameras"):
         ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["side"])
+
+
+def test_chunks_stop_supervision_after_a_perturbed_step(tmp_path):
+    """Labels after a faulted executed action show a recovery from a push the policy at t
+    cannot foresee: step k of the chunk at t is unsupervised once any of t .. t + k - 1 was
+    perturbed; step 0 always stays (the recovery label itself)."""
+    ep = episode(t=10)
+    ep.perturbed = np.zeros(10, dtype=bool)
+    ep.perturbed[[3, 4]] = True
+    build_cache([ep, episode(t=5, seed=1)], tmp_path / "c.zarr")
+    cache = ZarrCache(tmp_path / "c.zarr")
+    assert cache.perturbed.tolist() == [False] * 3 + [True] * 2 + [False] * 10  # absent flags: False
+    ds = ChunkDataset(cache, chunk_size=4, cameras=["agentview"])
+    pads = [ds[i]["action_is_pad"].tolist() for i in range(7)]
+    assert pads[0] == [False, False, False, False]  # frames 0..3: the fault at 3 is executed last
+    assert pads[1] == [False, False, False, True]
+    assert pads[3] == [False, True, True, True]  # at a perturbed frame: only its own label
+    assert pads[4] == [False, True, True, True]
+    assert pads[5] == [False, False, False, False]
+    assert ds[8]["action_is_pad"].tolist() == [False, False, True, True]  # episode end as before
+    bad = episode(t=4)
+    bad.perturbed = np.zeros(3, dtype=bool)
+    with pytest.raises(ValueError, match="perturbed flags have shape"):
+        bad.validate()
 
 
 def test_resumable_batches_continue_the_same_stream():

@@ -130,6 +130,9 @@ def test_gripper_faults_put_recoveries_into_the_demonstrations():
         env.close()
     shut = lambda f: f["state"][6] + f["state"][7] < 0.02  # noqa: E731  (fingers closed on nothing)
     assert not any(shut(f) for f in clean)
+    assert not any(f["perturbed"] for f in clean)  # Gaussian noise alone is not a fault
+    flags = [f["perturbed"] for frames, _ in faulty for f in frames]
+    assert 0.1 < np.mean(flags) < 0.6  # faults (8% per step, 3-8 steps each) are flagged
     # The label stays the expert's clean command: open again when the fault shut the fingers.
     assert any(shut(f) and f["action"][6] < 0 for frames, _ in faulty for f in frames)
     assert sum(ok for _, ok in faulty) >= 3
