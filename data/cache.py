@@ -67,7 +67,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
                 arr[n : n + t] = ep.images[cam]
             states.append(ep.state)
             actions.append(ep.actions)
-            perturbed.append(np.zeros(t, dtype=bool) if ep.perturbed is None else ep.perturbed.astype(bool))
+            perturbed.append(np.zeros(t, dtype=bool) if ep.perturbed is None else ep.perturbed)
             if ep.task not in tasks:
                 tasks.append(ep.task)
             task_idx.append(tasks.index(ep.task))

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Per-frame recording-fault flag as our LeRobot recordings store it (data/record.py, data/readers.py).
+PERTURBED_KEY = "perturbed"
+
 
 @dataclass
 class Episode:
@@ -27,8 +30,10 @@ class Episode:
             raise ValueError(f"{where}: actions {self.actions.shape} and state {self.state.shape} must be 2-D (T, dim)")
         if len(self.state) != t:
             raise ValueError(f"{where}: state has {len(self.state)} frames but actions have {t}")
-        if self.perturbed is not None and self.perturbed.shape != (t,):
-            raise ValueError(f"{where}: perturbed flags have shape {self.perturbed.shape}, expected ({t},)")
+        if self.perturbed is not None and (self.perturbed.shape != (t,) or self.perturbed.dtype != np.bool_):
+            raise ValueError(
+                f"{where}: perturbed flags must be bool ({t},), got {self.perturbed.dtype} {self.perturbed.shape}"
+            )
         for cam, img in self.images.items():
             if img.ndim != 4 or img.shape[-1] != 3 or img.dtype != np.uint8:
                 raise ValueError(f"{where}: camera {cam!r} must be uint8 (T, H, W, 3), got {img.dtype} {img.shape}")

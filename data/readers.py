@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.episode import Episode
+from data.episode import PERTURBED_KEY, Episode
 
 
 @dataclass
@@ -25,7 +25,7 @@ class LeRobotKeys:
     )
     state: str = "observation.state"
     action: str = "action"
-    perturbed: str = "perturbed"  # optional: per-frame recording-fault flag (our recordings)
+    perturbed: str = PERTURBED_KEY  # optional: per-frame recording-fault flag (our recordings)
 
 
 LIBERO_LEROBOT_KEYS = LeRobotKeys(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.episode import PERTURBED_KEY
 from vla.configs import atomic_dir, load_json, save_json, to_dict
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ REPO_ID = "local/vla_builtin"
 RECORDING_VERSION = 8
 RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
-PERTURBED_KEY = "perturbed"
 
 
 @dataclass

@@ -140,9 +140,10 @@ def test_chunks_stop_supervision_after_a_perturbed_step(tmp_path):
     assert pads[5] == [False, False, False, False]
     assert ds[8]["action_is_pad"].tolist() == [False, False, True, True]  # episode end as before
     bad = episode(t=4)
-    bad.perturbed = np.zeros(3, dtype=bool)
-    with pytest.raises(ValueError, match="perturbed flags have shape"):
-        bad.validate()
+    for flags in (np.zeros(3, dtype=bool), np.full(4, np.nan)):  # wrong length; NaN is not a flag
+        bad.perturbed = flags
+        with pytest.raises(ValueError, match="perturbed flags must be bool"):
+            bad.validate()
 
 
 def test_resumable_batches_continue_the_same_stream():
