@@ -1,12 +1,15 @@
 """Torch dataset of (observation, instruction, action chunk) samples from a zarr cache.
 
 Sample i is frame t of some episode: images and state at t, the instruction, and actions
-t .. t + H - 1. Steps the loss must ignore are flagged in `action_is_pad`: those past the
-episode's end (they repeat its last action), and those after a frame whose executed action was
-perturbed by a recording fault (`ZarrCache.perturbed`): from t the policy cannot foresee that
-push, and the expert's labels after it are a recovery from it, not the plan at t. Step 0 is
-always supervised (a label at a perturbed state is the recovery the data is there to show).
-Augmentation runs per batch in `collate`.
+t .. t + H - 1. Steps past the episode's end repeat its last action and are trained on (as in
+Diffusion Policy): demonstrations stop at success, so the last frames' chunks (a lift, a rise
+clear of a placed cube) would otherwise teach nothing after the first steps, and a policy
+replanning there decodes untrained slots (`LoaderConfig.supervise_past_end=false` flags them
+instead). Steps the loss must ignore are flagged in `action_is_pad`: those after a frame whose
+executed action was perturbed by a recording fault (`ZarrCache.perturbed`): from t the policy
+cannot foresee that push, and the expert's labels after it are a recovery from it, not the plan
+at t. Step 0 is always supervised (a label at a perturbed state is the recovery the data is
+there to show). Augmentation runs per batch in `collate`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class LoaderConfig:
     workers: int = 1
     augment: bool = True  # random crop (of policy.crop_area) + colour jitter while training
     jitter: float = 0.1
+    # Train on chunk steps past an episode's end (its last action repeated); false: no loss there.
+    supervise_past_end: bool = True
 
 
 class ResumableBatches:
@@ -56,13 +61,14 @@ class ResumableBatches:
 
 
 class ChunkDataset(Dataset):
-    def __init__(self, cache: ZarrCache, chunk_size: int, cameras: list[str]) -> None:
+    def __init__(self, cache: ZarrCache, chunk_size: int, cameras: list[str], supervise_past_end: bool = True) -> None:
         missing = [c for c in cameras if c not in cache.cameras]
         if missing:
             raise KeyError(f"cache {cache.path} has no cameras {missing}; it has {cache.cameras}")
         self.cache = cache
         self.chunk_size = chunk_size
         self.cameras = cameras
+        self.supervise_past_end = supervise_past_end
         ep_of_frame = np.searchsorted(cache.episode_ends, np.arange(cache.num_frames), side="right")
         self.frame_episode = ep_of_frame  # (N,)
 
@@ -76,10 +82,11 @@ class ChunkDataset(Dataset):
         ep = int(self.frame_episode[i])
         end = int(c.episode_ends[ep])
         idx = np.arange(i, i + self.chunk_size)
-        pad = idx >= end
+        past_end = idx >= end
         idx = np.minimum(idx, end - 1)
+        pad = past_end.copy() if not self.supervise_past_end else np.zeros_like(past_end)
         # step k is unsupervised when any executed action t .. t + k - 1 was perturbed
-        hit = np.cumsum(c.perturbed[idx] & ~pad) > 0
+        hit = np.cumsum(c.perturbed[idx] & ~past_end) > 0
         pad[1:] |= hit[:-1]
         return {
             "images": np.stack([np.asarray(c.images[cam][i]) for cam in self.cameras]),  # (N, H, W, 3)

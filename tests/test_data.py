@@ -109,9 +109,12 @@ def test_bad_episodes_rejected_before_training(tmp_path):
 def test_chunks_pad_at_episode_end_and_augment(tmp_path):
     build_cache([episode(t=6, seed=0), episode(t=4, seed=1, task="place")], tmp_path / "c.zarr")
     ds = ChunkDataset(ZarrCache(tmp_path / "c.zarr"), chunk_size=4, cameras=["agentview", "wrist"])
-    last = ds[4]  # frame 4 of the first episode: steps 4, 5 real, 6, 7 padded
-    assert last["action_is_pad"].tolist() == [False, False, True, True]
+    last = ds[4]  # frame 4 of the first episode: steps 4, 5 real, 6, 7 repeat step 5, trained on
+    assert last["action_is_pad"].tolist() == [False, False, False, False]
     np.testing.assert_array_equal(last["actions"][2], last["actions"][1])
+    np.testing.assert_array_equal(last["actions"][3], last["actions"][1])
+    flagged = ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["agentview", "wrist"], supervise_past_end=False)
+    assert flagged[4]["action_is_pad"].tolist() == [False, False, True, True]
     assert ds[6]["instruction"] == "place" and not ds[6]["action_is_pad"].any()
     batch = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
     again = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
@@ -138,7 +141,12 @@ def test_chunks_stop_supervision_after_a_perturbed_step(tmp_path):
     assert pads[3] == [False, True, True, True]  # at a perturbed frame: only its own label
     assert pads[4] == [False, True, True, True]
     assert pads[5] == [False, False, False, False]
-    assert ds[8]["action_is_pad"].tolist() == [False, False, True, True]  # episode end as before
+    assert not ds[8]["action_is_pad"].any()  # past the end: the last action, trained on
+    ep.perturbed[9] = True  # a fault at the last frame cuts the repeats after it like any step
+    build_cache([ep], tmp_path / "last.zarr")
+    last = ChunkDataset(ZarrCache(tmp_path / "last.zarr"), 4, ["agentview"])
+    assert last[8]["action_is_pad"].tolist() == [False, False, True, True]
+    assert last[9]["action_is_pad"].tolist() == [False, True, True, True]
     bad = episode(t=4)
     for flags in (np.zeros(3, dtype=bool), np.full(4, np.nan)):  # wrong length; NaN is not a flag
         bad.perturbed = flags

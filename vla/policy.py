@@ -158,7 +158,9 @@ class VLAPolicy(nn.Module):
             target_mask = valid
         else:
             target_mask = self._training_mask(b, h * d, generator) & valid
-            inp = torch.where(target_mask, self.decoder.mask_id, tokens)
+            # Unsupervised slots are [MASK] in the input too: inference starts from an all-[MASK]
+            # chunk, and their labels (a recovery from an unforeseeable push) must not leak in.
+            inp = torch.where(target_mask | ~valid, self.decoder.mask_id, tokens)
             logits = self.decoder(inp, cache)
         loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
         with torch.no_grad():
