@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    strategy: str = "none"  # none | ddp (launch ddp with torchrun)
+    strategy: str = "none"  # none | ddp | fsdp (launch the last two with torchrun)
     log_every: int = 25
     save_every: int = 500
     eval_every: int = 0  # periodic evaluation in simulation; 0 = only at the end
@@ -67,12 +67,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.strategy == "fsdp":
-            raise ValueError(
-                "strategy=fsdp is not implemented yet; use strategy=ddp, and for large backbones "
-                "policy.backbone.freeze_vision/freeze_language or policy.backbone.lora_rank"
-            )
-        if self.strategy not in ("none", "ddp"):
-            raise ValueError(f"strategy={self.strategy!r}; choose none or ddp")
+        if self.strategy not in ("none", "ddp", "fsdp"):
+            raise ValueError(f"strategy={self.strategy!r}; choose none, ddp or fsdp")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")

@@ -292,15 +292,22 @@ class VLAPolicy(nn.Module):
         """Training forward (what DDP wraps): the loss and its metrics."""
         return self.compute_loss(batch, generator)
 
-    def save(self, path: str | Path, extra: dict | None = None, write_more=None) -> Path:
+    def save(self, path: str | Path, extra: dict | None = None, write_more=None, state_dict=None) -> Path:
         """Write a self-describing checkpoint folder atomically (a crash leaves the old one).
 
         `write_more(folder)` may add files (e.g. training state) inside the same atomic write.
+        `state_dict` replaces this module's own (e.g. the whole tensors of a sharded policy).
         """
         path = Path(path)
         with atomic_dir(path) as tmp:
             tmp.mkdir()
-            safetensors.torch.save_model(self, str(tmp / "model.safetensors"))
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            seen, tensors = set(), {}
+            for name, t in self.state_dict(keep_vars=True).items():  # tied parameters once (first name)
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    tensors[name] = state_dict[name].detach().cpu().contiguous()
+            safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "policy": to_dict(self.cfg)}
             save_json(tmp / "config.json", {**meta, **(extra or {})})
             save_json(tmp / "action_tokenizer.json", self.action_tokenizer.state_dict())
