@@ -5,6 +5,7 @@ dataclass to the library. Everything else in the stack is hydra-free.
     vla-train experiment=debug                 # seconds, for a smoke test
     vla-train decoder=autoregressive run_dir=runs/ar
     vla-train -m policy.sampler.steps=1,4,12   # a sweep (each job gets its own run_dir)
+    torchrun --nproc-per-node 4 -m train.hydra_app strategy=fsdp   # or strategy=ddp
     vla-eval checkpoint=runs/builtin/checkpoints/latest eval.episodes_per_task=50
 
 `vla-eval` evaluates the way the checkpoint's own training run did (its `eval` settings, e.g.
