@@ -142,7 +142,7 @@ def torchrun(port: int, *overrides: str) -> None:
 
 
 def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root):
-    common = [f"data.root={data_root}", "optim.steps=4", "optim.ema_decay=0.9"]
+    common = [f"data.root={data_root}", "optim.steps=4", "optim.ema_decay=0.9", "optim.grad_accum=2"]
     torchrun(29533, "strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
     torchrun(29534, "strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
     torchrun(29535, "strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2

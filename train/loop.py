@@ -6,6 +6,7 @@ Plain dataclasses in, no hydra here: `train/hydra_app.py` is the thin entry poin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -223,13 +224,18 @@ def train(cfg: TrainConfig) -> dict:
     history = []
     start_step = step
     while step < cfg.optim.steps:
-        for _ in range(cfg.optim.grad_accum):
+        for micro in range(cfg.optim.grad_accum):
             t0 = time.perf_counter()
             batch = next(batches)
             wait_window += time.perf_counter() - t0
-            with autocast:
-                loss, metrics = model(batch)
-            (loss / cfg.optim.grad_accum).backward()
+            # DDP all-reduces once per step, on the last micro-batch. FSDP reduce-scatters every
+            # one: skipping would keep whole gradients on each rank, the memory FSDP is there to save.
+            last = micro == cfg.optim.grad_accum - 1
+            sync = contextlib.nullcontext() if last or cfg.strategy != "ddp" else model.no_sync()
+            with sync:
+                with autocast:
+                    loss, metrics = model(batch)
+                (loss / cfg.optim.grad_accum).backward()
             samples_window += len(batch["instruction"]) * world
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
