@@ -22,11 +22,11 @@ def batch(rank: int) -> dict:
             "actions": torch.rand(3, 4, 3, generator=g) * 2 - 1, "action_is_pad": torch.zeros(3, 4, dtype=torch.bool)}  # fmt: skip
 
 
-def step(policy, model, batches) -> None:
+def step(policy, batches) -> None:
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     for rank, b in batches:
-        loss, _ = model(b, torch.Generator().manual_seed(100 + rank))
+        loss, _ = policy(b, torch.Generator().manual_seed(100 + rank))
         (loss / len(batches)).backward()
     torch.nn.utils.clip_grad_norm_(params, 0.5)
     opt.step()
@@ -52,9 +52,9 @@ def main(root: Path) -> None:
         reference = VLAPolicy(cfg, tiny_stats())
         sharded = copy.deepcopy(reference)
         before = {k: v.clone() for k, v in reference.state_dict().items()}
-        step(reference, reference, [(r, batch(r)) for r in range(world)])
+        step(reference, [(r, batch(r)) for r in range(world)])
         units = shard_policy(sharded, torch.device("cpu"))
-        step(sharded, sharded, [(rank, batch(rank))])
+        step(sharded, [(rank, batch(rank))])
         got, want = full_model_state(sharded), reference.state_dict()
         if rank == 0:
             assert got.keys() == want.keys(), (family, options)

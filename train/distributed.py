@@ -61,15 +61,6 @@ def shard_policy(policy: nn.Module, device: torch.device) -> list[str]:
     return sorted(set(sharded))
 
 
-def reshard(policy: nn.Module) -> None:
-    """FSDP leaves the root unit gathered after a forward with no backward (the logged
-    fully-masked accuracy); shard it again before parameters are read or swapped."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if isinstance(policy, FSDPModule):
-        policy.reshard()
-
-
 def _options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -77,15 +68,25 @@ def _options(**kw):
 
 
 def full_model_state(policy: nn.Module) -> dict[str, torch.Tensor]:
-    """A snapshot of every parameter and buffer, whole, on CPU (on rank 0; other ranks get {}).
-    Collective under FSDP."""
+    """Every parameter and buffer, whole, on CPU (on rank 0; other ranks get {}). Collective
+    under FSDP. Unsharded CPU tensors come back as the live parameters: write them out before
+    the next step."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
 
-    state = get_model_state_dict(policy, options=_options(cpu_offload=True))
-    if not isinstance(policy, FSDPModule):  # unsharded CPU tensors come back as the live parameters
-        state = {k: v.clone() for k, v in state.items()}
-    return state
+    return get_model_state_dict(policy, options=_options(cpu_offload=True))
+
+
+def full_tensors(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Possibly sharded tensors (FSDP's DTensors, e.g. the EMA) whole on CPU on rank 0, {} on
+    the others. Collective under FSDP."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, t in tensors.items():
+        t = t.full_tensor() if isinstance(t, DTensor) else t
+        if rank == 0:
+            out[name] = t.detach().cpu()
+    return out
 
 
 def full_optimizer_state(policy: nn.Module, optimizer) -> dict:

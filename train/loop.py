@@ -27,10 +27,10 @@ from train.config import DataConfig, TrainConfig
 from train.distributed import (
     full_model_state,
     full_optimizer_state,
+    full_tensors,
     init_distributed,
     load_full_optimizer_state,
     load_full_weights,
-    reshard,
     shard_policy,
 )
 from train.state import load_training_state, save_training_state
@@ -103,16 +103,12 @@ class _Checkpointer:
         return self.dir / "latest"
 
     def save(self, policy: VLAPolicy, step: int, optimizer, scheduler, ema: dict | None, periodic: bool) -> None:
-        reshard(policy)
+        weights = full_model_state(policy)  # the weights trained on
+        optim_state = full_optimizer_state(policy, optimizer)
         raw = None
         if ema is not None:  # the policy checkpoint carries the EMA weights; raw ones go with the state
-            local_raw = {n: p.detach().clone() for n, p in policy.named_parameters() if n in ema}
-            raw = {n: t for n, t in full_model_state(policy).items() if n in ema}
-            _copy_into(policy, ema)
-        weights = full_model_state(policy)
-        optim_state = full_optimizer_state(policy, optimizer)
-        if ema is not None:
-            _copy_into(policy, local_raw)
+            raw = {n: weights[n] for n in ema} if self.rank == 0 else None
+            weights = {**weights, **full_tensors(ema, self.rank)}
         if self.rank != 0:
             return
 
@@ -133,13 +129,6 @@ class _Checkpointer:
                 f"{self.latest} was trained with a different policy config; resume=false starts over, "
                 f"or point run_dir elsewhere"
             )
-
-
-def _copy_into(policy: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(policy.named_parameters())
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
 
 
 # --------------------------------------------------------------------------------- train
@@ -248,11 +237,12 @@ def train(cfg: TrainConfig) -> dict:
                         ema[n].lerp_(p.detach(), 1 - cfg.optim.ema_decay)
         step += 1
         pbar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.optim.steps:
+        logging_step = step % cfg.log_every == 0 or step == cfg.optim.steps
+        if logging_step:
             policy.eval()
             full_acc = float(policy.fully_masked_accuracy(batch))  # on every rank: collective under FSDP
             policy.train()
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.optim.steps):
+        if rank == 0 and logging_step:
             elapsed = time.perf_counter() - t_window
             row = {"step": step, "loss": float(metrics["loss"]), "masked_acc": float(metrics["masked_acc"]),
                    "fully_masked_acc": full_acc, "lr": scheduler.get_last_lr()[0],
