@@ -68,6 +68,7 @@ def main(root: Path) -> None:
                 )
                 assert not any("vision" in k for k in trained) or not options.get("freeze_vision")
             print(f"ok {family} {options} units={units}", flush=True)
+    dist.barrier()  # a rank that tears down while rank 0 still checks can abort gloo
     dist.destroy_process_group()
 
 

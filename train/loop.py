@@ -263,6 +263,9 @@ def train(cfg: TrainConfig) -> dict:
             res = _evaluate(cfg, ckpt, f"eval/step_{step:07d}")
             writer.add_scalar("eval/mean_success", res["mean_success"], step)
     pbar.close()
+    if world > 1:  # every rank leaves together once rank 0 has written; the evaluation needs no group
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     summary = {"checkpoint": str(ckpt.latest), "step": step, "history": history, "run_dir": str(run_dir)}
     if rank == 0 and cfg.eval_at_end and step == cfg.optim.steps:
         res = _evaluate(cfg, ckpt, "eval/final")  # latest holds this step: saved above, or resumed at the end
@@ -270,8 +273,6 @@ def train(cfg: TrainConfig) -> dict:
         summary["eval"] = res
     if writer is not None:
         writer.close()
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return summary
 
 
