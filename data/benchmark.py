@@ -15,7 +15,7 @@ import numpy as np
 
 from data.cache import ZarrCache
 from data.dataset import ChunkDataset
-from data.record import FPS, features
+from data.record import FPS, features, lerobot_frame
 
 
 def _video_dataset(cache: ZarrCache, episodes: int, root: Path):
@@ -27,13 +27,8 @@ def _video_dataset(cache: ZarrCache, episodes: int, root: Path):
         start, end = int(cache.episode_starts[ep]), int(cache.episode_ends[ep])
         task = cache.tasks[int(cache.task_index[ep])]
         for i in range(start, end):
-            ds.add_frame({
-                "observation.images.agentview": np.asarray(cache.images["agentview"][i]),
-                "observation.images.wrist": np.asarray(cache.images["wrist"][i]),
-                "observation.state": cache.state[i],
-                "action": cache.action[i],
-                "task": task,
-            })  # fmt: skip
+            images = {cam: np.asarray(cache.images[cam][i]) for cam in ("agentview", "wrist")}
+            ds.add_frame(lerobot_frame(images, cache.state[i], cache.action[i], bool(cache.perturbed[i]), task))
         ds.save_episode()
     ds.finalize()
     return LeRobotDataset("local/bench", root=root, delta_timestamps={"action": [k / FPS for k in range(8)]})

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.cache import ZarrCache
-from vla.image_transforms import center_crop, color_jitter, random_crop, to_float
+from vla.processor import ObservationProcessor
 
 
 @dataclass
@@ -32,6 +32,14 @@ class LoaderConfig:
     jitter: float = 0.1
     # Train on chunk steps past an episode's end (its last action repeated); false: no loss there.
     supervise_past_end: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.loader.batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"data.loader.workers must be >= 0 (0 loads in the training process), got {self.workers}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"data.loader.jitter must be in [0, 1), got {self.jitter}")
 
 
 class ResumableBatches:
@@ -99,27 +107,20 @@ class ChunkDataset(Dataset):
 
 
 class Collate:
-    """Stack samples and apply the image transforms (random crop + jitter, or centre crop).
+    """Stack samples and run the policy's own image pipeline (`ObservationProcessor.images`):
+    a random crop of the policy's crop area plus colour jitter while training, the centre crop
+    otherwise. Runs in the loader's workers, so the model's forward pass gets ready tensors."""
 
-    `crop_area` is the policy's (`PolicyConfig.crop_area`): evaluation centre-crops the same area,
-    so training and inference cannot disagree on it.
-    """
-
-    def __init__(
-        self, cfg: LoaderConfig, image_size: int, crop_area: float, rotate_180: bool = False, train: bool = True
-    ) -> None:
-        self.cfg, self.size, self.crop, self.rotate, self.train = cfg, image_size, crop_area, rotate_180, train
+    def __init__(self, cfg: LoaderConfig, processor: ObservationProcessor, train: bool = True) -> None:
+        self.cfg, self.processor, self.train = cfg, processor, train
 
     def __call__(self, samples: list[dict]) -> dict:
-        images = to_float(torch.from_numpy(np.stack([s["images"] for s in samples])), self.rotate)
-        if self.train and self.cfg.augment:
-            seed = samples[0].get("seed")
-            gen = None if seed is None else torch.Generator().manual_seed(seed)
-            images = color_jitter(random_crop(images, self.crop, self.size, gen), self.cfg.jitter, gen)
-        else:
-            images = center_crop(images, self.crop, self.size)
+        frames = torch.from_numpy(np.stack([s["images"] for s in samples]))  # (B, N, H, W, 3) uint8
+        augment = self.train and self.cfg.augment
+        seed = samples[0].get("seed")
+        gen = None if seed is None or not augment else torch.Generator().manual_seed(seed)
         return {
-            "images": images,  # (B, N, 3, S, S)
+            "images": self.processor.images(frames, augment, self.cfg.jitter, gen),  # (B, N, 3, S, S)
             "state": torch.from_numpy(np.stack([s["state"] for s in samples])).float(),
             "instruction": [s["instruction"] for s in samples],
             "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).float(),

@@ -42,9 +42,11 @@ def read_lerobot(
 
     keys = keys or LeRobotKeys()
     root = Path(root)
-    if not (root / "meta" / "info.json").is_file():
-        raise FileNotFoundError(f"{root} is not a LeRobotDataset (no meta/info.json); record or download it first")
-    ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
+    check_lerobot_files(root)
+    try:
+        ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
+    except Exception as e:  # lerobot/datasets/pyarrow raise many types; say where, keep the cause
+        raise ValueError(f"{root}: lerobot cannot open this dataset ({type(e).__name__}: {e})") from e
     have = set(ds.meta.features)
     wanted = [keys.state, keys.action, *keys.cameras.values()]
     missing = [k for k in wanted if k not in have]
@@ -53,7 +55,14 @@ def read_lerobot(
     ends = np.cumsum([ds.meta.episodes[i]["length"] for i in range(ds.num_episodes)])
     start = 0
     for ep, end in enumerate(ends):
-        frames = [ds[i] for i in range(start, int(end))]
+        frames = []
+        for i in range(start, int(end)):
+            try:
+                frames.append(ds[i])
+            except Exception as e:  # a truncated video or parquet row group surfaces here
+                raise ValueError(
+                    f"{root} episode {ep}: frame {i - start} cannot be read ({type(e).__name__}: {e})"
+                ) from e
         images = {cam: np.stack([_hwc_uint8(f[src]) for f in frames]) for cam, src in keys.cameras.items()}
         yield Episode(
             images=images,
@@ -68,6 +77,28 @@ def read_lerobot(
             ),
         ).validate()
         start = int(end)
+
+
+def check_lerobot_files(root: Path) -> None:
+    """Raise, naming the file, if meta/info.json or any parquet file of the dataset is unreadable
+    (a truncated download or an interrupted copy) before lerobot fails somewhere inside."""
+    import pyarrow.parquet as pq
+
+    info = root / "meta" / "info.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset (no meta/info.json); record or download it first")
+    try:
+        meta = json.loads(info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{info} is not valid JSON ({e}): truncated or corrupt; restore it from the source") from e
+    for key in ("features", "fps", "total_episodes"):
+        if key not in meta:
+            raise KeyError(f"{info} has no {key!r}; is this a LeRobotDataset v3 folder?")
+    for f in sorted(root.glob("**/*.parquet")):
+        try:
+            pq.read_metadata(f)
+        except Exception as e:
+            raise ValueError(f"{f} is not a readable parquet file ({e}): truncated or corrupt") from e
 
 
 def _hwc_uint8(x) -> np.ndarray:

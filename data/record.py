@@ -69,6 +69,17 @@ def features(image_size: int, use_videos: bool) -> dict:
     }
 
 
+def lerobot_frame(images: dict, state, action, perturbed: bool, task: str) -> dict:
+    """One frame in the recording schema of `features` (camera names as the environment's)."""
+    return {
+        **{f"observation.images.{cam}": img for cam, img in images.items()},
+        "observation.state": state,
+        "action": action,
+        PERTURBED_KEY: np.array([perturbed], dtype=bool),
+        "task": task,
+    }
+
+
 def _rollout(args: tuple[str, int, int, float, float]) -> tuple[str, list[dict], bool]:
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before mujoco is imported
     from envs.experts import run_expert_episode
@@ -131,14 +142,8 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
                         failed += 1
                         continue
                     for fr in frames:
-                        ds.add_frame({
-                            "observation.images.agentview": fr["agentview"],
-                            "observation.images.wrist": fr["wrist"],
-                            "observation.state": fr["state"],
-                            "action": fr["action"],
-                            PERTURBED_KEY: np.array([fr["perturbed"]], dtype=bool),
-                            "task": instruction,
-                        })  # fmt: skip
+                        images = {cam: fr[cam] for cam in ("agentview", "wrist")}
+                        ds.add_frame(lerobot_frame(images, fr["state"], fr["action"], fr["perturbed"], instruction))
                     ds.save_episode()
             ds.finalize()
             save_json(tmp / RECORDING_FILE, recording_settings(cfg))

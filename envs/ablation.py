@@ -38,19 +38,21 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task per variant")
     parser.add_argument("--execute-steps", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tasks", default="", help="comma-separated tasks (default: every task of the suite)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--only", default="", help="comma-separated name fragments: run just the matching rows "
                         "(e.g. 'remasking'; 'autoregressive' with --ar-checkpoint runs only that row)")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     only = [f.strip() for f in args.only.split(",") if f.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     runs = [(name, args.checkpoint, over) for name, over in VARIANTS if not only or any(f in name for f in only)]
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}))
     rows = []
     for i, (name, ckpt, over) in enumerate(runs):
         cfg = EvalConfig(episodes_per_task=args.episodes, execute_steps=args.execute_steps, workers=args.workers,
-                         videos_per_task=0, sampler_overrides=over)  # fmt: skip
+                         videos_per_task=0, sampler_overrides=over, tasks=tasks)  # fmt: skip
         res = evaluate(ckpt, cfg, out / f"variant_{i:02d}", progress=False)
         rows.append({"variant": name, "overrides": over, **{k: res[k] for k in ("mean_success", "per_task_success")}})
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)

@@ -27,7 +27,9 @@ def main() -> None:
         env.reset(seed=0)
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            env.step(env.action_space.sample())
+            *_, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:  # an ended episode refuses further steps
+                env.reset()
         full = args.steps / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         for _ in range(args.steps):

@@ -11,7 +11,7 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,11 @@ class EvalConfig:
             raise ValueError(f"eval.episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.execute_steps < 0:
             raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
+        if self.workers < 1 or self.threads_per_worker < 1 or self.videos_per_task < 0:
+            raise ValueError(
+                "eval.workers and eval.threads_per_worker must be >= 1 and eval.videos_per_task >= 0, got "
+                f"{self.workers}, {self.threads_per_worker}, {self.videos_per_task}"
+            )
 
 
 def _observation(obs: dict, instruction: str, cameras: list[str]) -> dict:
@@ -71,6 +76,28 @@ def rollout(policy, env, seed: int, execute_steps: int, record: bool = False) ->
 _WORKER: dict = {}
 
 
+def render_size(cfg) -> int:
+    """Cameras render at the resolution the policy was trained on (square frames); policies
+    saved before frame shapes were recorded render at the model's image size."""
+    shapes = {tuple(cfg.camera_shapes[c]) for c in cfg.cameras if c in cfg.camera_shapes}
+    if not shapes:
+        return cfg.image_size
+    if len(shapes) > 1 or any(h != w for h, w in shapes):
+        raise ValueError(f"the built-in suites render square frames of one size; this policy was trained on {shapes}")
+    return shapes.pop()[0]
+
+
+def sampler_with_overrides(sampler, overrides: dict):
+    """The checkpoint's sampler config with `eval.sampler_overrides` applied and validated."""
+    from vla.configs import ConfigError, from_dict, to_dict
+
+    valid = set(to_dict(sampler))
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(f"eval.sampler_overrides: the sampler has no field {unknown}; valid fields: {sorted(valid)}")
+    return from_dict(type(sampler), {**to_dict(sampler), **overrides}, "eval.sampler_overrides")
+
+
 def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None:
     import torch
 
@@ -78,11 +105,7 @@ def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None
 
     torch.set_num_threads(threads)
     policy = VLAPolicy.load(checkpoint)
-    for key, value in sampler_overrides.items():
-        if not hasattr(policy.cfg.sampler, key):
-            raise KeyError(f"eval.sampler_overrides: sampler has no field {key!r}")
-        setattr(policy.cfg.sampler, key, value)
-    policy.cfg.sampler.__post_init__()
+    policy.cfg = replace(policy.cfg, sampler=sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
     _WORKER["policy"] = policy
     _WORKER["envs"] = {}
 
@@ -94,7 +117,7 @@ def _run_episode(job: tuple[str, str, int, int, bool]) -> dict:
     policy = _WORKER["policy"]
     env = _WORKER["envs"].get(task)
     if env is None:
-        env = _WORKER["envs"][task] = make_env(suite, task, image_size=policy.cfg.image_size)
+        env = _WORKER["envs"][task] = make_env(suite, task, image_size=render_size(policy.cfg))
         obs_space = env.observation_space
         policy.check_compatible(env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
     result = rollout(policy, env, seed, execute_steps, record)
@@ -106,9 +129,12 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
     from tqdm import tqdm
 
     from envs.registry import suite_tasks
-    from vla.policy import VLAPolicy
+    from vla.configs import from_dict
+    from vla.policy import PolicyConfig, VLAPolicy
 
-    VLAPolicy.check_checkpoint(checkpoint)  # here, not buried under the worker pool's traceback
+    # Checked here, not buried under the worker pool's BrokenProcessPool.
+    meta = VLAPolicy.check_checkpoint(checkpoint)
+    sampler_with_overrides(from_dict(PolicyConfig, meta["policy"], "policy").sampler, dict(cfg.sampler_overrides))
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
     tasks = cfg.tasks or suite_tasks(cfg.suite)

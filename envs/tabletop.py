@@ -116,6 +116,7 @@ class TabletopEnv(gym.Env):
             {"agentview": img, "wrist": img, "state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)}
         )
         self._steps = 0
+        self._ended = True  # step() needs a reset() first
 
     @property
     def instruction(self) -> str:
@@ -142,6 +143,7 @@ class TabletopEnv(gym.Env):
         self._target_pos = self.eef_pos()
         self._target_rot = self.data.site_xmat[self._site].reshape(3, 3).copy()
         self._steps = 0
+        self._ended = False
         return self._observation(), self._info()
 
     def _init_xy(self, name: str) -> np.ndarray:
@@ -152,6 +154,11 @@ class TabletopEnv(gym.Env):
 
     # ------------------------------------------------------------------ step
     def step(self, action):
+        if self._ended:
+            raise RuntimeError(
+                f"{self.task.name}: step() after the episode ended (success or the {self.task.max_episode_steps}-step "
+                "limit) or before the first reset(); call reset() to start an episode"
+            )
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
             raise ValueError(f"action must have shape (7,), got {action.shape}")
@@ -161,6 +168,7 @@ class TabletopEnv(gym.Env):
         self._steps += 1
         success = self.is_success()
         truncated = self._steps >= self.task.max_episode_steps
+        self._ended = success or truncated
         return self._observation(), float(success), success, truncated, self._info()
 
     def simulate(self, action: np.ndarray) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from conftest import tiny_policy_config, tiny_stats
+from helpers import tiny_policy_config, tiny_stats
 from tiny_vlms import FAMILIES
 
 from train.distributed import full_model_state, init_distributed, shard_policy

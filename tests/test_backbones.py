@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import tiny_policy_config, tiny_stats
+from helpers import tiny_policy_config, tiny_stats
 from tiny_vlms import FAMILIES
 
 from vla.policy import VLAPolicy

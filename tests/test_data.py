@@ -9,6 +9,7 @@ from data.dataset import ChunkDataset, Collate, LoaderConfig, ResumableBatches
 from data.episode import Episode
 from data.readers import BRIDGE_LEROBOT_KEYS, LIBERO_LEROBOT_KEYS, LeRobotKeys, read_lerobot, read_libero_hdf5
 from data.record import RECORDING_FILE, RecordConfig, check_recording, record_builtin
+from vla.processor import ObservationProcessor
 
 
 def episode(t=6, cams=("agentview", "wrist"), task="lift", seed=0):
@@ -116,8 +117,11 @@ def test_chunks_pad_at_episode_end_and_augment(tmp_path):
     flagged = ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["agentview", "wrist"], supervise_past_end=False)
     assert flagged[4]["action_is_pad"].tolist() == [False, False, True, True]
     assert ds[6]["instruction"] == "place" and not ds[6]["action_is_pad"].any()
-    batch = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
-    again = Collate(LoaderConfig(), image_size=12, crop_area=0.9)([ds[(i, 7)] for i in range(4)])
+    processor = ObservationProcessor(
+        ("agentview", "wrist"), image_size=12, crop_area=0.9, rotate_180=False, state_dim=3
+    )
+    batch = Collate(LoaderConfig(), processor)([ds[(i, 7)] for i in range(4)])
+    again = Collate(LoaderConfig(), processor)([ds[(i, 7)] for i in range(4)])
     assert batch["images"].shape == (4, 2, 3, 12, 12)
     assert np.array_equal(batch["images"].numpy(), again["images"].numpy())  # seeded augmentation
     with pytest.raises(KeyError, match="no cameras"):

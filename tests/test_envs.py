@@ -141,6 +141,9 @@ def test_gripper_faults_put_recoveries_into_the_demonstrations():
 def test_evaluate_names_a_missing_checkpoint_before_starting_workers(tmp_path):
     from envs.evaluate import EvalConfig, evaluate
 
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
         evaluate(tmp_path / "nope", EvalConfig(episodes_per_task=1, workers=1), tmp_path / "out")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ValueError, match="config.json is missing"):
+        evaluate(tmp_path / "half", EvalConfig(episodes_per_task=1, workers=1), tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from helpers import composed
 from hydra import compose, initialize
 
 from train.config import TrainConfig
@@ -13,13 +14,6 @@ from train.hydra_app import EXPERIMENTS, register_configs, to_train_config
 from train.loop import train
 from vla.configs import load_json
 from vla.policy import VLAPolicy
-
-
-def composed(overrides):
-    register_configs()
-    with initialize(version_base=None, config_path=None):
-        return compose(config_name="vla_train", overrides=overrides)
-
 
 REQUIRED = {"libero": ["data.root=/data/libero_spatial", "policy.backbone.source=/models/smolvlm"]}
 
@@ -50,9 +44,9 @@ def test_slurm_launcher_config_validates():
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 4 and launcher.timeout_min == 720
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data") / "debug"  # recorded by the first test, reused after
+@pytest.fixture
+def data_root(debug_data_root):
+    return debug_data_root
 
 
 def debug_config(tmp_path, data_root, **over) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from data.dataset import LoaderConfig
@@ -37,15 +38,29 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still checked)
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 disables EMA
+    # Consecutive steps with a non-finite gradient norm that are skipped (no update) before the
+    # run stops; a skipped step is logged. The last good checkpoint is never overwritten.
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.grad_accum < 1:
             raise ValueError(f"optim.steps and optim.grad_accum must be >= 1, got {self.steps}, {self.grad_accum}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"optim.grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1] (a fraction of optim.lr), got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_nonfinite_steps < 0:
+            raise ValueError(
+                "optim.warmup_steps, optim.weight_decay and optim.max_nonfinite_steps must be >= 0, got "
+                f"{self.warmup_steps}, {self.weight_decay}, {self.max_nonfinite_steps}"
+            )
 
 
 @dataclass
@@ -71,3 +86,9 @@ class TrainConfig:
             raise ValueError(f"strategy={self.strategy!r}; choose none, ddp or fsdp")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
+        for name in ("log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (steps), got {getattr(self, name)}")
+        for name in ("eval_every", "stop_after", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off / default), got {getattr(self, name)}")

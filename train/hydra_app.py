@@ -15,6 +15,7 @@ the main job's 4-of-8 chunk execution); `eval.<key>=...` on the command line win
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -132,6 +133,10 @@ def _train(cfg) -> None:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         run_cfg.run_dir = str(Path(run_cfg.run_dir) / f"job{HydraConfig.get().job.num}")
     summary = train(run_cfg)
+    if "interrupted" in summary:  # saved; exit as the signal would have, so schedulers see it
+        print(f"\n{summary['interrupted']}: stopped at step {summary['step']}, saved {summary['checkpoint']}; "
+              "re-run the same command to resume")  # fmt: skip
+        raise SystemExit(128 + signal.Signals[summary["interrupted"]].value)
     print(f"\ncheckpoint:  {summary['checkpoint']}")
     print(f"tensorboard: tensorboard --logdir {Path(summary['run_dir']) / 'tensorboard'}")
     if "eval" in summary:

@@ -1,7 +1,10 @@
 """The training loop: data preparation, AdamW + warm-up/cosine, EMA, accumulation, resumable
 checkpoints, tensorboard logging, periodic and final evaluation in simulation.
 
-Plain dataclasses in, no hydra here: `train/hydra_app.py` is the thin entry point.
+Plain dataclasses in, no hydra here: `train/hydra_app.py` is the thin entry point. Failure
+behaviour: one run per run folder (`train/run_dir.py`); a fresh run refuses a folder that holds
+checkpoints; a resume refuses other data; non-finite gradients are skipped up to a limit and
+then stop the run without saving; SIGINT/SIGTERM save a checkpoint and stop.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import safetensors.torch
@@ -33,9 +38,11 @@ from train.distributed import (
     load_full_weights,
     shard_policy,
 )
+from train.run_dir import RunLock, existing_checkpoints
 from train.state import load_training_state, save_training_state
-from vla.configs import load_json, save_json
-from vla.policy import VLAPolicy
+from vla.configs import atomic_dir, from_dict, load_json, recover_dir, save_json
+from vla.policy import PolicyConfig, VLAPolicy, verify_manifest
+from vla.sampling import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
     """Return the zarr cache, recording demonstrations and building the cache when missing."""
     cache = Path(cfg.cache_path)
     root = Path(cfg.root)
+    for folder in {root.parent, cache.parent}:  # what a killed recording or cache build left behind
+        recover_dir(folder)
     if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is used as is
         from data.record import check_recording, record_builtin
 
@@ -68,6 +77,14 @@ def _episodes(cfg: DataConfig):
         raise FileNotFoundError(f"data.root={cfg.root} holds no LIBERO .hdf5 files")
     keys = LiberoHDF5Keys(cameras=dict(cfg.camera_keys)) if cfg.camera_keys else LiberoHDF5Keys()
     return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
+
+
+def policy_config_for(cfg: PolicyConfig, cache: ZarrCache) -> PolicyConfig:
+    """The policy config with the data's frame shapes recorded (the checkpoint's camera contract)."""
+    shapes = {c: [int(n) for n in cache.images[c].shape[1:3]] for c in cfg.cameras if c in cache.images}
+    if cfg.camera_shapes and cfg.camera_shapes != shapes:
+        raise ValueError(f"policy.camera_shapes={cfg.camera_shapes} but the data's frames are {shapes}")
+    return replace(cfg, camera_shapes=shapes)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -117,163 +134,376 @@ class _Checkpointer:
             save_json(folder / "train_config.json", asdict(self.cfg))
 
         policy.save(self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
-        if periodic:
-            dst = self.dir / f"step_{step:07d}"
-            if not dst.exists():
-                shutil.copytree(self.latest, dst)
+        if periodic:  # replaced whole: a step_N folder always holds this run's step N
+            with atomic_dir(self.dir / f"step_{step:07d}") as tmp:
+                shutil.copytree(self.latest, tmp)
 
-    def check_resumable(self) -> None:
-        saved = load_json(self.latest / "config.json")["policy"]
-        if saved != asdict(self.cfg.policy):
+    def check_resumable(self, policy_cfg: PolicyConfig, policy: VLAPolicy) -> None:
+        """Refuse to resume under another policy config or on other data (statistics, tokenizer)."""
+        verify_manifest(self.latest)
+        meta = load_json(self.latest / "config.json")
+        try:
+            same = from_dict(PolicyConfig, meta["policy"], "policy") == policy_cfg
+        except (KeyError, ValueError):
+            same = False
+        if not same:
             raise ValueError(
-                f"{self.latest} was trained with a different policy config; resume=false starts over, "
-                f"or point run_dir elsewhere"
+                f"{self.latest} was trained with a different policy config; resume=false in a new run_dir "
+                f"starts over, or point run_dir elsewhere"
             )
+        # The scheduler and optimiser restore their own settings (LambdaLR keeps its base lr): a
+        # changed optim.lr would be ignored without a word, so changes that resuming cannot honour
+        # are refused. optim.steps may grow (training longer), as may the non-finite tolerance.
+        saved_run = (
+            load_json(self.latest / "train_config.json") if (self.latest / "train_config.json").is_file() else {}
+        )
+        now = _json_roundtrip(asdict(self.cfg))
+        fixed = {"seed": None, "optim": {"steps", "max_nonfinite_steps"}}  # data: checked by content below
+        changed = []
+        for key, free in fixed.items():
+            if key not in saved_run:
+                continue
+            if free is None:
+                changed += _differences(key, saved_run[key], now[key])
+            else:
+                changed += _differences(
+                    key,
+                    {k: v for k, v in saved_run[key].items() if k not in free},
+                    {k: v for k, v in now[key].items() if k not in free},
+                )
+        if "data" in saved_run:
+            changed += _differences("data.loader.batch_size", saved_run["data"]["loader"].get("batch_size"),
+                                    now["data"]["loader"]["batch_size"])  # fmt: skip
+        if changed:
+            detail = ", ".join(f"{c} (saved {_lookup(saved_run, c)!r}, now {_lookup(now, c)!r})" for c in changed[:4])
+            raise ValueError(
+                f"cannot resume {self.latest} with other training settings: {detail}. A resumed run continues "
+                "as it was configured; restore these settings, or start a new run in another run_dir"
+            )
+        changed = _differences("stats", load_json(self.latest / "stats.json"), _json_roundtrip(policy.stats))
+        changed += _differences(
+            "action_tokenizer", load_json(self.latest / "action_tokenizer.json"), policy.action_tokenizer.state_dict()
+        )
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.latest} on this data: {', '.join(changed[:6])} differ from the data the run "
+                "started with, and the trained weights only mean something under the old ones. Point "
+                "data.root at the original data, or start a new run (another run_dir)"
+            )
+
+
+def _json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _differences(where: str, saved, current) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(saved.keys() | current.keys()):
+            out += _differences(f"{where}.{k}", saved.get(k), current.get(k))
+        return out
+    return [] if saved == current else [where]
+
+
+@dataclass
+class _Interrupt:
+    """SIGINT/SIGTERM set `signal`; the loop saves at the end of the step and stops. A second
+    SIGINT while saving raises KeyboardInterrupt at once."""
+
+    signal: int = 0
+    previous: dict = field(default_factory=dict)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                    "(press Ctrl-C again to abort without saving)", signal.Signals(signum).name)  # fmt: skip
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether any rank was interrupted (every rank must stop at the same step to save)."""
+        if world == 1:
+            return bool(self.signal)
+        flag = torch.tensor([self.signal], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.signal = int(flag.item())
+        return bool(self.signal)
 
 
 # --------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) a policy; returns a summary with the checkpoint and eval results."""
+    """Train (or resume) a policy; returns a summary with the checkpoint and eval results.
+
+    A summary with `interrupted` set means SIGINT/SIGTERM stopped the run after saving."""
     device = _device(cfg.device)
     if device.type == "cuda" and cfg.strategy != "none":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     rank, world = init_distributed(cfg.strategy, device)
+    run_dir = Path(cfg.run_dir)
+    lock = RunLock(run_dir).acquire() if rank == 0 else None
+    interrupt = _Interrupt()
+    interrupt.install()
+    try:
+        return _train(cfg, device, rank, world, interrupt)
+    finally:
+        interrupt.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interrupt: _Interrupt) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+    ckpt = _Checkpointer(run_dir, cfg, rank)
     if rank == 0:
+        recover_dir(ckpt.dir)
+        _check_fresh_run(cfg, ckpt)
         cache = prepare_data(cfg.data)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
         cache = prepare_data(cfg.data)
 
-    policy = VLAPolicy(cfg.policy, cache.stats).to(device)
+    policy_cfg = policy_config_for(cfg.policy, cache)
+    policy = VLAPolicy(policy_cfg, cache.stats).to(device)
     policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
-    dataset = ChunkDataset(cache, cfg.policy.chunk_size, cfg.policy.cameras, cfg.data.loader.supervise_past_end)
-    ckpt = _Checkpointer(run_dir, cfg, rank)
+    dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
     resuming = cfg.resume and ckpt.latest.exists()
     if resuming:  # weights before sharding; with EMA these are the EMA weights, raw ones follow
-        ckpt.check_resumable()
+        ckpt.check_resumable(policy_cfg, policy)
         safetensors.torch.load_model(policy, str(ckpt.latest / "model.safetensors"))
-    model = policy
-    if cfg.strategy == "fsdp":
-        units = shard_policy(policy, device)
-        local = sum(p.to_local().numel() for p in policy.parameters())
-        total = sum(p.numel() for p in policy.parameters())
-        log.info("FSDP over %d ranks, units %s and the root: %d of %d parameters on this rank",
-                 world, ", ".join(units), local, total)  # fmt: skip
-    elif cfg.strategy == "ddp":
-        # VLMs carry modules the prefix never uses (e.g. SigLIP's pooling head under LLaVA).
-        model = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
+    model = _wrap(cfg, policy, device, world)
     params = [p for p in policy.parameters() if p.requires_grad]
-    # The fused kernel (CPU and CUDA): 1.5 ms per step against 10 for the default loop (1.7M params, 2 cores).
+    # The fused kernel (CPU and CUDA): one kernel per step instead of a loop over tensors.
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim))
     ema = None
     if cfg.optim.ema_decay > 0:
         ema = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    step = 0
-    if resuming:
-        step, optim_state, raw = load_training_state(ckpt.latest / "training_state", scheduler)
-        load_full_optimizer_state(policy, optimizer, optim_state)
-        if ema is not None:
-            missing = sorted(set(ema) - set(raw))
-            if missing:
-                raise KeyError(
-                    f"{ckpt.latest}: raw weights for {missing[:3]} missing; was the run started without EMA?"
-                )
-            load_full_weights(policy, {n: raw[n] for n in ema})
-        log.info("resumed from %s at step %d", ckpt.latest, step)
+    step = _resume(ckpt, policy, optimizer, scheduler, ema) if resuming else 0
 
-    lcfg = cfg.data.loader
-    sampler = ResumableBatches(
-        len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world
-    )
-    collate = Collate(lcfg, cfg.policy.image_size, cfg.policy.crop_area, cfg.policy.rotate_180, train=True)
-    # Its own generator: creating the iterator must not draw from the (restored) global RNG.
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=lcfg.workers,
-                        generator=torch.Generator().manual_seed(cfg.seed + step),
-                        persistent_workers=lcfg.workers > 0, prefetch_factor=4 if lcfg.workers > 0 else None)  # fmt: skip
+    loader = _loader(cfg, policy, dataset, step, rank, world)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    batches = iter(loader)
-    model.train()
-    pbar = tqdm(total=cfg.optim.steps, initial=step, desc="training", disable=rank != 0)
-    t_window, wait_window, samples_window = time.perf_counter(), 0.0, 0
-    history = []
-    start_step = step
-    while step < cfg.optim.steps:
-        for micro in range(cfg.optim.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            wait_window += time.perf_counter() - t0
-            # DDP all-reduces once per step, on the last micro-batch. FSDP reduce-scatters every
-            # one: skipping would keep whole gradients on each rank, the memory FSDP is there to save.
-            last = micro == cfg.optim.grad_accum - 1
-            sync = contextlib.nullcontext() if last or cfg.strategy != "ddp" else model.no_sync()
-            with sync:
-                with autocast:
-                    loss, metrics = model(batch)
-                (loss / cfg.optim.grad_accum).backward()
-            samples_window += len(batch["instruction"]) * world
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            with torch.no_grad():
-                for n, p in policy.named_parameters():
-                    if n in ema:
-                        ema[n].lerp_(p.detach(), 1 - cfg.optim.ema_decay)
-        step += 1
-        pbar.update(1)
-        logging_step = step % cfg.log_every == 0 or step == cfg.optim.steps
-        if logging_step:
-            policy.eval()
-            full_acc = float(policy.fully_masked_accuracy(batch))  # on every rank: collective under FSDP
-            policy.train()
-        if rank == 0 and logging_step:
-            elapsed = time.perf_counter() - t_window
-            row = {"step": step, "loss": float(metrics["loss"]), "masked_acc": float(metrics["masked_acc"]),
-                   "fully_masked_acc": full_acc, "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": samples_window / elapsed, "data_wait_frac": wait_window / elapsed}  # fmt: skip
-            for k, v in row.items():
-                if k != "step":
-                    writer.add_scalar(f"train/{k}", v, step)
-            history.append(row)
-            pbar.set_postfix(loss=f"{row['loss']:.3f}", full_acc=f"{full_acc:.2f}", wait=f"{row['data_wait_frac']:.2f}")
-            t_window, wait_window, samples_window = time.perf_counter(), 0.0, 0
-        stopping = cfg.stop_after > 0 and step - start_step >= cfg.stop_after
-        evaluating = cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.optim.steps and not stopping
-        if step % cfg.save_every == 0 or step == cfg.optim.steps or stopping or evaluating:
-            ckpt.save(policy, step, optimizer, scheduler, ema, periodic=step % cfg.save_every == 0)
-        if stopping:
-            break
-        if rank == 0 and evaluating:  # from the checkpoint just written; other ranks wait at the next step
-            res = _evaluate(cfg, ckpt, f"eval/step_{step:07d}")
-            writer.add_scalar("eval/mean_success", res["mean_success"], step)
-    pbar.close()
+    loop = _Loop(cfg, model, policy, params, optimizer, scheduler, ema, ckpt, writer, rank, world, device)
+    try:
+        step = loop.run(iter(loader), step, interrupt)
+    finally:
+        loop.pbar.close()
     if world > 1:  # every rank leaves together once rank 0 has written; the evaluation needs no group
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    summary = {"checkpoint": str(ckpt.latest), "step": step, "history": history, "run_dir": str(run_dir)}
-    if rank == 0 and cfg.eval_at_end and step == cfg.optim.steps:
-        res = _evaluate(cfg, ckpt, "eval/final")  # latest holds this step: saved above, or resumed at the end
+    summary = {"checkpoint": str(ckpt.latest), "step": step, "history": loop.history, "run_dir": str(run_dir)}
+    if interrupt.signal:
+        summary["interrupted"] = signal.Signals(interrupt.signal).name
+    elif rank == 0 and cfg.eval_at_end and step == cfg.optim.steps:
+        res = _evaluate(cfg, ckpt, "eval/final")  # latest holds this step: saved in the loop, or resumed at the end
         writer.add_scalar("eval/mean_success", res["mean_success"], step)
         summary["eval"] = res
     if writer is not None:
         writer.close()
     return summary
+
+
+def _check_fresh_run(cfg: TrainConfig, ckpt: _Checkpointer) -> None:
+    if cfg.resume:
+        return
+    found = existing_checkpoints(ckpt.dir)
+    if found:
+        raise FileExistsError(
+            f"resume=false, but {ckpt.dir} holds checkpoints of an earlier run ({', '.join(found[:4])}"
+            f"{', ...' if len(found) > 4 else ''}); a fresh run would mix its step folders with them. "
+            f"Choose a new run_dir, delete {ckpt.dir}, or set resume=true to continue that run"
+        )
+
+
+def _wrap(cfg: TrainConfig, policy: VLAPolicy, device: torch.device, world: int):
+    if cfg.strategy == "fsdp":
+        units = shard_policy(policy, device)
+        local = sum(p.to_local().numel() for p in policy.parameters())
+        total = sum(p.numel() for p in policy.parameters())
+        log.info(
+            "FSDP over %d ranks, units %s and the root: %d of %d parameters on this rank",
+            world, ", ".join(units), local, total,
+        )  # fmt: skip
+        return policy
+    if cfg.strategy == "ddp":
+        # VLMs carry modules the prefix never uses (e.g. SigLIP's pooling head under LLaVA).
+        return torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    return policy
+
+
+def _resume(ckpt: _Checkpointer, policy: VLAPolicy, optimizer, scheduler, ema: dict | None) -> int:
+    step, optim_state, raw = load_training_state(ckpt.latest / "training_state", scheduler)
+    load_full_optimizer_state(policy, optimizer, optim_state)
+    if ema is not None:
+        missing = sorted(set(ema) - set(raw))
+        if missing:
+            raise KeyError(f"{ckpt.latest}: raw weights for {missing[:3]} missing; was the run started without EMA?")
+        load_full_weights(policy, {n: raw[n] for n in ema})
+    log.info("resumed from %s at step %d", ckpt.latest, step)
+    return step
+
+
+def _loader(cfg: TrainConfig, policy: VLAPolicy, dataset: ChunkDataset, step: int, rank: int, world: int):
+    lcfg = cfg.data.loader
+    sampler = ResumableBatches(
+        len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world
+    )
+    # Its own generator: creating the iterator must not draw from the (restored) global RNG.
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=Collate(lcfg, policy.processor, train=True),
+        num_workers=lcfg.workers,
+        generator=torch.Generator().manual_seed(cfg.seed + step),
+        persistent_workers=lcfg.workers > 0,
+        prefetch_factor=4 if lcfg.workers > 0 else None,
+    )
+
+
+class _Loop:
+    """The optimisation steps, their logging and saving; `run` returns the last step."""
+
+    def __init__(self, cfg, model, policy, params, optimizer, scheduler, ema, ckpt, writer, rank, world, device):
+        self.cfg, self.model, self.policy, self.params = cfg, model, policy, params
+        self.optimizer, self.scheduler, self.ema, self.ckpt = optimizer, scheduler, ema, ckpt
+        self.writer, self.rank, self.world, self.device = writer, rank, world, device
+        self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.history: list[dict] = []
+        self.pbar = tqdm(total=cfg.optim.steps, desc="training", disable=rank != 0)
+        self.nonfinite = 0  # consecutive skipped steps
+
+    def run(self, batches, step: int, interrupt: _Interrupt) -> int:
+        cfg = self.cfg
+        self.pbar.update(step)
+        self.model.train()
+        self._window = (time.perf_counter(), 0.0, 0)  # start, data wait, samples
+        start_step = step
+        while step < cfg.optim.steps:
+            batch, metrics = self._step(batches, step)
+            step += 1
+            self.pbar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.optim.steps:
+                self._log(step, batch, metrics)
+            interrupted = interrupt.agreed(self.world, self.device)
+            stopping = interrupted or (cfg.stop_after > 0 and step - start_step >= cfg.stop_after)
+            evaluating = cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.optim.steps and not stopping
+            saving = step % cfg.save_every == 0 or step == cfg.optim.steps or stopping or evaluating
+            if saving and self.nonfinite:
+                log.warning("step %d: not saving after a skipped update; %s stays as it was", step, self.ckpt.latest)
+            elif saving:
+                self.ckpt.save(self.policy, step, self.optimizer, self.scheduler, self.ema,
+                               periodic=step % cfg.save_every == 0)  # fmt: skip
+            if interrupted and self.rank == 0:
+                log.warning("stopped at step %d; checkpoint saved to %s. Re-run the same command to resume",
+                            step, self.ckpt.latest)  # fmt: skip
+            if stopping:
+                break
+            if self.rank == 0 and evaluating:  # from the checkpoint just written; other ranks wait at the next step
+                res = _evaluate(cfg, self.ckpt, f"eval/step_{step:07d}")
+                self.writer.add_scalar("eval/mean_success", res["mean_success"], step)
+        return step
+
+    def _step(self, batches, step: int) -> tuple[dict, dict]:
+        cfg = self.cfg
+        start, wait, samples = self._window
+        for micro in range(cfg.optim.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            # DDP all-reduces once per step, on the last micro-batch. FSDP reduce-scatters every
+            # one: skipping would keep whole gradients on each rank, the memory FSDP is there to save.
+            last = micro == cfg.optim.grad_accum - 1
+            sync = contextlib.nullcontext() if last or cfg.strategy != "ddp" else self.model.no_sync()
+            with sync:
+                with self.autocast:
+                    loss, metrics = self.model(batch)
+                (loss / cfg.optim.grad_accum).backward()
+            samples += len(batch["instruction"]) * self.world
+        self._window = (start, wait, samples)
+        # The global norm (after the gradient all-reduce) is the same on every rank, so every rank
+        # takes the same decision; clipping at 0 means none (max_norm=inf scales by exactly 1).
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip or math.inf)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        # Alone, the loss decides too (under DDP/FSDP a rank's own loss could disagree with others').
+        if math.isfinite(norm) and (self.world > 1 or math.isfinite(float(metrics["loss"]))):
+            self.nonfinite = 0
+            self.optimizer.step()
+        else:
+            self._skip(step, float(metrics["loss"]), norm)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None and self.nonfinite == 0:
+            with torch.no_grad():
+                for n, p in self.policy.named_parameters():
+                    if n in self.ema:
+                        self.ema[n].lerp_(p.detach(), 1 - cfg.optim.ema_decay)
+        return batch, metrics
+
+    def _skip(self, step: int, loss: float, norm: float) -> None:
+        self.nonfinite += 1
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.nonfinite > limit:
+            raise NonFiniteError(
+                f"training diverged: gradient norm {norm} (loss {loss}) at step {step + 1}, "
+                f"{self.nonfinite} steps in a row (optim.max_nonfinite_steps={limit}). Nothing was saved "
+                f"after the last good checkpoint ({self.ckpt.latest}); lower optim.lr or raise optim.warmup_steps"
+            )
+        log.warning("step %d: non-finite gradient norm %s (loss %s): update skipped (%d of %d in a row allowed)",
+                    step + 1, norm, loss, self.nonfinite, limit)  # fmt: skip
+
+    def _log(self, step: int, batch: dict, metrics: dict) -> None:
+        self.policy.eval()
+        full_acc = float(self.policy.fully_masked_accuracy(batch))  # on every rank: collective under FSDP
+        self.policy.train()
+        if self.rank != 0:
+            return
+        start, wait, samples = self._window
+        elapsed = time.perf_counter() - start
+        row = {
+            "step": step,
+            "loss": float(metrics["loss"]),
+            "masked_acc": float(metrics["masked_acc"]),
+            "fully_masked_acc": full_acc,
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": samples / elapsed,
+            "data_wait_frac": wait / elapsed,
+        }
+        for k, v in row.items():
+            if k != "step":
+                self.writer.add_scalar(f"train/{k}", v, step)
+        self.history.append(row)
+        self.pbar.set_postfix(
+            loss=f"{row['loss']:.3f}", full_acc=f"{full_acc:.2f}", wait=f"{row['data_wait_frac']:.2f}"
+        )
+        self._window = (time.perf_counter(), 0.0, 0)
 
 
 def _evaluate(cfg: TrainConfig, ckpt: _Checkpointer, name: str) -> dict:

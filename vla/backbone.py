@@ -9,6 +9,7 @@ built from a config here, random init) and pretrained models loaded by path or h
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +146,19 @@ def model_from_saved_config(folder: str | Path):
     return AutoModel.from_config(config), processor
 
 
+def _special_token_pattern(processor) -> re.Pattern | None:
+    """A regex over the tokenizer's special and added tokens that are markup, not words."""
+    tok = getattr(processor, "tokenizer", processor)
+    strings = set(getattr(tok, "all_special_tokens", []) or [])
+    strings |= {t.content for t in (getattr(tok, "added_tokens_decoder", {}) or {}).values()}
+    for attr in ("image_token", "video_token", "boi_token", "eoi_token", "fake_image_token", "global_image_token"):
+        value = getattr(processor, attr, None)
+        if isinstance(value, str):
+            strings.add(value)
+    strings = sorted((t for t in strings if len(t) > 1 and not t.isalnum() and t.strip()), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, strings))) if strings else None
+
+
 def _text_config(model) -> object:
     cfg = model.config
     return getattr(cfg, "text_config", cfg)
@@ -163,6 +177,7 @@ class VLMBackbone(nn.Module):
         ids = {getattr(model.config, a, None) for a in ("image_token_id", "image_token_index")}
         ids |= {getattr(processor, "image_token_id", None)}
         self.image_token_ids = sorted(i for i in ids if isinstance(i, int))
+        self._specials = _special_token_pattern(processor)
         self.vlm = self._maybe_lora(model)  # LoRA first: it freezes base weights, adds adapters
         self._apply_freezing(model)  # then a frozen tower freezes its adapters too
 
@@ -186,7 +201,15 @@ class VLMBackbone(nn.Module):
 
     def prompt(self, instruction: str, num_images: int) -> str:
         image = _IMAGE_PROMPT.get(self.model_type) or self.processor.image_token
-        return image * num_images + instruction.strip().lower()
+        return image * num_images + self.neutralise(instruction.strip().lower())
+
+    def neutralise(self, text: str) -> str:
+        """Instructions are text: a special token's string in one ("look at the <image> tag") would
+        become that token (an extra image placeholder crashes the processor). A space after its
+        first character keeps the words and makes it plain text."""
+        if self._specials is None:
+            return text
+        return self._specials.sub(lambda m: m[0][0] + " " + m[0][1:], text)
 
     def prepare(self, images: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
         """Run the model's own processor. images: (B, N, 3, H, W) float in [0, 1]."""

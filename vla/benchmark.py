@@ -8,7 +8,6 @@ and ratios from one run.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import statistics
 import time
@@ -43,9 +42,9 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
     torch.manual_seed(0)
     cfg = PolicyConfig()
     if decoder_width:
-        cfg.decoder = dataclasses.replace(cfg.decoder, d_model=decoder_width)
+        cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, d_model=decoder_width))
     diffusion = VLAPolicy(cfg, _stats(cfg)).eval()
-    ar_cfg = dataclasses.replace(copy.deepcopy(cfg), decoder_type="autoregressive")
+    ar_cfg = dataclasses.replace(cfg, decoder_type="autoregressive")
     ar = VLAPolicy(ar_cfg, _stats(ar_cfg)).eval()
     ar.load_state_dict(diffusion.state_dict())  # same backbone and decoder weights
     rng = np.random.default_rng(0)
@@ -57,8 +56,11 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
     images, state, instr, _ = diffusion.preprocess(obs)
 
     def md(t: int, cache: bool):
-        diffusion.cfg.sampler.steps = t
-        return lambda: diffusion.predict_tokens(images, state, instr, use_cache=cache)
+        def decode():
+            diffusion.cfg = dataclasses.replace(diffusion.cfg, sampler=dataclasses.replace(cfg.sampler, steps=t))
+            return diffusion.predict_tokens(images, state, instr, use_cache=cache)
+
+        return decode
 
     rows = [
         (f"masked diffusion T={steps}, prefix cache", _time(md(steps, True), repeats)),

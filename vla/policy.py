@@ -11,6 +11,7 @@ Training batch contract (built by data/):
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,21 @@ from torch import nn
 
 from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
 from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm, model_from_saved_config
-from vla.configs import atomic_dir, from_dict, load_json, save_json, to_dict
+from vla.configs import ConfigError, atomic_dir, file_sha256, from_dict, load_json, save_json, to_dict
 from vla.decoder import ActionDecoder, DecoderConfig
-from vla.image_transforms import center_crop, to_float
-from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
+from vla.processor import ObservationProcessor
+from vla.sampling import DecodeTrace, NonFiniteError, SamplerConfig, autoregressive_decode, masked_diffusion_decode
+
+log = logging.getLogger(__name__)
 
 DECODER_TYPES = ("diffusion", "autoregressive")
 CHECKPOINT_FORMAT = "vla-policy"
 CHECKPOINT_VERSION = 1
+MANIFEST = "manifest.json"  # sha256 and size of every file of the checkpoint, written last
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is incomplete, corrupt, edited or inconsistent; names the file."""
 
 
 @dataclass
@@ -42,6 +50,9 @@ class PolicyConfig:
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     crop_area: float = 0.9  # evaluation centre crop; training uses a random crop of this area
     rotate_180: bool = False  # camera convention: LIBERO renders upside down
+    # camera -> [H, W] of the raw frames trained on (filled from the data by training); inference
+    # refuses other sizes rather than stretch them. Empty: not recorded, any size accepted.
+    camera_shapes: dict[str, list[int]] = field(default_factory=dict)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
@@ -108,6 +119,7 @@ class VLAPolicy(nn.Module):
         self.decoder = ActionDecoder(
             cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins, cond_dim=2 * hidden
         )
+        self.processor = ObservationProcessor.from_config(cfg)
         self.generator = torch.Generator()
         self.reset()
 
@@ -249,37 +261,24 @@ class VLAPolicy(nn.Module):
 
     def preprocess(self, observation: dict) -> tuple[torch.Tensor, torch.Tensor, list[str], bool]:
         """Raw observation (single or batched) -> eval-transformed images, state, instructions."""
-        for key in ("images", "state", "instruction"):
-            if key not in observation:
-                raise KeyError(f"observation is missing {key!r}; expected images, state, instruction")
-        cams = observation["images"]
-        missing = [c for c in self.cfg.cameras if c not in cams]
-        if missing:
-            raise KeyError(f"observation images are missing cameras {missing}; this policy uses {self.cfg.cameras}")
-        arrays = [np.asarray(cams[c]) for c in self.cfg.cameras]
-        single = arrays[0].ndim == 3
-        if single:
-            arrays = [a[None] for a in arrays]
-        images = torch.from_numpy(np.stack(arrays, axis=1))  # (B, N, H, W, 3)
-        x = center_crop(to_float(images, self.cfg.rotate_180), self.cfg.crop_area, self.cfg.image_size)
-        state = torch.as_tensor(np.asarray(observation["state"], dtype=np.float32))
-        state = state[None] if single else state
-        if not torch.isfinite(state).all():
-            raise ValueError("observation state contains NaN or Inf")
-        instr = observation["instruction"]
-        instructions = [instr] if isinstance(instr, str) else list(instr)
-        return x, state, instructions, single
+        return self.processor(observation)
 
     @torch.no_grad()
     def infer(self, observation: dict, fixed_actions: np.ndarray | None = None) -> np.ndarray:
-        """Raw observation -> un-normalised action chunk (H, D), or (B, H, D) for a batch."""
+        """Raw observation -> un-normalised action chunk (H, D), or (B, H, D) for a batch.
+
+        Raises `ObservationError` for an observation outside the contract and `NonFiniteError`
+        when the model's output is not finite: never a chunk derived from NaN."""
         images, state, instructions, single = self.preprocess(observation)
         fixed = None
         if fixed_actions is not None:
-            fixed = torch.as_tensor(np.asarray(fixed_actions, dtype=np.float32))
-            fixed = fixed[None] if single else fixed
+            fixed = self.processor.fixed_actions(
+                fixed_actions, single, images.shape[0], self.cfg.chunk_size, self.cfg.action_dim
+            )
         tokens = self.predict_tokens(images, state, instructions, fixed_actions=fixed)
         actions = self.action_tokenizer.decode(tokens).cpu().numpy()
+        if not np.isfinite(actions).all():
+            raise NonFiniteError("decoded actions contain NaN or Inf; check the action tokenizer bounds")
         return actions[0] if single else actions
 
     def reset(self, seed: int = 0) -> None:
@@ -307,6 +306,12 @@ class VLAPolicy(nn.Module):
                 if id(t) not in seen:
                     seen.add(id(t))
                     tensors[name] = state_dict[name].detach().cpu().contiguous()
+            bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:
+                raise NonFiniteError(
+                    f"refusing to save {path}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf "
+                    f"(first: {bad[:3]}); the run diverged"
+                )
             safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "policy": to_dict(self.cfg)}
             save_json(tmp / "config.json", {**meta, **(extra or {})})
@@ -318,33 +323,65 @@ class VLAPolicy(nn.Module):
             self.backbone.processor.save_pretrained(tmp / "backbone")
             if write_more is not None:
                 write_more(tmp)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            manifest = {str(p.relative_to(tmp)): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files}
+            save_json(tmp / MANIFEST, {"files": manifest})
         return path
 
     @staticmethod
-    def check_checkpoint(path: str | Path) -> dict:
-        """Raise, naming what is wrong, unless `path` is a complete checkpoint; returns its config.json."""
+    def check_checkpoint(path: str | Path, verify: bool = True) -> dict:
+        """Raise `CheckpointError`, naming the file, unless `path` is a complete checkpoint whose
+        files are those written at save (sha256 in manifest.json); returns its config.json."""
         path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
         for name in ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json", "backbone"):
             if not (path / name).exists():
-                raise FileNotFoundError(f"{path} is not a complete policy checkpoint: {name} is missing")
-        meta = load_json(path / "config.json")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
+                raise CheckpointError(f"{path} is not a complete policy checkpoint: {name} is missing")
+        if verify:
+            verify_manifest(path)
+        try:
+            meta = load_json(path / "config.json")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
+        if "policy" not in meta:
+            raise CheckpointError(f"{path / 'config.json'} has no 'policy' section")
         return meta
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
         path = Path(path)
         meta = cls.check_checkpoint(path)
-        cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+        try:
+            cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+        except ConfigError as e:
+            raise CheckpointError(f"{path / 'config.json'}: {e}") from e
         vlm = model_from_saved_config(path / "backbone")
-        policy = cls(
-            cfg, load_json(path / "stats.json"), vlm=vlm, tokenizer_state=load_json(path / "action_tokenizer.json")
-        )
-        missing, unexpected = safetensors.torch.load_model(policy, str(path / "model.safetensors"), strict=False)
+        try:
+            stats, tok = load_json(path / "stats.json"), load_json(path / "action_tokenizer.json")
+            policy = cls(cfg, stats, vlm=vlm, tokenizer_state=tok)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: stats.json or action_tokenizer.json do not fit the config: {e}") from e
+        weights = path / "model.safetensors"
+        try:
+            tensors = safetensors.torch.load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+            raise CheckpointError(f"{weights} cannot be read ({e}); the file is truncated or corrupt") from e
+        bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise CheckpointError(
+                f"{weights}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf (first: {bad[:3]}); "
+                "this checkpoint comes from a diverged run and would act on garbage"
+            )
+        missing, unexpected = policy.load_state_dict(tensors, strict=False)
+        params = policy.state_dict(keep_vars=True)  # a tied parameter is saved once, under its first name
+        loaded = {id(params[k]) for k in tensors if k in params}
+        missing = [m for m in missing if id(params[m]) not in loaded]
         if missing or unexpected:
-            raise ValueError(
-                f"{path / 'model.safetensors'} does not match the saved config: "
+            raise CheckpointError(
+                f"{weights} does not match the saved config: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
         return policy.to(device).eval()
@@ -361,3 +398,34 @@ class VLAPolicy(nn.Module):
             problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
         if problems:
             raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))
+
+
+def verify_manifest(path: Path) -> None:
+    """Check every file listed in `path/manifest.json` against its recorded size and sha256."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        log.warning("%s has no %s (saved by an older version): its files cannot be verified", path, MANIFEST)
+        return
+    try:
+        files = load_json(manifest_path)["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest_path} is unreadable ({e}); the checkpoint cannot be verified") from e
+    for rel, want in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing (listed in {manifest_path})")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(
+                f"{f} has {size} bytes, {want['bytes']} were saved: the file was truncated or changed"
+            )
+        if file_sha256(f) != want["sha256"]:
+            raise CheckpointError(
+                f"{f} differs from the file saved with this checkpoint (sha256 mismatch): it was edited or "
+                "corrupted. Restore it; to change evaluation settings use eval.* overrides, not the file"
+            )
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The weights' sha256 as recorded at save (the deploy handshake's model id)."""
+    return load_json(Path(path) / MANIFEST)["files"]["model.safetensors"]["sha256"]

@@ -18,6 +18,22 @@ CONFIDENCES = ("max_prob", "margin", "sampled_prob", "random", "left_to_right")
 SCHEDULES = ("linear", "constant")
 
 
+class NonFiniteError(RuntimeError):
+    """The model produced NaN or Inf (diverged weights, an out-of-range input): no action may be
+    derived from it. The deploy node turns this into HOLD."""
+
+
+def checked_logits(logits: torch.Tensor, where: str) -> torch.Tensor:
+    """Pass `logits` through, or raise: argmax over NaN picks bin 0, a finite but arbitrary action."""
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).sum().item()
+        raise NonFiniteError(
+            f"{where}: {bad} of {logits.numel()} logits are NaN or Inf; refusing to turn them into actions "
+            "(diverged weights, or an observation far outside the training data)"
+        )
+    return logits
+
+
 @dataclass
 class SamplerConfig:
     steps: int = 12
@@ -131,7 +147,8 @@ def masked_diffusion_decode(
         if remasking and not last and committed.any():
             draw = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64)
             probe = committed & (draw < cfg.remask_probe)
-            probe_logp = torch.log_softmax(logits_fn(torch.where(probe, mask_id, tokens)).double(), dim=-1)
+            probe_logits = checked_logits(logits_fn(torch.where(probe, mask_id, tokens)), "remasking probe pass")
+            probe_logp = torch.log_softmax(probe_logits.double(), dim=-1)
             remask = torch.zeros_like(masked)
             if cfg.remask_threshold:
                 remask |= probe & (probe_logp.amax(-1).exp() < eta_at(cfg, s))
@@ -141,7 +158,9 @@ def masked_diffusion_decode(
             tokens = torch.where(remask, mask_id, tokens)
             masked = masked | remask
 
-        logp = torch.log_softmax(logits_fn(tokens).double(), dim=-1)  # (B, L, K)
+        logp = torch.log_softmax(
+            checked_logits(logits_fn(tokens), f"refinement step {s}").double(), dim=-1
+        )  # (B, L, K)
         tau = temperature_at(cfg, s)
 
         # Candidates for every masked slot: tempered Gumbel-max (argmax once tau reaches 0).
@@ -191,6 +210,7 @@ def autoregressive_decode(
     out = []
     for i in range(num_slots):
         logits, past = step_fn(prev, i, past)  # (B, bins)
+        checked_logits(logits, f"autoregressive slot {i}")
         prev = logits.argmax(-1, keepdim=True)
         out.append(prev)
     return torch.cat(out, dim=1)  # (B, L)

@@ -1,0 +1,173 @@
+"""Raw observations -> model inputs, one pipeline for training and inference.
+
+The camera convention (which cameras, 180-degree rotation, crop area, model image size) and the
+frame shapes seen in training are the checkpoint's (`PolicyConfig`); both the training collate
+(`data/dataset.py`) and `VLAPolicy.infer` go through this class, so they cannot disagree.
+
+Raw observation contract (one sample; a batch has a leading B on every array and a list of
+instructions):
+    {"images": {camera: uint8 (H, W, 3)}, "state": float (S,), "instruction": str}
+Every violation raises, naming the field and the expected and received shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vla.image_transforms import center_crop, color_jitter, random_crop, to_float
+
+# LIBERO and Bridge instructions are under 200 characters; a cap keeps a runaway string from
+# costing seconds and gigabytes in the tokenizer.
+MAX_INSTRUCTION_CHARS = 1000
+
+
+class ObservationError(ValueError):
+    """An observation that does not match the policy's contract; the message names the field."""
+
+
+def check_instruction(text: object, where: str = "instruction") -> str:
+    if not isinstance(text, str):
+        raise ObservationError(f"observation {where}: expected a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ObservationError(f"observation {where}: empty instruction")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise ObservationError(
+            f"observation {where}: {len(text)} characters, more than the {MAX_INSTRUCTION_CHARS} allowed"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class ObservationProcessor:
+    cameras: tuple[str, ...]
+    image_size: int
+    crop_area: float
+    rotate_180: bool
+    state_dim: int
+    # camera -> (H, W) of the frames trained on; empty: not recorded (any size is accepted)
+    camera_shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg) -> ObservationProcessor:
+        """From a `PolicyConfig` (duck-typed to keep this module free of the model)."""
+        return cls(
+            cameras=tuple(cfg.cameras),
+            image_size=cfg.image_size,
+            crop_area=cfg.crop_area,
+            rotate_180=cfg.rotate_180,
+            state_dim=cfg.state_dim,
+            camera_shapes={c: tuple(s) for c, s in cfg.camera_shapes.items()},
+        )
+
+    # ------------------------------------------------------------------ images
+    def images(
+        self, frames: torch.Tensor, augment: bool = False, jitter: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """uint8 (B, N, H, W, 3) -> float (B, N, 3, size, size) in [0, 1]: rotation, then the
+        centre crop (inference) or a random crop of the same area plus colour jitter (training)."""
+        x = to_float(frames, self.rotate_180)
+        if augment:
+            return color_jitter(random_crop(x, self.crop_area, self.image_size, generator), jitter, generator)
+        return center_crop(x, self.crop_area, self.image_size)
+
+    # ------------------------------------------------------------------ raw observations
+    def __call__(self, observation: Mapping) -> tuple[torch.Tensor, torch.Tensor, list[str], bool]:
+        """Raw observation -> (images (B, N, 3, S, S), state (B, S), instructions, single)."""
+        frames, state, instructions, single = self.check(observation)
+        return self.images(torch.from_numpy(frames)), torch.from_numpy(state), instructions, single
+
+    def check(self, observation: Mapping) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+        """Validate a raw observation; returns frames uint8 (B, N, H, W, 3), state float32 (B, S),
+        instructions, and whether it was a single (unbatched) observation."""
+        if not isinstance(observation, Mapping):
+            raise ObservationError(f"observation must be a dict, got {type(observation).__name__}")
+        missing = [k for k in ("images", "state", "instruction") if k not in observation]
+        if missing:
+            raise ObservationError(f"observation is missing {missing}; expected keys images, state, instruction")
+        cams = observation["images"]
+        if not isinstance(cams, Mapping):
+            raise ObservationError(f"observation['images'] must map camera name -> array, got {type(cams).__name__}")
+        absent = [c for c in self.cameras if c not in cams]
+        if absent:
+            raise ObservationError(
+                f"observation['images'] is missing cameras {absent}; this policy uses {list(self.cameras)}"
+            )
+        arrays = [self._frame(c, cams[c]) for c in self.cameras]
+        single = arrays[0].ndim == 3
+        batch = 1 if single else arrays[0].shape[0]
+        for c, a in zip(self.cameras, arrays, strict=True):
+            if (a.ndim == 3) != single or (not single and a.shape[0] != batch):
+                raise ObservationError(
+                    f"observation['images'][{c!r}] has shape {a.shape}, but images[{self.cameras[0]!r}] "
+                    f"has {arrays[0].shape}: every camera needs the same batch size"
+                )
+        frames = np.stack([a[None] if single else a for a in arrays], axis=1)  # (B, N, H, W, 3)
+        return (
+            frames,
+            self._state(observation["state"], single, batch),
+            self._instructions(observation["instruction"], single, batch),
+            single,
+        )
+
+    def _frame(self, camera: str, value) -> np.ndarray:
+        where = f"observation['images'][{camera!r}]"
+        a = np.asarray(value)
+        if a.dtype != np.uint8:
+            raise ObservationError(f"{where}: expected uint8 RGB, got dtype {a.dtype}")
+        if a.ndim not in (3, 4) or a.shape[-1] != 3:
+            raise ObservationError(
+                f"{where}: expected (H, W, 3) or a batch (B, H, W, 3) of RGB frames, got shape {a.shape}"
+                + (" (grayscale or channels-first?)" if a.ndim in (2, 3) else "")
+            )
+        h, w = a.shape[-3:-1]
+        if h == 0 or w == 0 or (a.ndim == 4 and a.shape[0] == 0):
+            raise ObservationError(f"{where}: empty image, shape {a.shape}")
+        want = self.camera_shapes.get(camera)
+        if want is not None and (h, w) != tuple(want):
+            raise ObservationError(
+                f"{where}: frames are {h}x{w}, this policy was trained on {want[0]}x{want[1]} frames from this "
+                "camera; resize or re-render at the training resolution (a stretched image shifts the scene)"
+            )
+        return a
+
+    def _state(self, value, single: bool, batch: int) -> np.ndarray:
+        try:
+            s = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ObservationError(f"observation['state']: not numeric ({e})") from e
+        want = (self.state_dim,) if single else (batch, self.state_dim)
+        if s.shape != want:
+            kind = "a single observation" if single else f"a batch of {batch}"
+            raise ObservationError(f"observation['state']: expected shape {want} for {kind}, got {s.shape}")
+        if not np.isfinite(s).all():
+            raise ObservationError("observation['state'] contains NaN or Inf")
+        return s[None] if single else s
+
+    def _instructions(self, value, single: bool, batch: int) -> list[str]:
+        if single:
+            return [check_instruction(value)]
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ObservationError(
+                f"observation['instruction']: a batch of {batch} needs a list of {batch} strings, "
+                f"got {type(value).__name__}"
+            )
+        if len(value) != batch:
+            raise ObservationError(f"observation['instruction']: {len(value)} instructions for a batch of {batch}")
+        return [check_instruction(t, f"instruction[{i}]") for i, t in enumerate(value)]
+
+    def fixed_actions(self, value, single: bool, batch: int, chunk_size: int, action_dim: int) -> torch.Tensor:
+        """Inpainting prefix: (k, D) for a single observation, (B, k, D) for a batch, 0 < k < H."""
+        a = np.asarray(value, dtype=np.float32)
+        a = a[None] if single and a.ndim == 2 else a
+        if a.ndim != 3 or a.shape[0] != batch or a.shape[2] != action_dim or not 0 < a.shape[1] < chunk_size:
+            want = f"(k, {action_dim})" if single else f"({batch}, k, {action_dim})"
+            raise ObservationError(
+                f"fixed_actions: expected {want} with 0 < k < {chunk_size}, got shape {np.shape(value)}"
+            )
+        if not np.isfinite(a).all():
+            raise ObservationError("fixed_actions contain NaN or Inf")
+        return torch.from_numpy(a)
