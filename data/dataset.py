@@ -107,9 +107,10 @@ class ChunkDataset(Dataset):
 
 
 class Collate:
-    """Stack samples and run the policy's own image pipeline (`ObservationProcessor.images`):
-    a random crop of the policy's crop area plus colour jitter while training, the centre crop
-    otherwise. Runs in the loader's workers, so the model's forward pass gets ready tensors."""
+    """Stack samples and run the policy's own observation processing: the image pipeline (a
+    random crop of the policy's crop area plus colour jitter while training, the centre crop
+    otherwise), state normalisation and the VLM's processor. Runs in the loader's workers, so
+    the model's forward pass gets ready tensors (`vla.model` documents the batch)."""
 
     def __init__(self, cfg: LoaderConfig, processor: ObservationProcessor, train: bool = True) -> None:
         self.cfg, self.processor, self.train = cfg, processor, train
@@ -119,10 +120,12 @@ class Collate:
         augment = self.train and self.cfg.augment
         seed = samples[0].get("seed")
         gen = None if seed is None or not augment else torch.Generator().manual_seed(seed)
+        images = self.processor.images(frames, augment, self.cfg.jitter, gen)  # (B, N, 3, S, S)
+        state = torch.from_numpy(np.stack([s["state"] for s in samples])).float()  # (B, S) raw
+        instructions = [s["instruction"] for s in samples]
         return {
-            "images": self.processor.images(frames, augment, self.cfg.jitter, gen),  # (B, N, 3, S, S)
-            "state": torch.from_numpy(np.stack([s["state"] for s in samples])).float(),
-            "instruction": [s["instruction"] for s in samples],
-            "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).float(),
-            "action_is_pad": torch.from_numpy(np.stack([s["action_is_pad"] for s in samples])),
+            **self.processor.model_inputs(images, state, instructions),  # vlm tensors, normalised state
+            "instruction": instructions,
+            "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).float(),  # (B, H, D)
+            "action_is_pad": torch.from_numpy(np.stack([s["action_is_pad"] for s in samples])),  # (B, H)
         }

@@ -11,7 +11,7 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,7 @@ def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None
 
     torch.set_num_threads(threads)
     policy = VLAPolicy.load(checkpoint)
-    policy.cfg = replace(policy.cfg, sampler=sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
+    policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
     _WORKER["policy"] = policy
     _WORKER["envs"] = {}
 

@@ -4,22 +4,23 @@ gradients, with the backbone loaded by path, a LoRA and a frozen-vision variant 
 
 import copy
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from helpers import tiny_policy_config, tiny_stats
+from helpers import model_batch, tiny_policy_config, tiny_stats
 from tiny_vlms import FAMILIES
 
 from train.distributed import full_model_state, init_distributed, shard_policy
-from vla.policy import VLAPolicy
+from vla.model import VLAModel
 
 
-def batch(rank: int) -> dict:
+def batch(model, rank: int) -> dict:
     g = torch.Generator().manual_seed(rank)
-    return {"images": torch.rand(3, 1, 3, 32, 32, generator=g), "state": torch.randn(3, 2, generator=g),
+    return model_batch(model, {"images": torch.rand(3, 1, 3, 32, 32, generator=g), "state": torch.randn(3, 2, generator=g),
             "instruction": ["pick up the red cube", "put the bowl on the plate", "go"],
-            "actions": torch.rand(3, 4, 3, generator=g) * 2 - 1, "action_is_pad": torch.zeros(3, 4, dtype=torch.bool)}  # fmt: skip
+            "actions": torch.rand(3, 4, 3, generator=g) * 2 - 1, "action_is_pad": torch.zeros(3, 4, dtype=torch.bool)})  # fmt: skip
 
 
 def step(policy, batches) -> None:
@@ -44,17 +45,14 @@ def main(root: Path) -> None:
         if rank == 0 and not src.exists():
             FAMILIES[family](src)
         dist.barrier()
-        cfg = tiny_policy_config()
-        cfg.backbone.source = str(src)
-        for k, v in options.items():
-            setattr(cfg.backbone, k, v)
+        cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, source=str(src), **options))
         torch.manual_seed(0)
-        reference = VLAPolicy(cfg, tiny_stats())
+        reference = VLAModel(cfg, tiny_stats())
         sharded = copy.deepcopy(reference)
         before = {k: v.clone() for k, v in reference.state_dict().items()}
-        step(reference, [(r, batch(r)) for r in range(world)])
+        step(reference, [(r, batch(reference, r)) for r in range(world)])
         units = shard_policy(sharded, torch.device("cpu"))
-        step(sharded, [(rank, batch(rank))])
+        step(sharded, [(rank, batch(reference, rank))])
         got, want = full_model_state(sharded), reference.state_dict()
         if rank == 0:
             assert got.keys() == want.keys(), (family, options)

@@ -47,3 +47,10 @@ def debug_train_config(run_dir, data_root, *overrides):
 
     return to_train_config(composed(["experiment=debug", f"run_dir={run_dir}", f"data.root={data_root}",
                                      "eval_at_end=false", *overrides]))  # fmt: skip
+
+
+def model_batch(model, raw: dict) -> dict:
+    """A hand-made batch {images (B, N, 3, S, S) float, state raw, instruction, actions,
+    action_is_pad} -> the training batch the loader's collate would give `model`."""
+    inputs = model.inputs(raw["images"], raw["state"], raw["instruction"])
+    return {**inputs, **{k: raw[k] for k in ("instruction", "actions", "action_is_pad") if k in raw}}

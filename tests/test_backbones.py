@@ -1,4 +1,5 @@
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from helpers import tiny_policy_config, tiny_stats
 from tiny_vlms import FAMILIES
 
+from vla.model import VLAModel
 from vla.policy import VLAPolicy
 
 
@@ -19,13 +21,13 @@ def obs():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_pretrained_family_loads_by_path_and_round_trips(family, tmp_path):
     src = FAMILIES[family](tmp_path / family)
-    cfg = tiny_policy_config()
-    cfg.backbone.source = str(src)
-    policy = VLAPolicy(cfg, tiny_stats()).eval()
-    assert policy.backbone.model_type == family
+    cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, source=str(src)))
+    model = VLAModel(cfg, tiny_stats())
+    policy = VLAPolicy(model)
+    assert model.backbone.model_type == family
     # The saved weights, not a fresh init, are in the backbone.
     saved = safetensors.torch.load_file(str(next(src.glob("*.safetensors"))))
-    params = dict(policy.backbone.vlm.named_parameters())
+    params = dict(model.backbone.vlm.named_parameters())
     matched = 0
     for key, value in saved.items():
         name = key.removeprefix("model.")
@@ -34,10 +36,10 @@ def test_pretrained_family_loads_by_path_and_round_trips(family, tmp_path):
             matched += 1
     assert matched > 10
     # The instruction summary pools text positions only: never image placeholders or padding.
-    inputs = policy.backbone.prepare(torch.rand(2, 2, 3, 32, 32), ["pick up the red cube", "go"])
-    text = policy.backbone.text_mask(inputs)
-    image = torch.isin(inputs["input_ids"], torch.tensor(policy.backbone.image_token_ids))
-    assert policy.backbone.image_token_ids and image.any() and not (text & image).any()
+    inputs = model.backbone.prompter(torch.rand(2, 2, 3, 32, 32), ["pick up the red cube", "go"])
+    text = inputs["text_mask"]
+    image = torch.isin(inputs["input_ids"], torch.tensor(model.backbone.image_token_ids))
+    assert model.backbone.image_token_ids and image.any() and not (text & image).any()
     assert not (text & ~inputs["attention_mask"].bool()).any() and (text.sum(1) > 0).all()
     assert text[0].sum() > text[1].sum()  # the longer instruction has more text positions
     # A policy checkpoint carries the architecture and processor: it loads without the source.
@@ -51,24 +53,21 @@ def test_pretrained_family_loads_by_path_and_round_trips(family, tmp_path):
 
 def test_freeze_and_lora_options(tmp_path):
     src = FAMILIES["paligemma"](tmp_path / "pg")
-    cfg = tiny_policy_config()
-    cfg.backbone.source = str(src)
-    cfg.backbone.freeze_vision = True
-    cfg.backbone.lora_rank = 4
-    cfg.backbone.lora_targets = ["q_proj", "v_proj"]
-    policy = VLAPolicy(cfg, tiny_stats())
-    trainable = {n for n, p in policy.backbone.named_parameters() if p.requires_grad}
+    backbone = replace(tiny_policy_config().backbone, source=str(src), freeze_vision=True, lora_rank=4,
+                       lora_targets=["q_proj", "v_proj"])  # fmt: skip
+    model = VLAModel(tiny_policy_config(backbone=backbone), tiny_stats())
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert all(not p.requires_grad for n, p in policy.backbone.named_parameters() if "vision_tower" in n)
+    assert all(not p.requires_grad for n, p in model.backbone.named_parameters() if "vision_tower" in n)
+    policy = VLAPolicy(model)
     policy.save(tmp_path / "ckpt")
     loaded = VLAPolicy.load(tmp_path / "ckpt")
     policy.reset(0)
     loaded.reset(0)
-    np.testing.assert_array_equal(policy.eval().infer(obs()), loaded.infer(obs()))
+    np.testing.assert_array_equal(policy.infer(obs()), loaded.infer(obs()))
 
 
 def test_unknown_backbone_source_is_explained():
-    cfg = tiny_policy_config()
-    cfg.backbone.source = "not-a-model"
+    cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, source="not-a-model"))
     with pytest.raises(FileNotFoundError, match="neither the built-in 'tiny'"):
-        VLAPolicy(cfg, tiny_stats())
+        VLAModel(cfg, tiny_stats())

@@ -3,13 +3,15 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
+from helpers import tiny_policy_config, tiny_stats
 
 from data.cache import ZarrCache, build_cache
 from data.dataset import ChunkDataset, Collate, LoaderConfig, ResumableBatches
 from data.episode import Episode
 from data.readers import BRIDGE_LEROBOT_KEYS, LIBERO_LEROBOT_KEYS, LeRobotKeys, read_lerobot, read_libero_hdf5
 from data.record import RECORDING_FILE, RecordConfig, check_recording, record_builtin
-from vla.processor import ObservationProcessor
+from vla.model import VLAModel
 
 
 def episode(t=6, cams=("agentview", "wrist"), task="lift", seed=0):
@@ -117,13 +119,15 @@ def test_chunks_pad_at_episode_end_and_augment(tmp_path):
     flagged = ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["agentview", "wrist"], supervise_past_end=False)
     assert flagged[4]["action_is_pad"].tolist() == [False, False, True, True]
     assert ds[6]["instruction"] == "place" and not ds[6]["action_is_pad"].any()
-    processor = ObservationProcessor(
-        ("agentview", "wrist"), image_size=12, crop_area=0.9, rotate_180=False, state_dim=3
-    )
+    cfg = tiny_policy_config(cameras=["agentview", "wrist"], state_dim=8, action_dim=7)
+    processor = VLAModel(cfg, tiny_stats(action_dim=7, state_dim=8)).processor
     batch = Collate(LoaderConfig(), processor)([ds[(i, 7)] for i in range(4)])
     again = Collate(LoaderConfig(), processor)([ds[(i, 7)] for i in range(4)])
-    assert batch["images"].shape == (4, 2, 3, 12, 12)
-    assert np.array_equal(batch["images"].numpy(), again["images"].numpy())  # seeded augmentation
+    pixels = batch["vlm"]["pixel_values"]  # the VLM processor's output, made in the loader
+    assert pixels.shape == (8, 3, 32, 32) and batch["state"].shape == (4, 8) and batch["vlm"]["text_mask"].any()
+    assert torch.equal(pixels, again["vlm"]["pixel_values"])  # seeded augmentation
+    centre = Collate(LoaderConfig(), processor, train=False)([ds[(i, 7)] for i in range(4)])
+    assert not torch.equal(pixels, centre["vlm"]["pixel_values"])
     with pytest.raises(KeyError, match="no cameras"):
         ChunkDataset(ZarrCache(tmp_path / "c.zarr"), 4, ["side"])
 

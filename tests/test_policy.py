@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_policy_config, tiny_stats
+from helpers import model_batch, tiny_policy_config, tiny_stats
 
+from vla.action_tokenizer import ActionTokenizerConfig
+from vla.model import VLAModel
 from vla.policy import VLAPolicy
 from vla.sampling import DecodeTrace
 
@@ -28,32 +30,34 @@ def observation(seed=0):
 
 
 @pytest.fixture(scope="module")
-def policy():
+def model():
     torch.manual_seed(0)
-    return VLAPolicy(tiny_policy_config(), tiny_stats()).eval()
+    return VLAModel(tiny_policy_config(), tiny_stats()).eval()
 
 
-def test_prefix_cache_gives_the_same_logits_and_tokens(policy):
-    b = batch()
-    prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    cache = policy.decoder_cache(prefix, mask)
+@pytest.fixture(scope="module")
+def policy(model):
+    return VLAPolicy(model)
+
+
+def test_prefix_cache_gives_the_same_logits_and_tokens(model):
+    b = model_batch(model, batch())
+    prefix, mask = model.encode_prefix(b)
+    cache = model.decoder_cache(prefix, mask)
     tokens = torch.randint(0, 17, (3, 12))
-    cached = policy.decoder(tokens, cache)
-    p2, m2 = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    fresh = policy.decoder(tokens, policy.decoder_cache(p2, m2))
+    cached = model.decoder(tokens, cache)
+    p2, m2 = model.encode_prefix(b)
+    fresh = model.decoder(tokens, model.decoder_cache(p2, m2))
     torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-5)
-    policy.reset(7)
-    with_cache = policy.predict_tokens(b["images"], b["state"], b["instruction"], use_cache=True)
-    policy.reset(7)
-    without = policy.predict_tokens(b["images"], b["state"], b["instruction"], use_cache=False)
+    with_cache = model.predict_tokens(b, torch.Generator().manual_seed(7), use_cache=True)
+    without = model.predict_tokens(b, torch.Generator().manual_seed(7), use_cache=False)
     assert torch.equal(with_cache, without)
 
 
 def test_autoregressive_kv_cache_matches_full_causal_pass():
     torch.manual_seed(0)
-    pol = VLAPolicy(tiny_policy_config(decoder_type="autoregressive"), tiny_stats()).eval()
-    b = batch()
-    prefix, mask = pol.encode_prefix(b["images"], b["state"], b["instruction"])
+    pol = VLAModel(tiny_policy_config(decoder_type="autoregressive"), tiny_stats()).eval()
+    prefix, mask = pol.encode_prefix(model_batch(pol, batch()))
     cache = pol.decoder_cache(prefix, mask)
     seq = torch.randint(0, 16, (3, 12))
     inp = torch.cat([torch.full((3, 1), pol.decoder.bos_id), seq[:, :-1]], dim=1)
@@ -64,23 +68,22 @@ def test_autoregressive_kv_cache_matches_full_causal_pass():
         torch.testing.assert_close(step_logits, full[:, i], rtol=1e-5, atol=1e-5)
 
 
-def test_prefix_never_sees_action_slots(policy):
+def test_prefix_never_sees_action_slots(model):
     """Changing action tokens must not change the prefix cache (prefix-LM mask)."""
-    b = batch()
-    prefix, mask = policy.encode_prefix(b["images"], b["state"], b["instruction"])
-    cache = policy.decoder_cache(prefix, mask)
-    a = policy.decoder(torch.full((3, 12), 16), cache)
-    b2 = policy.decoder(torch.randint(0, 16, (3, 12)), cache)
+    prefix, mask = model.encode_prefix(model_batch(model, batch()))
+    cache = model.decoder_cache(prefix, mask)
+    a = model.decoder(torch.full((3, 12), 16), cache)
+    b2 = model.decoder(torch.randint(0, 16, (3, 12)), cache)
     assert not torch.allclose(a, b2)  # slots do see each other
     k0 = cache["kv"][0][0].clone()
-    policy.decoder(torch.randint(0, 16, (3, 12)), cache)
+    model.decoder(torch.randint(0, 16, (3, 12)), cache)
     assert torch.equal(k0, cache["kv"][0][0])
 
 
-def test_losses_are_finite_and_ignore_padding(policy):
+def test_losses_are_finite_and_ignore_padding():
     for kind in ("diffusion", "autoregressive"):
-        pol = VLAPolicy(tiny_policy_config(decoder_type=kind), tiny_stats())
-        bt = batch()
+        pol = VLAModel(tiny_policy_config(decoder_type=kind), tiny_stats())
+        bt = model_batch(pol, batch())
         bt["action_is_pad"][:, 2:] = True
         loss, metrics = pol.compute_loss(bt, torch.Generator().manual_seed(0))
         loss.backward()
@@ -97,7 +100,7 @@ def test_infer_inpainting_keeps_fixed_actions(policy):
     fixed = np.array([[0.5, -0.5, 1.0]], dtype=np.float32)
     actions = policy.infer(observation(), fixed_actions=fixed)
     assert actions.shape == (4, 3)
-    tok = policy.action_tokenizer
+    tok = policy.model.action_tokenizer
     np.testing.assert_allclose(actions[0], tok.decode(tok.encode(torch.tensor(fixed)))[0].numpy())
 
 
@@ -121,7 +124,7 @@ def test_checkpoint_errors_name_the_problem(policy, tmp_path):
     with pytest.raises(ValueError, match="action width 7 != checkpoint's 3"):
         policy.check_compatible(7, 2, ["agentview"])
     with pytest.raises(ValueError, match="expects 2"):
-        policy.encode_prefix(torch.rand(1, 1, 3, 32, 32), torch.zeros(1, 5), ["x"])
+        policy.model.inputs(torch.rand(1, 1, 3, 32, 32), torch.zeros(1, 5), ["x"])
     bad = observation()
     bad["state"][0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -131,15 +134,14 @@ def test_checkpoint_errors_name_the_problem(policy, tmp_path):
     stats = tiny_stats()
     stats["state"]["std"] = [float("nan"), 1.0]
     with pytest.raises(ValueError, match="state.std contain NaN"):
-        VLAPolicy(tiny_policy_config(), stats)
+        VLAModel(tiny_policy_config(), stats)
 
 
 def test_learns_a_language_and_image_conditioned_task():
     """Action = f(image colour, instruction): fully-masked decoding must get > 90% of tokens."""
     torch.manual_seed(0)
-    cfg = tiny_policy_config()
-    cfg.action_tokenizer.binary_dims = []
-    pol = VLAPolicy(cfg, tiny_stats())
+    cfg = tiny_policy_config(action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[]))
+    pol = VLAModel(cfg, tiny_stats())
     colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]])
     words = ["go left", "go right"]
     table = torch.rand(3, 2, 4, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9  # per (colour, word)
@@ -149,8 +151,9 @@ def test_learns_a_language_and_image_conditioned_task():
         w = torch.randint(0, 2, (n,), generator=gen)
         img = colours[c][:, None, :, None, None].expand(n, 1, 3, 32, 32).clone()
         img += 0.05 * torch.rand(img.shape, generator=gen)
-        return {"images": img.clamp(0, 1), "state": torch.zeros(n, 2), "instruction": [words[i] for i in w],
-                "actions": table[c, w], "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)}  # fmt: skip
+        return model_batch(pol, {"images": img.clamp(0, 1), "state": torch.zeros(n, 2),
+                                 "instruction": [words[i] for i in w], "actions": table[c, w],
+                                 "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)})  # fmt: skip
 
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
@@ -163,8 +166,7 @@ def test_learns_a_language_and_image_conditioned_task():
     assert pol.fully_masked_accuracy(sample(128, gen)) > 0.9
 
 
-def test_decode_trace_through_policy(policy):
-    b = batch()
+def test_decode_trace_through_policy(model):
     trace = DecodeTrace([], [], [])
-    tokens = policy.predict_tokens(b["images"], b["state"], b["instruction"], trace=trace)
-    assert len(trace.tokens) == policy.cfg.sampler.steps and tokens.shape == (3, 4, 3)
+    tokens = model.predict_tokens(model_batch(model, batch()), trace=trace)
+    assert len(trace.tokens) == model.cfg.sampler.steps and tokens.shape == (3, 4, 3)

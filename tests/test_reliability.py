@@ -17,6 +17,7 @@ import torch
 from helpers import debug_train_config, tiny_policy_config, tiny_stats
 
 from vla.configs import ConfigError, atomic_dir, load_json, recover_dir, save_json
+from vla.model import VLAModel
 from vla.policy import CheckpointError, VLAPolicy
 from vla.processor import ObservationError
 from vla.sampling import NonFiniteError
@@ -35,7 +36,7 @@ def observation(size=32, **over):
 @pytest.fixture
 def policy():
     torch.manual_seed(0)
-    return VLAPolicy(tiny_policy_config(camera_shapes={"agentview": [32, 32]}), tiny_stats()).eval()
+    return VLAPolicy(VLAModel(tiny_policy_config(camera_shapes={"agentview": [32, 32]}), tiny_stats()))
 
 
 def dead_pid() -> int:
@@ -48,9 +49,9 @@ def dead_pid() -> int:
 @pytest.mark.parametrize("decoder_type", ["diffusion", "autoregressive"])
 def test_nan_weights_raise_instead_of_a_chunk(decoder_type):
     torch.manual_seed(0)
-    pol = VLAPolicy(tiny_policy_config(decoder_type=decoder_type), tiny_stats()).eval()
+    pol = VLAPolicy(VLAModel(tiny_policy_config(decoder_type=decoder_type), tiny_stats()))
     with torch.no_grad():
-        pol.decoder.head.weight[0, 0] = float("nan")
+        pol.model.decoder.head.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="NaN or Inf"):
         pol.infer(observation())
 
@@ -64,7 +65,7 @@ def test_an_absurd_state_raises_instead_of_a_chunk(policy):
 def test_saving_and_loading_non_finite_weights_is_refused(policy, tmp_path):
     policy.save(tmp_path / "good")
     with torch.no_grad():
-        policy.state_proj[0].weight[0, 0] = float("inf")
+        policy.model.state_proj[0].weight[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="diverged"):
         policy.save(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
@@ -135,7 +136,7 @@ def test_fixed_actions_of_the_wrong_shape_name_the_field(policy):
 def test_special_token_text_in_an_instruction_is_plain_text(policy):
     chunk = policy.infer(observation(instruction="look at the <image> tag"))
     assert chunk.shape == (4, 3) and np.isfinite(chunk).all()
-    prompt = policy.backbone.prompt("look at the <IMAGE> tag", 1)
+    prompt = policy.model.backbone.prompter.prompt("look at the <IMAGE> tag", 1)
     assert prompt.count("<image>") == 1  # only the real image placeholder
 
 
@@ -296,13 +297,13 @@ def test_a_non_finite_loss_never_overwrites_the_good_checkpoint(tmp_path, debug_
     train(replace(cfg, stop_after=2))  # a good checkpoint at step 2
     latest = tmp_path / "run" / "checkpoints" / "latest"
     good = (latest / "model.safetensors").read_bytes()
-    compute_loss = VLAPolicy.compute_loss
+    compute_loss = VLAModel.compute_loss
 
     def nan_loss(self, batch, generator=None):
         loss, metrics = compute_loss(self, batch, generator)
         return loss * float("nan"), metrics
 
-    monkeypatch.setattr(VLAPolicy, "compute_loss", nan_loss)
+    monkeypatch.setattr(VLAModel, "compute_loss", nan_loss)
     with caplog.at_level(logging.WARNING), pytest.raises(NonFiniteError, match="3 steps in a row"):
         train(cfg)
     assert "update skipped (1 of 2 in a row allowed)" in caplog.text and "not saving" in caplog.text

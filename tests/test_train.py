@@ -142,7 +142,7 @@ def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root
     torchrun(29535, "strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2
     ddp, fsdp = (tmp_path / s / "checkpoints" / "latest" for s in ("ddp", "fsdp"))
     assert load_json(fsdp / "config.json")["step"] == 4
-    policy = VLAPolicy.load(fsdp)  # whole tensors, loadable without a process group
+    policy = VLAPolicy.load(fsdp).model  # whole tensors, loadable without a process group
     state = safetensors.torch.load_file(str(fsdp / "training_state" / "state.safetensors"))
     assert all(state[f"weights/{n}"].shape == p.shape for n, p in policy.named_parameters() if p.requires_grad)
     # Same data per rank, same averaged gradients: the sharded run lands where the replicated one does

@@ -40,8 +40,9 @@ from train.distributed import (
 )
 from train.run_dir import RunLock, existing_checkpoints
 from train.state import load_training_state, save_training_state
+from vla.checkpoint import save_checkpoint, verify_manifest
 from vla.configs import atomic_dir, from_dict, load_json, recover_dir, save_json
-from vla.policy import PolicyConfig, VLAPolicy, verify_manifest
+from vla.model import PolicyConfig, VLAModel
 from vla.sampling import NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class _Checkpointer:
     def latest(self) -> Path:
         return self.dir / "latest"
 
-    def save(self, policy: VLAPolicy, step: int, optimizer, scheduler, ema: dict | None, periodic: bool) -> None:
+    def save(self, policy: VLAModel, step: int, optimizer, scheduler, ema: dict | None, periodic: bool) -> None:
         weights = full_model_state(policy)  # the weights trained on
         optim_state = full_optimizer_state(policy, optimizer)
         raw = None
@@ -133,12 +134,12 @@ class _Checkpointer:
             save_training_state(folder / "training_state", step, optim_state, scheduler, raw)
             save_json(folder / "train_config.json", asdict(self.cfg))
 
-        policy.save(self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
+        save_checkpoint(policy, self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
         if periodic:  # replaced whole: a step_N folder always holds this run's step N
             with atomic_dir(self.dir / f"step_{step:07d}") as tmp:
                 shutil.copytree(self.latest, tmp)
 
-    def check_resumable(self, policy_cfg: PolicyConfig, policy: VLAPolicy) -> None:
+    def check_resumable(self, policy_cfg: PolicyConfig, policy: VLAModel) -> None:
         """Refuse to resume under another policy config or on other data (statistics, tokenizer)."""
         verify_manifest(self.latest)
         meta = load_json(self.latest / "config.json")
@@ -286,7 +287,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
         cache = prepare_data(cfg.data)
 
     policy_cfg = policy_config_for(cfg.policy, cache)
-    policy = VLAPolicy(policy_cfg, cache.stats).to(device)
+    policy = VLAModel(policy_cfg, cache.stats).to(device)
     policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
     dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
     resuming = cfg.resume and ckpt.latest.exists()
@@ -341,7 +342,7 @@ def _check_fresh_run(cfg: TrainConfig, ckpt: _Checkpointer) -> None:
         )
 
 
-def _wrap(cfg: TrainConfig, policy: VLAPolicy, device: torch.device, world: int):
+def _wrap(cfg: TrainConfig, policy: VLAModel, device: torch.device, world: int):
     if cfg.strategy == "fsdp":
         units = shard_policy(policy, device)
         local = sum(p.to_local().numel() for p in policy.parameters())
@@ -359,7 +360,7 @@ def _wrap(cfg: TrainConfig, policy: VLAPolicy, device: torch.device, world: int)
     return policy
 
 
-def _resume(ckpt: _Checkpointer, policy: VLAPolicy, optimizer, scheduler, ema: dict | None) -> int:
+def _resume(ckpt: _Checkpointer, policy: VLAModel, optimizer, scheduler, ema: dict | None) -> int:
     step, optim_state, raw = load_training_state(ckpt.latest / "training_state", scheduler)
     load_full_optimizer_state(policy, optimizer, optim_state)
     if ema is not None:
@@ -371,7 +372,7 @@ def _resume(ckpt: _Checkpointer, policy: VLAPolicy, optimizer, scheduler, ema: d
     return step
 
 
-def _loader(cfg: TrainConfig, policy: VLAPolicy, dataset: ChunkDataset, step: int, rank: int, world: int):
+def _loader(cfg: TrainConfig, policy: VLAModel, dataset: ChunkDataset, step: int, rank: int, world: int):
     lcfg = cfg.data.loader
     sampler = ResumableBatches(
         len(dataset), lcfg.batch_size, cfg.seed, start=step * cfg.optim.grad_accum, rank=rank, world=world

@@ -164,8 +164,54 @@ def _text_config(model) -> object:
     return getattr(cfg, "text_config", cfg)
 
 
+class VLMPrompter:
+    """The VLM's own input processing, outside the network so that it runs where the data is
+    prepared (the loader's workers in training): prompt text, the HF processor, and the mask of
+    the text positions. images (B, N, 3, H, W) in [0, 1] + instructions -> the model's tensors."""
+
+    def __init__(self, processor, model_type: str, image_token_ids: list[int]) -> None:
+        self.processor = processor
+        self.model_type = model_type
+        self.image_token_ids = image_token_ids
+        self._specials = _special_token_pattern(processor)
+
+    def prompt(self, instruction: str, num_images: int) -> str:
+        image = _IMAGE_PROMPT.get(self.model_type) or self.processor.image_token
+        return image * num_images + self.neutralise(instruction.strip().lower())
+
+    def neutralise(self, text: str) -> str:
+        """Instructions are text: a special token's string in one ("look at the <image> tag") would
+        become that token (an extra image placeholder crashes the processor). A space after its
+        first character keeps the words and makes it plain text."""
+        if self._specials is None:
+            return text
+        return self._specials.sub(lambda m: m[0][0] + " " + m[0][1:], text)
+
+    def __call__(self, images: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """Run the model's own processor; adds "text_mask" (B, P) bool to its tensors."""
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be (B, N, 3, H, W), got {tuple(images.shape)}")
+        if len(instructions) != images.shape[0]:
+            raise ValueError(f"{len(instructions)} instructions for a batch of {images.shape[0]} images")
+        num_images = images.shape[1]
+        text = [self.prompt(s, num_images) for s in instructions]
+        batch = [list(sample) for sample in images.float().cpu()]
+        kwargs = {"do_rescale": False}
+        if self.model_type == "paligemma":
+            kwargs["suffix"] = None
+        inputs = dict(self.processor(text=text, images=batch, return_tensors="pt", padding=True, **kwargs))
+        inputs["text_mask"] = self.text_mask(inputs)
+        return inputs
+
+    def text_mask(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, P) bool: attended positions that are not image placeholders (prompt and instruction)."""
+        ids = inputs["input_ids"]
+        image = torch.isin(ids, torch.tensor(self.image_token_ids, dtype=ids.dtype, device=ids.device))
+        return inputs["attention_mask"].bool() & ~image
+
+
 class VLMBackbone(nn.Module):
-    """images (B, N, 3, H, W) in [0, 1] + instructions -> prefix (B, P, hidden), mask (B, P)."""
+    """The VLM's tensors (from `VLMPrompter`) -> prefix hidden states (B, P, hidden), mask (B, P)."""
 
     def __init__(self, model: nn.Module, processor, cfg: BackboneConfig) -> None:
         super().__init__()
@@ -173,13 +219,16 @@ class VLMBackbone(nn.Module):
         self.processor = processor
         self.model_type = model.config.model_type
         self.hidden_size = int(_text_config(model).hidden_size)
-        # Ids of image placeholder tokens: text_mask() excludes them (and padding).
+        # Ids of image placeholder tokens: the text mask excludes them (and padding).
         ids = {getattr(model.config, a, None) for a in ("image_token_id", "image_token_index")}
         ids |= {getattr(processor, "image_token_id", None)}
-        self.image_token_ids = sorted(i for i in ids if isinstance(i, int))
-        self._specials = _special_token_pattern(processor)
+        self.prompter = VLMPrompter(processor, self.model_type, sorted(i for i in ids if isinstance(i, int)))
         self.vlm = self._maybe_lora(model)  # LoRA first: it freezes base weights, adds adapters
         self._apply_freezing(model)  # then a frozen tower freezes its adapters too
+
+    @property
+    def image_token_ids(self) -> list[int]:
+        return self.prompter.image_token_ids
 
     def _apply_freezing(self, model: nn.Module) -> None:
         for name, module in model.named_children():
@@ -199,44 +248,13 @@ class VLMBackbone(nn.Module):
         lora = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=self.cfg.lora_targets)
         return get_peft_model(model, lora)
 
-    def prompt(self, instruction: str, num_images: int) -> str:
-        image = _IMAGE_PROMPT.get(self.model_type) or self.processor.image_token
-        return image * num_images + self.neutralise(instruction.strip().lower())
-
-    def neutralise(self, text: str) -> str:
-        """Instructions are text: a special token's string in one ("look at the <image> tag") would
-        become that token (an extra image placeholder crashes the processor). A space after its
-        first character keeps the words and makes it plain text."""
-        if self._specials is None:
-            return text
-        return self._specials.sub(lambda m: m[0][0] + " " + m[0][1:], text)
-
-    def prepare(self, images: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
-        """Run the model's own processor. images: (B, N, 3, H, W) float in [0, 1]."""
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must be (B, N, 3, H, W), got {tuple(images.shape)}")
-        if len(instructions) != images.shape[0]:
-            raise ValueError(f"{len(instructions)} instructions for a batch of {images.shape[0]} images")
-        num_images = images.shape[1]
-        text = [self.prompt(s, num_images) for s in instructions]
-        batch = [list(sample) for sample in images.float().cpu()]
-        kwargs = {"do_rescale": False}
-        if self.model_type == "paligemma":
-            kwargs["suffix"] = None
-        return dict(self.processor(text=text, images=batch, return_tensors="pt", padding=True, **kwargs))
-
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs: the prompter's tensors ("text_mask" is not passed to the VLM)."""
         device = next(self.vlm.parameters()).device
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs = {k: v.to(device) for k, v in inputs.items() if k != "text_mask"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(next(self.vlm.parameters()).dtype)
         out = self.vlm(**inputs, use_cache=False)
         hidden = out.last_hidden_state  # (B, P, hidden)
         mask = inputs["attention_mask"].bool()  # (B, P)
         return hidden, mask
-
-    def text_mask(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, P) bool: attended positions that are not image placeholders (prompt and instruction)."""
-        ids = inputs["input_ids"]
-        image = torch.isin(ids, torch.tensor(self.image_token_ids, dtype=ids.dtype, device=ids.device))
-        return inputs["attention_mask"].bool() & ~image

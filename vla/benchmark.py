@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from vla.policy import PolicyConfig, VLAPolicy
+from vla.model import PolicyConfig, VLAModel
 
 
 def _stats(cfg: PolicyConfig) -> dict:
@@ -43,9 +43,9 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
     cfg = PolicyConfig()
     if decoder_width:
         cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, d_model=decoder_width))
-    diffusion = VLAPolicy(cfg, _stats(cfg)).eval()
+    diffusion = VLAModel(cfg, _stats(cfg)).eval()
     ar_cfg = dataclasses.replace(cfg, decoder_type="autoregressive")
-    ar = VLAPolicy(ar_cfg, _stats(ar_cfg)).eval()
+    ar = VLAModel(ar_cfg, _stats(ar_cfg)).eval()
     ar.load_state_dict(diffusion.state_dict())  # same backbone and decoder weights
     rng = np.random.default_rng(0)
     obs = {
@@ -53,12 +53,12 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
         "state": np.zeros(cfg.state_dim, np.float32),
         "instruction": "pick up the red cube",
     }
-    images, state, instr, _ = diffusion.preprocess(obs)
+    inputs, _ = diffusion.processor(obs)
 
     def md(t: int, cache: bool):
         def decode():
             diffusion.cfg = dataclasses.replace(diffusion.cfg, sampler=dataclasses.replace(cfg.sampler, steps=t))
-            return diffusion.predict_tokens(images, state, instr, use_cache=cache)
+            return diffusion.predict_tokens(inputs, use_cache=cache)
 
         return decode
 
@@ -66,8 +66,8 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
         (f"masked diffusion T={steps}, prefix cache", _time(md(steps, True), repeats)),
         (f"masked diffusion T={steps}, no cache", _time(md(steps, False), max(3, repeats // 4))),
         ("one-shot parallel (T=1)", _time(md(1, True), repeats)),
-        ("autoregressive, KV cache (56 passes)", _time(lambda: ar.predict_tokens(images, state, instr), repeats)),
-        ("  of which: prefix (backbone) only", _time(lambda: diffusion.encode_prefix(images, state, instr), repeats)),
+        ("autoregressive, KV cache (56 passes)", _time(lambda: ar.predict_tokens(inputs), repeats)),
+        ("  of which: prefix (backbone) only", _time(lambda: diffusion.encode_prefix(inputs), repeats)),
     ]
     return rows
 

@@ -12,7 +12,7 @@ Every violation raises, naming the field and the expected and received shapes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,19 @@ from vla.image_transforms import center_crop, color_jitter, random_crop, to_floa
 # LIBERO and Bridge instructions are under 200 characters; a cap keeps a runaway string from
 # costing seconds and gigabytes in the tokenizer.
 MAX_INSTRUCTION_CHARS = 1000
+
+
+def stat(stats: dict, key: str, name: str, width: int) -> np.ndarray:
+    """One normalisation statistic, checked: present, of the right width, finite."""
+    try:
+        value = np.asarray(stats[key][name], dtype=np.float64)
+    except (KeyError, TypeError) as e:
+        raise KeyError(f"normalisation stats are missing {key}.{name}") from e
+    if value.shape != (width,):
+        raise ValueError(f"normalisation stats {key}.{name} has shape {value.shape}, expected ({width},)")
+    if not np.isfinite(value).all():
+        raise ValueError(f"normalisation stats {key}.{name} contain NaN or Inf")
+    return value
 
 
 class ObservationError(ValueError):
@@ -41,7 +54,7 @@ def check_instruction(text: object, where: str = "instruction") -> str:
     return text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ObservationProcessor:
     cameras: tuple[str, ...]
     image_size: int
@@ -50,10 +63,19 @@ class ObservationProcessor:
     state_dim: int
     # camera -> (H, W) of the frames trained on; empty: not recorded (any size is accepted)
     camera_shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    state_mean: torch.Tensor | None = None  # (S,) float32; None: the state passes unnormalised
+    state_std: torch.Tensor | None = None  # (S,) float32, near-constant dimensions at 1
+    prompter: Callable | None = None  # the VLM's own text and image processing (`VLMPrompter`)
 
     @classmethod
-    def from_config(cls, cfg) -> ObservationProcessor:
-        """From a `PolicyConfig` (duck-typed to keep this module free of the model)."""
+    def from_config(cls, cfg, stats: dict | None = None, prompter: Callable | None = None) -> ObservationProcessor:
+        """From a `PolicyConfig` (duck-typed to keep this module free of the model), the data's
+        normalisation statistics and the backbone's prompter."""
+        mean = std = None
+        if stats is not None:
+            mean = torch.tensor(stat(stats, "state", "mean", cfg.state_dim), dtype=torch.float32)
+            s = stat(stats, "state", "std", cfg.state_dim)
+            std = torch.tensor(np.where(s > 1e-6, s, 1.0), dtype=torch.float32)
         return cls(
             cameras=tuple(cfg.cameras),
             image_size=cfg.image_size,
@@ -61,7 +83,23 @@ class ObservationProcessor:
             rotate_180=cfg.rotate_180,
             state_dim=cfg.state_dim,
             camera_shapes={c: tuple(s) for c, s in cfg.camera_shapes.items()},
+            state_mean=mean,
+            state_std=std,
+            prompter=prompter,
         )
+
+    # ------------------------------------------------------------------ model inputs
+    def model_inputs(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> dict:
+        """Transformed images (B, N, 3, S, S), raw state (B, S), instructions -> the network's
+        inputs: {"vlm": the VLM processor's tensors with "text_mask", "state": normalised (B, S)}."""
+        if images.shape[1] != len(self.cameras):
+            raise ObservationError(f"got {images.shape[1]} camera images, this policy expects {list(self.cameras)}")
+        if state.shape[-1] != self.state_dim:
+            raise ObservationError(f"state has width {state.shape[-1]}, this policy expects {self.state_dim}")
+        state = state.float()
+        if self.state_mean is not None:
+            state = (state - self.state_mean) / self.state_std
+        return {"vlm": self.prompter(images, instructions), "state": state}
 
     # ------------------------------------------------------------------ images
     def images(
@@ -75,10 +113,10 @@ class ObservationProcessor:
         return center_crop(x, self.crop_area, self.image_size)
 
     # ------------------------------------------------------------------ raw observations
-    def __call__(self, observation: Mapping) -> tuple[torch.Tensor, torch.Tensor, list[str], bool]:
-        """Raw observation -> (images (B, N, 3, S, S), state (B, S), instructions, single)."""
+    def __call__(self, observation: Mapping) -> tuple[dict, bool]:
+        """Raw observation -> (the network's inputs, whether it was a single observation)."""
         frames, state, instructions, single = self.check(observation)
-        return self.images(torch.from_numpy(frames)), torch.from_numpy(state), instructions, single
+        return self.model_inputs(self.images(torch.from_numpy(frames)), torch.from_numpy(state), instructions), single
 
     def check(self, observation: Mapping) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
         """Validate a raw observation; returns frames uint8 (B, N, H, W, 3), state float32 (B, S),

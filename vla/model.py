@@ -1,0 +1,251 @@
+"""The network: VLM prefix + proprio token + action decoder; the loss and token prediction.
+
+Training batch contract (built by `data.dataset.Collate` with the policy's `ObservationProcessor`,
+in the loader's workers):
+    vlm: the VLM processor's tensors for [images][instruction], plus "text_mask" (B, P) bool;
+    state (B, S) normalised; instruction list[str]; actions (B, H, D) raw; action_is_pad (B, H).
+`predict_tokens` takes the same `vlm` and `state` and returns action tokens (B, H, D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
+from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm
+from vla.decoder import ActionDecoder, DecoderConfig
+from vla.processor import ObservationProcessor, stat
+from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
+
+DECODER_TYPES = ("diffusion", "autoregressive")
+
+
+@dataclass
+class PolicyConfig:
+    decoder_type: str = "diffusion"
+    chunk_size: int = 8
+    action_dim: int = 7
+    state_dim: int = 8
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
+    crop_area: float = 0.9  # evaluation centre crop; training uses a random crop of this area
+    rotate_180: bool = False  # camera convention: LIBERO renders upside down
+    # camera -> [H, W] of the raw frames trained on (filled from the data by training); inference
+    # refuses other sizes rather than stretch them. Empty: not recorded, any size accepted.
+    camera_shapes: dict[str, list[int]] = field(default_factory=dict)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def __post_init__(self) -> None:
+        if self.decoder_type not in DECODER_TYPES:
+            raise ValueError(f"policy.decoder_type={self.decoder_type!r}; choose one of {DECODER_TYPES}")
+        for name in ("chunk_size", "action_dim", "state_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.cameras:
+            raise ValueError("policy.cameras must name at least one camera")
+        if not 0.1 <= self.crop_area <= 1.0:
+            raise ValueError(f"policy.crop_area must be in [0.1, 1], got {self.crop_area}")
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+
+class VLAModel(nn.Module):
+    def __init__(self, cfg: PolicyConfig, stats: dict, vlm=None, tokenizer_state: dict | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stats = stats
+        if vlm is None:
+            vlm = (
+                build_tiny_vlm(cfg.backbone)
+                if cfg.backbone.source == "tiny"
+                else load_pretrained_vlm(cfg.backbone.source)
+            )
+        self.backbone = VLMBackbone(*vlm, cfg.backbone)
+        if tokenizer_state is None:
+            q01 = stat(stats, "action", "q01", cfg.action_dim)
+            q99 = stat(stats, "action", "q99", cfg.action_dim)
+            self.action_tokenizer = ActionTokenizer(cfg.action_tokenizer, q01, q99)
+        else:
+            self.action_tokenizer = ActionTokenizer.from_state_dict(tokenizer_state)
+        if self.action_tokenizer.action_dim != cfg.action_dim:
+            raise ValueError(
+                f"action tokenizer width {self.action_tokenizer.action_dim} != policy.action_dim {cfg.action_dim}"
+            )
+        self.processor = ObservationProcessor.from_config(cfg, stats, self.backbone.prompter)  # checks the stats
+        hidden = self.backbone.hidden_size
+        self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.decoder = ActionDecoder(
+            cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins, cond_dim=2 * hidden
+        )
+        ar = cfg.decoder_type == "autoregressive"
+        # The decoder type is chosen once here, not dispatched by string on every call.
+        self._slot_logits = self._causal_logits if ar else self._masked_logits
+        self._decode = self._decode_autoregressive if ar else self._decode_masked
+
+    @property
+    def device(self) -> torch.device:
+        return self.state_proj[0].weight.device
+
+    def inputs(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> dict:
+        """Transformed images (B, N, 3, S, S), raw state, instructions -> `vlm` and `state` inputs."""
+        return self.processor.model_inputs(images, state, instructions)
+
+    # ----------------------------------------------------------------------------- prefix
+    def encode_prefix(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs["vlm"], inputs["state"] (B, S) normalised -> prefix (B, P + 2, hidden), mask (B, P + 2).
+
+        The prefix is the backbone's hidden states, then the mean of its text positions (the
+        instruction, which a randomly initialised backbone would otherwise bury among hundreds of
+        image tokens), then the proprio token. The last two also condition every action slot.
+        """
+        state = inputs["state"]
+        if state.shape[-1] != self.cfg.state_dim:
+            raise ValueError(f"state has width {state.shape[-1]}, this policy expects {self.cfg.state_dim}")
+        hidden, mask = self.backbone(inputs["vlm"])
+        text = inputs["vlm"]["text_mask"][..., None].to(hidden.device, hidden.dtype)  # (B, P, 1)
+        text_tok = (hidden * text).sum(1, keepdim=True) / text.sum(1, keepdim=True).clamp_min(1.0)
+        state_tok = self.state_proj(state.to(self.device).float())[:, None].to(hidden.dtype)  # (B, 1, hidden)
+        prefix = torch.cat([hidden, text_tok, state_tok], dim=1)  # (B, P + 2, hidden)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :2])], dim=1)
+        return prefix, mask
+
+    def decoder_cache(self, prefix: torch.Tensor, mask: torch.Tensor) -> dict:
+        """The decoder's per-chunk cache; every slot is conditioned on the text and state tokens."""
+        return self.decoder.prefix_cache(prefix, mask, cond=prefix[:, -2:].flatten(1))
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        """Training forward (what DDP wraps): the loss and its metrics."""
+        return self.compute_loss(batch, generator)
+
+    def targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> action tokens (B, L) and which slots are supervised (B, L), L = H x D."""
+        tokens = self.action_tokenizer.encode(batch["actions"].to(self.device))  # (B, H, D)
+        b, h, d = tokens.shape
+        if h != self.cfg.chunk_size:
+            raise ValueError(f"action chunk has {h} steps, this policy expects {self.cfg.chunk_size}")
+        valid = (~batch["action_is_pad"].to(self.device))[:, :, None].expand(b, h, d)
+        return tokens.reshape(b, h * d), valid.reshape(b, h * d)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy."""
+        prefix, pmask = self.encode_prefix(batch)
+        cache = self.decoder_cache(prefix, pmask)
+        tokens, valid = self.targets(batch)
+        logits, target_mask = self._slot_logits(tokens, valid, cache, generator)
+        loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == tokens)[target_mask].float().mean()
+        return loss, {"loss": loss.detach(), "masked_acc": acc}
+
+    def _masked_logits(self, tokens, valid, cache, generator):
+        target_mask = self._training_mask(*tokens.shape, generator) & valid
+        # Unsupervised slots are [MASK] in the input too: inference starts from an all-[MASK]
+        # chunk, and their labels (a recovery from an unforeseeable push) must not leak in.
+        inp = torch.where(target_mask | ~valid, self.decoder.mask_id, tokens)
+        return self.decoder(inp, cache), target_mask
+
+    def _causal_logits(self, tokens, valid, cache, generator):
+        inp = torch.cat([torch.full_like(tokens[:, :1], self.decoder.bos_id), tokens[:, :-1]], dim=1)
+        return self.decoder(inp, cache, causal=True), valid
+
+    def _training_mask(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Cosine mask ratio g = cos(pi r / 2), k = max(1, round(L g)) slots chosen uniformly."""
+        r = torch.rand(b, generator=generator)
+        k = torch.clamp(torch.round(n * torch.cos(math.pi * r / 2)), min=1).long()  # (B,)
+        order = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
+        return (order < k[:, None]).to(self.device)
+
+    @torch.no_grad()
+    def fully_masked_accuracy(self, batch: dict) -> torch.Tensor:
+        """Token accuracy from one pass with every slot masked (diffusion) or greedy decoding (AR)."""
+        prefix, pmask = self.encode_prefix(batch)
+        tokens, valid = self.targets(batch)
+        cache = self.decoder_cache(prefix, pmask)
+        if self.cfg.decoder_type == "autoregressive":
+            pred = self._autoregressive(cache, tokens.shape[0])
+        else:
+            pred = self.decoder(torch.full_like(tokens, self.decoder.mask_id), cache).argmax(-1)
+        return (pred == tokens)[valid].float().mean()
+
+    # ----------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def predict_tokens(
+        self,
+        inputs: dict,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        fixed_actions: torch.Tensor | None = None,
+        trace: DecodeTrace | None = None,
+    ) -> torch.Tensor:
+        """inputs["vlm"], inputs["state"] -> tokens (B, H, D). fixed_actions (B, k, D): the first k
+        steps are pre-committed (inpainting). use_cache=False recomputes the prefix every step."""
+        prefix, pmask = self.encode_prefix(inputs)
+        cache = self.decoder_cache(prefix, pmask)
+        b = prefix.shape[0]
+        tokens = self._decode(inputs, cache, b, generator, use_cache, fixed_actions, trace)
+        return tokens.reshape(b, self.cfg.chunk_size, self.cfg.action_dim)
+
+    def _autoregressive(self, cache: dict, b: int) -> torch.Tensor:
+        def step(prev, i, past):
+            return self.decoder.step(prev, i, cache, past)
+
+        return autoregressive_decode(step, b, self.decoder.num_slots, self.decoder.bos_id, self.device)
+
+    def _decode_autoregressive(self, inputs, cache, b, generator, use_cache, fixed_actions, trace):
+        if fixed_actions is not None:
+            raise ValueError("inpainting (fixed_actions) needs decoder_type='diffusion'")
+        return self._autoregressive(cache, b)
+
+    def _decode_masked(self, inputs, cache, b, generator, use_cache, fixed_actions, trace):
+        def logits_cached(tokens):
+            return self.decoder(tokens, cache)
+
+        def logits_recomputed(tokens):  # reference path: the prefix is recomputed every step
+            return self.decoder(tokens, self.decoder_cache(*self.encode_prefix(inputs)))
+
+        fixed_tokens = fixed_mask = None
+        n = self.decoder.num_slots
+        if fixed_actions is not None:
+            k = fixed_actions.shape[1]
+            if not 0 < k < self.cfg.chunk_size:
+                raise ValueError(f"fixed_actions must fix 1..{self.cfg.chunk_size - 1} steps, got {k}")
+            fixed_tokens = torch.full((b, n), self.decoder.mask_id, dtype=torch.long, device=self.device)
+            fixed = self.action_tokenizer.encode(fixed_actions.to(self.device))  # (B, k, D)
+            fixed_tokens[:, : k * self.cfg.action_dim] = fixed.reshape(b, -1)
+            fixed_mask = fixed_tokens != self.decoder.mask_id
+        return masked_diffusion_decode(
+            logits_cached if use_cache else logits_recomputed,
+            b,
+            n,
+            self.decoder.mask_id,
+            self.cfg.sampler,
+            generator=generator,
+            device=self.device,
+            fixed_tokens=fixed_tokens,
+            fixed_mask=fixed_mask,
+            trace=trace,
+        )
+
+    # ----------------------------------------------------------------------------- contracts
+    def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
+        """Refuse data or environments whose widths or cameras differ from the checkpoint's."""
+        problems = []
+        if action_dim != self.cfg.action_dim:
+            problems.append(f"action width {action_dim} != checkpoint's {self.cfg.action_dim}")
+        if state_dim != self.cfg.state_dim:
+            problems.append(f"state width {state_dim} != checkpoint's {self.cfg.state_dim}")
+        missing = [c for c in self.cfg.cameras if c not in cameras]
+        if missing:
+            problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
+        if problems:
+            raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))
