@@ -56,13 +56,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = _video_dataset(on_disk, args.episodes, Path(tmp) / "video")
         rows = [
-            ("LeRobotDataset, video (lerobot API)", _throughput(video.__getitem__, n_frames, args.batches, args.batch_size)),
-            ("zarr cache, read from disk", _throughput(ChunkDataset(on_disk, 8, on_disk.cameras).__getitem__,
-                                                       n_frames, args.batches, args.batch_size)),
-        ]  # fmt: skip
+            (
+                "LeRobotDataset, video (lerobot API)",
+                _throughput(video.__getitem__, n_frames, args.batches, args.batch_size),
+            ),
+            (
+                "zarr cache, read from disk",
+                _throughput(
+                    ChunkDataset(on_disk, 8, on_disk.cameras).__getitem__, n_frames, args.batches, args.batch_size
+                ),
+            ),
+        ]
     in_mem = ZarrCache(args.cache, in_memory=True)
-    rows.append(("zarr cache, loaded in memory (training default)",
-                 _throughput(ChunkDataset(in_mem, 8, in_mem.cameras).__getitem__, n_frames, args.batches, args.batch_size)))  # fmt: skip
+    rows.append(
+        (
+            "zarr cache, loaded in memory (training default)",
+            _throughput(ChunkDataset(in_mem, 8, in_mem.cameras).__getitem__, n_frames, args.batches, args.batch_size),
+        )
+    )
     base = rows[0][1]
     print(f"random-access samples (2 cameras + 8-step chunk), {args.episodes} episodes / {n_frames} frames")
     print(f"{'reader':<50}{'samples/s':>10}{'vs video':>10}")

@@ -51,9 +51,12 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
                 for cam, img in ep.images.items():
                     h, w, _ = img.shape[1:]
                     arrays[cam] = root.create_array(
-                        f"images/{cam}", shape=(0, h, w, 3), dtype="uint8",
-                        chunks=(1, h, w, 3), shards=(frames_per_shard, h, w, 3),
-                    )  # fmt: skip
+                        f"images/{cam}",
+                        shape=(0, h, w, 3),
+                        dtype="uint8",
+                        chunks=(1, h, w, 3),
+                        shards=(frames_per_shard, h, w, 3),
+                    )
                 cams = sorted(ep.images)
             if sorted(ep.images) != cams:
                 raise ValueError(f"{ep.source}: cameras {sorted(ep.images)} differ from the first episode's {cams}")
@@ -85,12 +88,14 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
         root.create_array("perturbed", data=np.concatenate(perturbed), chunks=(max(1, min(n, 65536)),))
         root.create_array("episode_ends", data=np.asarray(ends, dtype=np.int64))
         root.create_array("task_index", data=np.asarray(task_idx, dtype=np.int64))
-        root.attrs.update({
-            "format": CACHE_FORMAT,
-            "tasks": tasks,
-            "cameras": cams,
-            "stats": {"state": compute_stats(state), "action": compute_stats(action)},
-        })  # fmt: skip
+        root.attrs.update(
+            {
+                "format": CACHE_FORMAT,
+                "tasks": tasks,
+                "cameras": cams,
+                "stats": {"state": compute_stats(state), "action": compute_stats(action)},
+            }
+        )
     return Path(path)
 
 

@@ -52,21 +52,26 @@ class RecordConfig:
 
 
 def features(image_size: int, use_videos: bool) -> dict:
-    img = {"dtype": "video" if use_videos else "image", "shape": (image_size, image_size, 3),
-           "names": ["height", "width", "channels"]}  # fmt: skip
-    return {
-        "observation.images.agentview": img,
-        "observation.images.wrist": dict(img),
-        "observation.state": {
-            "dtype": "float32",
-            "shape": (8,),
-            "names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"],
-        },
-        "action": {"dtype": "float32", "shape": (7,), "names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]},
-        # True where a recording fault replaced the executed action: the following states
-        # come from a push the label does not show, so training chunks stop there.
-        PERTURBED_KEY: {"dtype": "bool", "shape": (1,), "names": ["perturbed"]},
+    """The LeRobot schema of a recording: the built-in suite's own observation and action spaces
+    (`envs.tabletop.spaces`), plus the per-frame fault flag."""
+    from envs.tabletop import ACTION_NAMES, CAMERAS, STATE_NAMES, spaces
+
+    observation, action = spaces(image_size)
+    kind = "video" if use_videos else "image"
+    out = {
+        f"observation.images.{cam}": {
+            "dtype": kind,
+            "shape": observation[cam].shape,
+            "names": ["height", "width", "channels"],
+        }
+        for cam in CAMERAS
     }
+    out["observation.state"] = {"dtype": "float32", "shape": observation["state"].shape, "names": STATE_NAMES}
+    out["action"] = {"dtype": "float32", "shape": action.shape, "names": ACTION_NAMES}
+    # True where a recording fault replaced the executed action: the following states
+    # come from a push the label does not show, so training chunks stop there.
+    out[PERTURBED_KEY] = {"dtype": "bool", "shape": (1,), "names": ["perturbed"]}
+    return out
 
 
 def lerobot_frame(images: dict, state, action, perturbed: bool, task: str) -> dict:
@@ -119,6 +124,8 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     from datasets.utils import logging as hf_datasets_logging
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from envs.tabletop import CAMERAS
+
     root = Path(root)
     if (root / "meta" / "info.json").exists():
         raise FileExistsError(f"{root} already holds a dataset; remove it or record elsewhere")
@@ -133,8 +140,14 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     hf_datasets_logging.disable_progress_bar()
     try:
         with atomic_dir(root, "recording") as tmp:
-            ds = LeRobotDataset.create(REPO_ID, FPS, features(cfg.image_size, cfg.use_videos), root=tmp,
-                                       robot_type="vla_tabletop_arm7", use_videos=cfg.use_videos)  # fmt: skip
+            ds = LeRobotDataset.create(
+                REPO_ID,
+                FPS,
+                features(cfg.image_size, cfg.use_videos),
+                root=tmp,
+                robot_type="vla_tabletop_arm7",
+                use_videos=cfg.use_videos,
+            )
             # spawn, not fork: a forked child of a process holding an EGL context can deadlock.
             with ProcessPoolExecutor(max(1, cfg.workers), mp_context=mp.get_context("spawn")) as pool:
                 for instruction, frames, ok in tqdm(pool.map(_rollout, jobs), total=len(jobs), desc="recording demos"):
@@ -142,7 +155,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
                         failed += 1
                         continue
                     for fr in frames:
-                        images = {cam: fr[cam] for cam in ("agentview", "wrist")}
+                        images = {cam: fr[cam] for cam in CAMERAS}
                         ds.add_frame(lerobot_frame(images, fr["state"], fr["action"], fr["perturbed"], instruction))
                     ds.save_episode()
             ds.finalize()

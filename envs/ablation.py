@@ -40,8 +40,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: every task of the suite)")
     parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--only", default="", help="comma-separated name fragments: run just the matching rows "
-                        "(e.g. 'remasking'; 'autoregressive' with --ar-checkpoint runs only that row)")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated name fragments: run just the matching rows "
+        "(e.g. 'remasking'; 'autoregressive' with --ar-checkpoint runs only that row)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     only = [f.strip() for f in args.only.split(",") if f.strip()]
@@ -51,15 +55,23 @@ def main() -> None:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}))
     rows = []
     for i, (name, ckpt, over) in enumerate(runs):
-        cfg = EvalConfig(episodes_per_task=args.episodes, execute_steps=args.execute_steps, workers=args.workers,
-                         videos_per_task=0, sampler_overrides=over, tasks=tasks)  # fmt: skip
+        cfg = EvalConfig(
+            episodes_per_task=args.episodes,
+            execute_steps=args.execute_steps,
+            workers=args.workers,
+            videos_per_task=0,
+            sampler_overrides=over,
+            tasks=tasks,
+        )
         res = evaluate(ckpt, cfg, out / f"variant_{i:02d}", progress=False)
         rows.append({"variant": name, "overrides": over, **{k: res[k] for k in ("mean_success", "per_task_success")}})
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)
     tasks = list(rows[0]["per_task_success"])
     n = args.episodes * len(tasks)
-    lines = [f"| decoding ({n} episodes each, same seeds) | mean | " + " | ".join(tasks) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in tasks) + " |"]  # fmt: skip
+    lines = [
+        f"| decoding ({n} episodes each, same seeds) | mean | " + " | ".join(tasks) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in tasks) + " |",
+    ]
     for r in rows:
         per = " | ".join(f"{100 * r['per_task_success'][t]:.0f}" for t in tasks)
         lines.append(f"| {r['variant']} | {100 * r['mean_success']:.1f} | {per} |")

@@ -147,9 +147,11 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
     episodes = []
     t0 = time.time()
     with ProcessPoolExecutor(
-        max(1, cfg.workers), mp_context=ctx, initializer=_init_worker,
+        max(1, cfg.workers),
+        mp_context=ctx,
+        initializer=_init_worker,
         initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker),
-    ) as pool:  # fmt: skip
+    ) as pool:
         for res in tqdm(pool.map(_run_episode, jobs), total=len(jobs), desc="evaluating", disable=not progress):
             frames = res.pop("frames")
             if frames:

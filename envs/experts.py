@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.scene import CUBE_HALF, FINGER_TRAVEL
-from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, _mat_to_rotvec
+from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, mat_to_rotvec
 
 # Each step moves the target by this fraction of the remaining error (capped by the action
 # range): smooth labels; gains at or above 1 give bang-bang, overshooting labels.
@@ -50,7 +50,7 @@ class ScriptedExpert:
     def __init__(self, env: TabletopEnv) -> None:
         self.env = env
 
-    def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
+    def move_to(self, target: np.ndarray, grip: float) -> np.ndarray:
         delta = (target - self.env.eef_pos()) / POS_SCALE * GAIN
         return np.concatenate([np.clip(delta, -1, 1), self._hold_orientation(), [grip]])
 
@@ -58,7 +58,7 @@ class ScriptedExpert:
         """Rotation that brings the controller's target to 'gripper straight down' (then zero:
         the controller holds its target). Cubes are yawed by at most 0.25 rad, which the open
         gripper tolerates, so the expert does not turn to them."""
-        err = _mat_to_rotvec(DOWN @ self.env._target_rot.T)
+        err = mat_to_rotvec(DOWN @ self.env.target_rotation.T)
         return np.clip(err / ROT_SCALE, -1, 1)
 
     def act(self) -> np.ndarray:
@@ -82,27 +82,27 @@ class ScriptedExpert:
             if np.linalg.norm(cube[:2] - plate[:2]) < 0.03 and cube[2] < CUBE_HALF + 0.035:
                 # Low over the plate: open, then rise clear once the fingers are apart.
                 if opening < OPEN - 0.01 and eef[2] < cube[2] + 0.04:
-                    return self._move(eef, -1.0)
-                return self._move(np.array([eef[0], eef[1], 0.2]), -1.0)
+                    return self.move_to(eef, -1.0)
+                return self.move_to(np.array([eef[0], eef[1], 0.2]), -1.0)
             if holding and cube[2] > CUBE_HALF + 0.015:
                 # Carrying: rise first, then travel at a safe height and lower through a funnel.
                 if np.linalg.norm((eef - drop)[:2]) > 0.04 and eef[2] < SAFE_Z - 0.03:
-                    return self._move(np.array([eef[0], eef[1], SAFE_Z]), 1.0)
-                return self._move(_funnel(drop, eef), 1.0)
+                    return self.move_to(np.array([eef[0], eef[1], SAFE_Z]), 1.0)
+                return self.move_to(_funnel(drop, eef), 1.0)
         if holding:
             if opening > 0.05:  # still closing on the cube: hold still
-                return self._move(eef, 1.0)
-            return self._move(np.array([eef[0], eef[1], 0.2]), 1.0)
+                return self.move_to(eef, 1.0)
+            return self.move_to(np.array([eef[0], eef[1], 0.2]), 1.0)
         if between and opening < OPEN - 0.005:
-            return self._move(grasp, 1.0)  # fingers on their way in
+            return self.move_to(grasp, 1.0)  # fingers on their way in
         if np.linalg.norm(rel) < 0.01:
-            return self._move(grasp, 1.0)  # at the grasp point: close
+            return self.move_to(grasp, 1.0)  # at the grasp point: close
         if opening < OPEN - 0.005:
             # Fingers closed on nothing (a missed grasp): open while following the approach
             # funnel 2 cm higher. (Backing straight up, dx = dy = 0, made one exact action a
             # sixth of all labels, and decoded policies snapped to it far from any missed grasp.)
-            return self._move(_funnel(grasp, eef) + np.array([0.0, 0.0, RETRY_LIFT]), -1.0)
-        return self._move(_funnel(grasp, eef), -1.0)
+            return self.move_to(_funnel(grasp, eef) + np.array([0.0, 0.0, RETRY_LIFT]), -1.0)
+        return self.move_to(_funnel(grasp, eef), -1.0)
 
 
 FAULT_STEPS = (3, 8)  # a fault lasts this many steps (inclusive)

@@ -15,7 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.scene import CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
+from envs.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
 
 CONTROL_HZ = 20
 POS_SCALE = 0.03  # metres per unit action per control step
@@ -24,12 +24,25 @@ ROT_SCALE = 0.3  # radians per unit action per control step
 # name -> (centre x, centre y), and each episode jitters it uniformly by up to REGION_HALF.
 # The instruction picks the target among objects that are always present.
 LAYOUT = {
-    "red_cube": (0.50, -0.13), "green_cube": (0.50, 0.0), "blue_cube": (0.50, 0.13),
-    "yellow_plate": (0.56, -0.12), "purple_plate": (0.56, 0.12),
-}  # fmt: skip
+    "red_cube": (0.50, -0.13),
+    "green_cube": (0.50, 0.0),
+    "blue_cube": (0.50, 0.13),
+    "yellow_plate": (0.56, -0.12),
+    "purple_plate": (0.56, 0.12),
+}
 PLACE_CUBE_XY = (0.42, 0.0)  # the place scene's single cube starts in front of both plates
 REGION_HALF = {"cube": (0.03, 0.02), "plate": (0.02, 0.02)}
 CAMERAS = ("agentview", "wrist")
+STATE_NAMES = ["x", "y", "z", "ax", "ay", "az", "fl", "fr"]  # eef position, axis-angle, fingers
+ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
+
+
+def spaces(image_size: int) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+    """(observation space, action space): the suite's contract, which the recorder's schema follows."""
+    img = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    state = gym.spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32)
+    observation = gym.spaces.Dict({**{cam: img for cam in CAMERAS}, "state": state})
+    return observation, gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
 
 
 @dataclass
@@ -50,12 +63,28 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("lift_red", "pick up the red cube", "lift", "red", ["red", "green", "blue"]),
         TaskSpec("lift_green", "pick up the green cube", "lift", "green", ["red", "green", "blue"]),
         TaskSpec("lift_blue", "pick up the blue cube", "lift", "blue", ["red", "green", "blue"]),
-        TaskSpec("place_yellow", "put the red cube on the yellow plate", "place", "red", ["red"],
-                 ["yellow", "purple"], "yellow", 120),
-        TaskSpec("place_purple", "put the red cube on the purple plate", "place", "red", ["red"],
-                 ["yellow", "purple"], "purple", 120),
+        TaskSpec(
+            "place_yellow",
+            "put the red cube on the yellow plate",
+            "place",
+            "red",
+            ["red"],
+            ["yellow", "purple"],
+            "yellow",
+            120,
+        ),
+        TaskSpec(
+            "place_purple",
+            "put the red cube on the purple plate",
+            "place",
+            "red",
+            ["red"],
+            ["yellow", "purple"],
+            "purple",
+            120,
+        ),
     ]
-}  # fmt: skip
+}
 
 
 def _quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
@@ -77,7 +106,7 @@ def _canonical_axis_angle(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _mat_to_rotvec(m: np.ndarray) -> np.ndarray:
+def mat_to_rotvec(m: np.ndarray) -> np.ndarray:
     quat = np.zeros(4)
     mujoco.mju_mat2Quat(quat, np.ascontiguousarray(m).ravel())
     return _quat_to_axis_angle(quat)
@@ -104,17 +133,13 @@ class TabletopEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self._renderer: mujoco.Renderer | None = None
         self._site = self.model.site("grip").id
-        self._arm_qpos = np.array([self.model.joint(f"j{i}").qposadr[0] for i in range(1, 8)])
-        self._arm_dof = np.array([self.model.joint(f"j{i}").dofadr[0] for i in range(1, 8)])
+        self._arm_qpos = np.array([self.model.joint(j).qposadr[0] for j in ARM_JOINTS])
+        self._arm_dof = np.array([self.model.joint(j).dofadr[0] for j in ARM_JOINTS])
         self._fingers = np.array([self.model.joint(n).qposadr[0] for n in ("f_l", "f_r")])
         self._substeps = round(1.0 / CONTROL_HZ / self.model.opt.timestep)
         self._jacp = np.zeros((3, self.model.nv))
         self._jacr = np.zeros((3, self.model.nv))
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
-        img = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(
-            {"agentview": img, "wrist": img, "state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)}
-        )
+        self.observation_space, self.action_space = spaces(image_size)
         self._steps = 0
         self._ended = True  # step() needs a reset() first
 
@@ -178,7 +203,7 @@ class TabletopEnv(gym.Env):
         self._target_pos = eef + np.clip(self._target_pos + action[:3] * POS_SCALE - eef, -0.06, 0.06)
         self._target_rot = _rotvec_to_mat(action[3:6] * ROT_SCALE) @ self._target_rot
         current = self.data.site_xmat[self._site].reshape(3, 3)
-        rot_err = _mat_to_rotvec(self._target_rot @ current.T)
+        rot_err = mat_to_rotvec(self._target_rot @ current.T)
         self.data.ctrl[:7] = self._ik_targets(self._target_pos - eef, rot_err)
         self.data.ctrl[7:9] = 0.0 if action[6] > 0 else FINGER_TRAVEL
         mujoco.mj_step(self.model, self.data, nstep=self._substeps)
@@ -201,6 +226,11 @@ class TabletopEnv(gym.Env):
     def object_pos(self, name: str) -> np.ndarray:
         return self.data.body(name).xpos.copy()
 
+    @property
+    def target_rotation(self) -> np.ndarray:
+        """(3, 3) the orientation the controller holds the hand at (a zero action keeps it)."""
+        return self._target_rot.copy()
+
     def eef_pos(self) -> np.ndarray:
         return self.data.site_xpos[self._site].copy()
 
@@ -208,7 +238,7 @@ class TabletopEnv(gym.Env):
         return float(self.data.qpos[self._fingers].sum())
 
     def proprio(self) -> np.ndarray:
-        axis_angle = _canonical_axis_angle(_mat_to_rotvec(self.data.site_xmat[self._site].reshape(3, 3)))
+        axis_angle = _canonical_axis_angle(mat_to_rotvec(self.data.site_xmat[self._site].reshape(3, 3)))
         return np.concatenate([self.eef_pos(), axis_angle, self.data.qpos[self._fingers]]).astype(np.float32)
 
     def is_success(self) -> bool:

@@ -18,9 +18,16 @@ from vla.model import VLAModel
 
 def batch(model, rank: int) -> dict:
     g = torch.Generator().manual_seed(rank)
-    return model_batch(model, {"images": torch.rand(3, 1, 3, 32, 32, generator=g), "state": torch.randn(3, 2, generator=g),
+    return model_batch(
+        model,
+        {
+            "images": torch.rand(3, 1, 3, 32, 32, generator=g),
+            "state": torch.randn(3, 2, generator=g),
             "instruction": ["pick up the red cube", "put the bowl on the plate", "go"],
-            "actions": torch.rand(3, 4, 3, generator=g) * 2 - 1, "action_is_pad": torch.zeros(3, 4, dtype=torch.bool)})  # fmt: skip
+            "actions": torch.rand(3, 4, 3, generator=g) * 2 - 1,
+            "action_is_pad": torch.zeros(3, 4, dtype=torch.bool),
+        },
+    )
 
 
 def step(policy, batches) -> None:

@@ -1,4 +1,7 @@
-"""Shared test helpers: tiny configs and statistics for sub-second CPU policies."""
+"""Shared test helpers: tiny configs and statistics for sub-second CPU policies, composed run
+configs, hand-made batches, free ports."""
+
+import socket
 
 
 def tiny_policy_config(**overrides):
@@ -15,11 +18,19 @@ def tiny_policy_config(**overrides):
         action_dim=3,
         state_dim=2,
         cameras=["agentview"],
-        backbone=BackboneConfig(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, hidden_size=32,
-                                layers=1, heads=2, kv_heads=1),
+        backbone=BackboneConfig(
+            image_size=32,
+            patch_size=8,
+            vision_hidden=32,
+            vision_layers=1,
+            hidden_size=32,
+            layers=1,
+            heads=2,
+            kv_heads=1,
+        ),
         decoder=DecoderConfig(d_model=32, layers=2, heads=2),
         action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[2]),
-    )  # fmt: skip
+    )
     return replace(cfg, **overrides)
 
 
@@ -45,8 +56,9 @@ def debug_train_config(run_dir, data_root, *overrides):
     """The debug preset (seconds per run) in `run_dir`, on the session's recorded debug data."""
     from train.hydra_app import to_train_config
 
-    return to_train_config(composed(["experiment=debug", f"run_dir={run_dir}", f"data.root={data_root}",
-                                     "eval_at_end=false", *overrides]))  # fmt: skip
+    return to_train_config(
+        composed(["experiment=debug", f"run_dir={run_dir}", f"data.root={data_root}", "eval_at_end=false", *overrides])
+    )
 
 
 def model_batch(model, raw: dict) -> dict:
@@ -54,3 +66,10 @@ def model_batch(model, raw: dict) -> dict:
     action_is_pad} -> the training batch the loader's collate would give `model`."""
     inputs = model.inputs(raw["images"], raw["state"], raw["instruction"])
     return {**inputs, **{k: raw[k] for k in ("instruction", "actions", "action_is_pad") if k in raw}}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for torchrun's rendezvous; never a fixed number)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

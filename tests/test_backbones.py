@@ -14,8 +14,11 @@ from vla.policy import VLAPolicy
 
 def obs():
     rng = np.random.default_rng(0)
-    return {"images": {"agentview": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)},
-            "state": np.zeros(2, np.float32), "instruction": "put the bowl on the plate"}  # fmt: skip
+    return {
+        "images": {"agentview": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)},
+        "state": np.zeros(2, np.float32),
+        "instruction": "put the bowl on the plate",
+    }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -53,8 +56,13 @@ def test_pretrained_family_loads_by_path_and_round_trips(family, tmp_path):
 
 def test_freeze_and_lora_options(tmp_path):
     src = FAMILIES["paligemma"](tmp_path / "pg")
-    backbone = replace(tiny_policy_config().backbone, source=str(src), freeze_vision=True, lora_rank=4,
-                       lora_targets=["q_proj", "v_proj"])  # fmt: skip
+    backbone = replace(
+        tiny_policy_config().backbone,
+        source=str(src),
+        freeze_vision=True,
+        lora_rank=4,
+        lora_targets=["q_proj", "v_proj"],
+    )
     model = VLAModel(tiny_policy_config(backbone=backbone), tiny_stats())
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

@@ -86,9 +86,12 @@ def test_libero_hdf5_reader_and_cache(tmp_path):
 
 @pytest.mark.parametrize(
     ("corrupt", "message"),
-    [("nan", "demo_1: actions contain NaN"), ("missing", "demo_1: missing key 'obs/eye_in_hand_rgb'"),
-     ("short", "state has 5 frames but actions have 4")],
-)  # fmt: skip
+    [
+        ("nan", "demo_1: actions contain NaN"),
+        ("missing", "demo_1: missing key 'obs/eye_in_hand_rgb'"),
+        ("short", "state has 5 frames but actions have 4"),
+    ],
+)
 def test_bad_libero_files_name_file_episode_and_key(tmp_path, corrupt, message):
     write_libero_hdf5(tmp_path / "bad.hdf5", corrupt=corrupt)
     with pytest.raises((ValueError, KeyError), match=message):

@@ -95,7 +95,7 @@ def test_expert_lifts_a_cube_gripped_off_centre():
         expert = ScriptedExpert(env)
         target = env.object_pos("red_cube") + np.array([0.02, 0.0, 0.005])
         for t in range(40):  # the expert's own proportional move, aimed 2 cm off, then close
-            env.step(expert._move(target, -1.0 if t < 30 else 1.0))
+            env.step(expert.move_to(target, -1.0 if t < 30 else 1.0))
         assert 0.03 < env.gripper_opening() < 0.06
         assert np.linalg.norm((env.eef_pos() - env.object_pos("red_cube"))[:2]) > 0.015
         for _ in range(20):

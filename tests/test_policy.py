@@ -44,7 +44,8 @@ def test_prefix_cache_gives_the_same_logits_and_tokens(model):
     b = model_batch(model, batch())
     prefix, mask = model.encode_prefix(b)
     cache = model.decoder_cache(prefix, mask)
-    tokens = torch.randint(0, 17, (3, 12))
+    d = model.decoder
+    tokens = torch.randint(0, d.mask_id + 1, (3, d.num_slots))  # bins and [MASK]
     cached = model.decoder(tokens, cache)
     p2, m2 = model.encode_prefix(b)
     fresh = model.decoder(tokens, model.decoder_cache(p2, m2))
@@ -59,11 +60,12 @@ def test_autoregressive_kv_cache_matches_full_causal_pass():
     pol = VLAModel(tiny_policy_config(decoder_type="autoregressive"), tiny_stats()).eval()
     prefix, mask = pol.encode_prefix(model_batch(pol, batch()))
     cache = pol.decoder_cache(prefix, mask)
-    seq = torch.randint(0, 16, (3, 12))
+    n = pol.decoder.num_slots
+    seq = torch.randint(0, pol.decoder.bins, (3, n))
     inp = torch.cat([torch.full((3, 1), pol.decoder.bos_id), seq[:, :-1]], dim=1)
     full = pol.decoder(inp, cache, causal=True)
     past = None
-    for i in range(12):
+    for i in range(n):
         step_logits, past = pol.decoder.step(inp[:, i : i + 1], i, cache, past)
         torch.testing.assert_close(step_logits, full[:, i], rtol=1e-5, atol=1e-5)
 
@@ -72,11 +74,12 @@ def test_prefix_never_sees_action_slots(model):
     """Changing action tokens must not change the prefix cache (prefix-LM mask)."""
     prefix, mask = model.encode_prefix(model_batch(model, batch()))
     cache = model.decoder_cache(prefix, mask)
-    a = model.decoder(torch.full((3, 12), 16), cache)
-    b2 = model.decoder(torch.randint(0, 16, (3, 12)), cache)
+    d = model.decoder
+    a = d(torch.full((3, d.num_slots), d.mask_id), cache)
+    b2 = d(torch.randint(0, d.bins, (3, d.num_slots)), cache)
     assert not torch.allclose(a, b2)  # slots do see each other
     k0 = cache["kv"][0][0].clone()
-    model.decoder(torch.randint(0, 16, (3, 12)), cache)
+    d(torch.randint(0, d.bins, (3, d.num_slots)), cache)
     assert torch.equal(k0, cache["kv"][0][0])
 
 
@@ -151,9 +154,16 @@ def test_learns_a_language_and_image_conditioned_task():
         w = torch.randint(0, 2, (n,), generator=gen)
         img = colours[c][:, None, :, None, None].expand(n, 1, 3, 32, 32).clone()
         img += 0.05 * torch.rand(img.shape, generator=gen)
-        return model_batch(pol, {"images": img.clamp(0, 1), "state": torch.zeros(n, 2),
-                                 "instruction": [words[i] for i in w], "actions": table[c, w],
-                                 "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)})  # fmt: skip
+        return model_batch(
+            pol,
+            {
+                "images": img.clamp(0, 1),
+                "state": torch.zeros(n, 2),
+                "instruction": [words[i] for i in w],
+                "actions": table[c, w],
+                "action_is_pad": torch.zeros(n, 4, dtype=torch.bool),
+            },
+        )
 
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)

@@ -88,7 +88,7 @@ BAD_OBSERVATIONS = {
             images={"agentview": np.zeros((2, 32, 32, 3), np.uint8)},
             state=np.zeros((3, 2), np.float32),
             instruction=["a", "b"],
-        ),  # fmt: skip
+        ),
         r"observation\['state'\]: expected shape \(2, 2\)",
     ),
     "single image, batched state": (dict(state=np.zeros((1, 2), np.float32)), r"state'\]: expected shape \(2,\)"),
@@ -97,7 +97,7 @@ BAD_OBSERVATIONS = {
             images={"agentview": np.zeros((2, 32, 32, 3), np.uint8)},
             state=np.zeros((2, 2), np.float32),
             instruction=["only one"],
-        ),  # fmt: skip
+        ),
         "1 instructions for a batch of 2",
     ),
     "grayscale": (dict(images={"agentview": np.zeros((32, 32), np.uint8)}), r"got shape \(32, 32\)"),
@@ -122,8 +122,11 @@ def test_bad_observations_name_the_field(policy, name):
 
 
 def test_fixed_actions_of_the_wrong_shape_name_the_field(policy):
-    batch = dict(images={"agentview": np.zeros((2, 32, 32, 3), np.uint8)}, state=np.zeros((2, 2), np.float32),
-                 instruction=["a", "b"])  # fmt: skip
+    batch = dict(
+        images={"agentview": np.zeros((2, 32, 32, 3), np.uint8)},
+        state=np.zeros((2, 2), np.float32),
+        instruction=["a", "b"],
+    )
     with pytest.raises(ObservationError, match=r"fixed_actions: expected \(2, k, 3\)"):
         policy.infer(observation(**batch), fixed_actions=np.zeros((3, 1, 3), np.float32))
     with pytest.raises(ObservationError, match="fixed_actions: expected"):
@@ -283,8 +286,9 @@ def test_settings_that_would_train_silently_wrong_are_refused(tmp_path, override
 def test_a_diverging_run_stops_without_saving(tmp_path, debug_data_root):
     from train.loop import train
 
-    cfg = debug_config(tmp_path, debug_data_root, "optim.steps=12", "save_every=2", "optim.lr=1e30",
-                       "optim.max_nonfinite_steps=2")  # fmt: skip
+    cfg = debug_config(
+        tmp_path, debug_data_root, "optim.steps=12", "save_every=2", "optim.lr=1e30", "optim.max_nonfinite_steps=2"
+    )
     with pytest.raises(NonFiniteError, match="training diverged"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints" / "latest").exists()
@@ -349,10 +353,17 @@ def test_a_second_process_cannot_train_in_a_busy_folder(tmp_path):
     from train.run_dir import RunDirBusy, RunLock
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from train.run_dir import RunLock; RunLock(sys.argv[1]).acquire(); "
-         "print('locked', flush=True); time.sleep(60)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from train.run_dir import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirBusy, match=f"pid {holder.pid}"):
@@ -383,10 +394,26 @@ def test_a_killed_save_and_its_temporaries_resume_from_that_save(tmp_path, debug
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_stops(tmp_path, debug_data_root, sig):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train.hydra_app", "experiment=debug", f"run_dir={run}", f"data.root={debug_data_root}",
-           "optim.steps=100000", "save_every=2", "log_every=1", "eval_at_end=false"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).parent.parent, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.hydra_app",
+        "experiment=debug",
+        f"run_dir={run}",
+        f"data.root={debug_data_root}",
+        "optim.steps=100000",
+        "save_every=2",
+        "log_every=1",
+        "eval_at_end=false",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 240
     while not (run / "checkpoints" / "latest").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

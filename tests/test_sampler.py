@@ -66,8 +66,12 @@ def test_inpainting_keeps_fixed_slots():
     fixed = torch.full((2, 56), MASK)
     fixed[:, :14] = 5
     trace = DecodeTrace([], [], [])
-    tokens = decode(SamplerConfig(steps=6, remask_threshold=True, remask_delta=0.05), trace=trace,
-                    fixed_tokens=fixed, fixed_mask=fixed != MASK)  # fmt: skip
+    tokens = decode(
+        SamplerConfig(steps=6, remask_threshold=True, remask_delta=0.05),
+        trace=trace,
+        fixed_tokens=fixed,
+        fixed_mask=fixed != MASK,
+    )
     assert (tokens[:, :14] == 5).all() and (tokens != MASK).all()
     for masked in trace.masked:
         assert not masked[:, :14].any()

@@ -13,8 +13,14 @@ ROOT = Path(__file__).parent.parent
 
 
 def run(*cmd: str, timeout: int = 300) -> str:
-    out = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    out = subprocess.run(
+        [str(BIN / cmd[0]), *cmd[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, f"{cmd[0]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
@@ -28,23 +34,50 @@ def checkpoint(tmp_path_factory, debug_data_root):
 
 
 def test_vla_train_and_vla_eval(checkpoint, tmp_path, debug_data_root):
-    out = run("vla-train", "experiment=debug", f"run_dir={tmp_path / 'run'}", f"data.root={debug_data_root}",
-              "optim.steps=2", "eval.videos_per_task=0")  # fmt: skip
+    out = run(
+        "vla-train",
+        "experiment=debug",
+        f"run_dir={tmp_path / 'run'}",
+        f"data.root={debug_data_root}",
+        "optim.steps=2",
+        "eval.videos_per_task=0",
+    )
     assert "checkpoint:" in out and "mean" in out
-    out = run("vla-eval", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'ev'}", "eval.episodes_per_task=1",
-              "eval.workers=1", "eval.videos_per_task=0", "eval.tasks=[lift_red]")  # fmt: skip
+    out = run(
+        "vla-eval",
+        f"checkpoint={checkpoint}",
+        f"out_dir={tmp_path / 'ev'}",
+        "eval.episodes_per_task=1",
+        "eval.workers=1",
+        "eval.videos_per_task=0",
+        "eval.tasks=[lift_red]",
+    )
     assert "lift_red" in out and (tmp_path / "ev" / "results.json").exists()
 
 
 def test_vla_ablate(checkpoint, tmp_path):
-    out = run("vla-ablate", "--checkpoint", str(checkpoint), "--episodes", "1", "--workers", "1", "--tasks",
-              "lift_red", "--only", "T=1", "--out", str(tmp_path / "ab"))  # fmt: skip
+    out = run(
+        "vla-ablate",
+        "--checkpoint",
+        str(checkpoint),
+        "--episodes",
+        "1",
+        "--workers",
+        "1",
+        "--tasks",
+        "lift_red",
+        "--only",
+        "T=1",
+        "--out",
+        str(tmp_path / "ab"),
+    )
     assert "one-shot parallel, T=1" in out and (tmp_path / "ab" / "ablation.md").exists()
 
 
 def test_benchmarks(checkpoint, debug_data_root):
     assert "prefix cache" in run("vla-bench-decode", "--repeats", "1", "--steps", "2")
     assert "physics only" in run("vla-bench-env", "--steps", "90", "--image-size", "16")  # past an episode's end
-    out = run("vla-bench-data", "--cache", f"{debug_data_root}.zarr", "--episodes", "1", "--batches", "1",
-              "--batch-size", "2")  # fmt: skip
+    out = run(
+        "vla-bench-data", "--cache", f"{debug_data_root}.zarr", "--episodes", "1", "--batches", "1", "--batch-size", "2"
+    )
     assert "zarr cache, read from disk" in out

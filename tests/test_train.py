@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers import composed
+from helpers import composed, free_port
 from hydra import compose, initialize
 
 from train.config import TrainConfig
@@ -36,9 +36,16 @@ def test_groups_and_bad_values():
 def test_slurm_launcher_config_validates():
     register_configs()
     with initialize(version_base=None, config_path=None):
-        cfg = compose(config_name="vla_train", overrides=["hydra/launcher=submitit_slurm",
-                      "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=720"],
-                      return_hydra_config=True)  # fmt: skip
+        cfg = compose(
+            config_name="vla_train",
+            overrides=[
+                "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=4",
+                "hydra.launcher.timeout_min=720",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 4 and launcher.timeout_min == 720
@@ -50,8 +57,9 @@ def data_root(debug_data_root):
 
 
 def debug_config(tmp_path, data_root, **over) -> TrainConfig:
-    cfg = to_train_config(composed(["experiment=debug", f"run_dir={tmp_path / 'run'}", f"data.root={data_root}",
-                                    "eval_at_end=false"]))  # fmt: skip
+    cfg = to_train_config(
+        composed(["experiment=debug", f"run_dir={tmp_path / 'run'}", f"data.root={data_root}", "eval_at_end=false"])
+    )
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg
@@ -114,8 +122,9 @@ def test_resumed_run_ends_where_an_uninterrupted_one_would(tmp_path, data_root, 
     wa, wb = weights(tmp_path / "a" / "run"), weights(tmp_path / "b" / "run")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
-    raw = safetensors.torch.load_file(str(tmp_path / "b" / "run" / "checkpoints" / "latest" / "training_state" /
-                                          "state.safetensors"))  # fmt: skip
+    raw = safetensors.torch.load_file(
+        str(tmp_path / "b" / "run" / "checkpoints" / "latest" / "training_state" / "state.safetensors")
+    )
     if ema_decay:  # the checkpoint holds the EMA, the training state the weights trained on
         assert not torch.equal(wb["decoder.head.weight"], raw["weights/decoder.head.weight"])
 
@@ -128,18 +137,31 @@ def test_resume_refuses_a_different_policy(tmp_path, data_root):
         train(cfg)
 
 
-def torchrun(port: int, *overrides: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "train.hydra_app", "experiment=debug", "eval_at_end=false", *overrides]  # fmt: skip
+def torchrun(*overrides: str) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "train.hydra_app",
+        "experiment=debug",
+        "eval_at_end=false",
+        *overrides,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.multiprocess
 def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root):
     common = [f"data.root={data_root}", "optim.steps=4", "optim.ema_decay=0.9", "optim.grad_accum=2"]
-    torchrun(29533, "strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
-    torchrun(29534, "strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
-    torchrun(29535, "strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2
+    torchrun("strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
+    torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
+    torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2
     ddp, fsdp = (tmp_path / s / "checkpoints" / "latest" for s in ("ddp", "fsdp"))
     assert load_json(fsdp / "config.json")["step"] == 4
     policy = VLAPolicy.load(fsdp).model  # whole tensors, loadable without a process group
@@ -158,10 +180,20 @@ def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root
                 torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.multiprocess
 def test_fsdp_step_equals_the_unsharded_step_for_every_vlm_family(tmp_path):
     script = Path(__file__).parent / "fsdp_families.py"  # asserts inside; rank 0 prints one line per case
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29536",
-           str(script), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        str(script),
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok ") == 5, out.stdout

@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from envs.evaluate import EvalConfig
-from vla.policy import PolicyConfig
+from vla.configs import choice
+from vla.model import PolicyConfig
+
+
+class DataSource(StrEnum):
+    builtin = "builtin"  # record the built-in suite with scripted experts if missing
+    lerobot = "lerobot"  # a LeRobotDataset v3 folder
+    libero_hdf5 = "libero_hdf5"  # a folder of LIBERO's original .hdf5 files
+
+
+class Strategy(StrEnum):
+    none = "none"
+    ddp = "ddp"  # replicated (launch with torchrun)
+    fsdp = "fsdp"  # parameters sharded over the ranks (launch with torchrun)
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 @dataclass
 class DataConfig:
-    # builtin: record the built-in suite with scripted experts if missing;
-    # lerobot: a LeRobotDataset v3 folder; libero_hdf5: a folder of LIBERO .hdf5 files.
-    source: str = "builtin"
+    source: DataSource = DataSource.builtin
     root: str = "runs/data/builtin"  # dataset folder (recorded here for builtin)
     cache: str = ""  # zarr cache path; empty: <root>.zarr
     camera_keys: dict = field(default_factory=dict)  # our camera -> source key (empty: defaults)
@@ -23,8 +41,7 @@ class DataConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
 
     def __post_init__(self) -> None:
-        if self.source not in ("builtin", "lerobot", "libero_hdf5"):
-            raise ValueError(f"data.source={self.source!r}; choose builtin, lerobot or libero_hdf5")
+        self.source = choice(DataSource, self.source, "data.source")
 
     @property
     def cache_path(self) -> str:
@@ -67,9 +84,9 @@ class OptimConfig:
 class TrainConfig:
     run_dir: str = "runs/builtin"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    strategy: str = "none"  # none | ddp | fsdp (launch the last two with torchrun)
+    strategy: Strategy = Strategy.none
     log_every: int = 25
     save_every: int = 500
     eval_every: int = 0  # periodic evaluation in simulation; 0 = only at the end
@@ -82,10 +99,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("none", "ddp", "fsdp"):
-            raise ValueError(f"strategy={self.strategy!r}; choose none, ddp or fsdp")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
+        self.strategy = choice(Strategy, self.strategy, "strategy")
+        self.device = choice(Device, self.device, "device")
         for name in ("log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (steps), got {getattr(self, name)}")

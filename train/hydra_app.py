@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from envs.evaluate import EvalConfig
 from train.config import DataConfig, OptimConfig, TrainConfig
 from vla.backbone import BackboneConfig
+from vla.model import DecoderType
 
 log = logging.getLogger(__name__)
 
@@ -40,54 +42,96 @@ _HYDRA = {
     "sweep": {"dir": "multirun", "subdir": "${hydra.job.num}"},
 }
 
+
+@dataclass(frozen=True)
+class Preset:
+    """An `experiment=` preset: run-config fields it sets (dotted paths), checked against
+    TrainConfig's schema when registered, and the fields the user must give."""
+
+    values: dict[str, Any]
+    required: tuple[str, ...] = ()
+
+    def node(self) -> dict:
+        tree: dict = {}
+        for path, value in [*self.values.items(), *((p, MISSING) for p in self.required)]:
+            *parents, leaf = path.split(".")
+            branch = tree
+            for name in parents:
+                branch = branch.setdefault(name, {})
+            branch[leaf] = value
+        return tree
+
+    def check(self, name: str) -> None:
+        try:
+            OmegaConf.merge(OmegaConf.structured(TrainConfig), self.node())
+        except Exception as e:
+            raise ValueError(f"experiment={name}: {e}") from e
+
+
 EXPERIMENTS = {
-    # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes.
-    "builtin": {
-        "run_dir": "runs/builtin",
-        # 64 px cameras (16 patches each): 4.5 training steps/s on 2 cores instead of 2 at 128 px.
-        "data": {"record": {"episodes_per_task": 100, "image_size": 64}, "loader": {"batch_size": 32}},
-        "policy": {"backbone": {"image_size": 64}},
-        # 8000 steps: 98% / 83% (two seeds; 84% at 5000 steps, seed 1; README); ~21 min at 6-7
-        # steps/s, over 30 min on machines that train at 4 steps/s (optim.steps=5000 fits there).
-        "optim": {"steps": 8000, "lr": 1e-3, "warmup_steps": 100},
-        "save_every": 1000,
-        "eval": {"episodes_per_task": 20, "videos_per_task": 1, "execute_steps": 4},
-    },
-    # Runs in well under a minute: tiny data, tiny model, a few steps, one eval episode.
-    "debug": {
-        "run_dir": "runs/debug",
-        "data": {
-            "root": "runs/data/debug",
-            "record": {"episodes_per_task": 1, "tasks": ["lift_red", "place_yellow"]},
-            "loader": {"batch_size": 8, "workers": 0},
+    # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes (docs/training.md).
+    "builtin": Preset(
+        {
+            "run_dir": "runs/builtin",
+            "data.record.episodes_per_task": 100,
+            "data.record.image_size": 64,  # 16 patches per camera: about 2x the training speed of 128 px
+            "data.loader.batch_size": 32,
+            "policy.backbone.image_size": 64,
+            "optim.steps": 8000,
+            "optim.lr": 1e-3,
+            "optim.warmup_steps": 100,
+            "save_every": 1000,
+            "eval.episodes_per_task": 20,
+            "eval.videos_per_task": 1,
+            "eval.execute_steps": 4,
+        }
+    ),
+    # Seconds: tiny data, tiny model, a few steps, one evaluation episode (smoke tests).
+    "debug": Preset(
+        {
+            "run_dir": "runs/debug",
+            "data.root": "runs/data/debug",
+            "data.record.episodes_per_task": 1,
+            "data.record.tasks": ["lift_red", "place_yellow"],
+            "data.loader.batch_size": 8,
+            "data.loader.workers": 0,
+            "policy.chunk_size": 4,
+            "policy.backbone.image_size": 64,
+            "policy.backbone.layers": 1,
+            "policy.backbone.vision_layers": 1,
+            "policy.decoder.d_model": 64,
+            "policy.decoder.layers": 1,
+            "policy.decoder.heads": 2,
+            "policy.action_tokenizer.bins": 32,
+            "policy.sampler.steps": 4,
+            "optim.steps": 6,
+            "optim.warmup_steps": 2,
+            "save_every": 3,
+            "log_every": 2,
+            "eval.episodes_per_task": 1,
+            "eval.tasks": ["lift_red"],
+            "eval.workers": 1,
+            "eval.videos_per_task": 1,
+        }
+    ),
+    # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys and its
+    # 180-degree image rotation live here, not in the generic defaults.
+    "libero": Preset(
+        {
+            "run_dir": "runs/libero",
+            "data.source": "lerobot",
+            "data.camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"},
+            "policy.rotate_180": True,
+            "policy.backbone.image_size": 224,
+            "policy.backbone.freeze_vision": True,
+            "policy.backbone.lora_rank": 32,
+            "optim.steps": 150000,
+            "optim.lr": 5e-4,
+            "optim.warmup_steps": 1000,
+            "eval.suite": "libero",
         },
-        "policy": {
-            "chunk_size": 4,
-            "backbone": {"image_size": 64, "layers": 1, "vision_layers": 1},
-            "decoder": {"d_model": 64, "layers": 1, "heads": 2},
-            "action_tokenizer": {"bins": 32},
-            "sampler": {"steps": 4},
-        },
-        "optim": {"steps": 6, "warmup_steps": 2},
-        "save_every": 3,
-        "log_every": 2,
-        "eval": {"episodes_per_task": 1, "tasks": ["lift_red"], "workers": 1, "videos_per_task": 1},
-    },  # fmt: skip
-    # LIBERO from a LeRobot-format port with a pretrained backbone (paths must be given).
-    "libero": {
-        "run_dir": "runs/libero",
-        "data": {
-            "source": "lerobot",
-            "root": "???",
-            "camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"},
-        },
-        "policy": {
-            "rotate_180": True,
-            "backbone": {"source": "???", "image_size": 224, "freeze_vision": True, "lora_rank": 32},
-        },
-        "optim": {"steps": 150000, "lr": 5e-4, "warmup_steps": 1000},
-        "eval": {"suite": "libero"},
-    },  # fmt: skip
+        required=("data.root", "policy.backbone.source"),
+    ),
 }
 
 
@@ -104,21 +148,31 @@ def register_configs() -> None:
     defaults = ["train_schema", {"backbone": "tiny"}, {"decoder": "diffusion"}, "_self_", {"experiment": "builtin"}]
     cs.store(name="vla_train", node={"defaults": defaults, "hydra": _HYDRA})
     cs.store(group="backbone", name="tiny", node=BackboneConfig, package="policy.backbone")
-    cs.store(group="backbone", name="pretrained", package="policy.backbone",
-             node=BackboneConfig(source="???", freeze_vision=True, lora_rank=16))  # fmt: skip
-    for kind in ("diffusion", "autoregressive"):
-        cs.store(group="decoder", name=kind, node={"decoder_type": kind}, package="policy")
+    cs.store(
+        group="backbone",
+        name="pretrained",
+        package="policy.backbone",
+        node=BackboneConfig(source="???", freeze_vision=True, lora_rank=16),
+    )
+    for kind in DecoderType:
+        cs.store(group="decoder", name=kind.value, node={"decoder_type": kind.value}, package="policy")
     cs.store(group="data", name="builtin", node=DataConfig, package="data")
     cs.store(group="data", name="record", node=RecordConfig, package="data.record")
     cs.store(group="loader", name="default", node=LoaderConfig, package="data.loader")
     cs.store(group="optim", name="adamw", node=OptimConfig, package="optim")
     cs.store(group="env", name="builtin", node=EvalConfig, package="eval")
-    for name, node in EXPERIMENTS.items():
-        cs.store(group="experiment", name=name, node=node, package="_global_")
+    for name, preset in EXPERIMENTS.items():
+        preset.check(name)
+        cs.store(group="experiment", name=name, node=preset.node(), package="_global_")
     cs.store(name="eval_schema", node=EvalAppConfig)
     # Evaluation runs in the caller's folder: log to stdout only, no hydra_app.log left behind.
-    cs.store(name="vla_eval", node={"defaults": ["eval_schema", {"override hydra/job_logging": "stdout"}, "_self_"],
-                                    "hydra": {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None}})  # fmt: skip
+    cs.store(
+        name="vla_eval",
+        node={
+            "defaults": ["eval_schema", {"override hydra/job_logging": "stdout"}, "_self_"],
+            "hydra": {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None},
+        },
+    )
 
 
 def to_train_config(cfg) -> TrainConfig:
@@ -131,11 +185,13 @@ def _train(cfg) -> None:
 
     run_cfg = to_train_config(cfg)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        run_cfg.run_dir = str(Path(run_cfg.run_dir) / f"job{HydraConfig.get().job.num}")
+        run_cfg = replace(run_cfg, run_dir=str(Path(run_cfg.run_dir) / f"job{HydraConfig.get().job.num}"))
     summary = train(run_cfg)
     if "interrupted" in summary:  # saved; exit as the signal would have, so schedulers see it
-        print(f"\n{summary['interrupted']}: stopped at step {summary['step']}, saved {summary['checkpoint']}; "
-              "re-run the same command to resume")  # fmt: skip
+        print(
+            f"\n{summary['interrupted']}: stopped at step {summary['step']}, saved {summary['checkpoint']}; "
+            "re-run the same command to resume"
+        )
         raise SystemExit(128 + signal.Signals[summary["interrupted"]].value)
     print(f"\ncheckpoint:  {summary['checkpoint']}")
     print(f"tensorboard: tensorboard --logdir {Path(summary['run_dir']) / 'tensorboard'}")
@@ -177,12 +233,12 @@ def _eval(cfg) -> None:
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)
     ckpt = Path(app.checkpoint)
-    app.eval, inherited = resolve_eval_config(app.eval, ckpt, overridden_eval_keys(HydraConfig.get().overrides.task))
+    eval_cfg, inherited = resolve_eval_config(app.eval, ckpt, overridden_eval_keys(HydraConfig.get().overrides.task))
     if inherited:
         shown = ", ".join(f"eval.{k}={v}" for k, v in sorted(inherited.items()))
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
-    out = Path(app.out_dir) if app.out_dir else ckpt.parent.parent / "eval" / app.eval.suite
-    res = evaluate(ckpt, app.eval, out)
+    out = Path(app.out_dir) if app.out_dir else ckpt.parent.parent / "eval" / eval_cfg.suite
+    res = evaluate(ckpt, eval_cfg, out)
     print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
     print(format_table(res))
 

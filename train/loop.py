@@ -173,8 +173,11 @@ class _Checkpointer:
                     {k: v for k, v in now[key].items() if k not in free},
                 )
         if "data" in saved_run:
-            changed += _differences("data.loader.batch_size", saved_run["data"]["loader"].get("batch_size"),
-                                    now["data"]["loader"]["batch_size"])  # fmt: skip
+            changed += _differences(
+                "data.loader.batch_size",
+                saved_run["data"]["loader"].get("batch_size"),
+                now["data"]["loader"]["batch_size"],
+            )
         if changed:
             detail = ", ".join(f"{c} (saved {_lookup(saved_run, c)!r}, now {_lookup(now, c)!r})" for c in changed[:4])
             raise ValueError(
@@ -182,9 +185,10 @@ class _Checkpointer:
                 "as it was configured; restore these settings, or start a new run in another run_dir"
             )
         changed = _differences("stats", load_json(self.latest / "stats.json"), _json_roundtrip(policy.stats))
-        changed += _differences(
-            "action_tokenizer", load_json(self.latest / "action_tokenizer.json"), policy.action_tokenizer.state_dict()
-        )
+        saved_tok = load_json(self.latest / "action_tokenizer.json")
+        for gone in ("low_quantile", "high_quantile"):  # removed, unused knobs of older checkpoints
+            saved_tok.pop(gone, None)
+        changed += _differences("action_tokenizer", saved_tok, policy.action_tokenizer.state_dict())
         if changed:
             raise ValueError(
                 f"cannot resume {self.latest} on this data: {', '.join(changed[:6])} differ from the data the run "
@@ -232,8 +236,11 @@ class _Interrupt:
         if self.signal and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
-        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
-                    "(press Ctrl-C again to abort without saving)", signal.Signals(signum).name)  # fmt: skip
+        log.warning(
+            "%s received: saving a checkpoint at the end of this step, then stopping "
+            "(press Ctrl-C again to abort without saving)",
+            signal.Signals(signum).name,
+        )
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -349,8 +356,11 @@ def _wrap(cfg: TrainConfig, policy: VLAModel, device: torch.device, world: int):
         total = sum(p.numel() for p in policy.parameters())
         log.info(
             "FSDP over %d ranks, units %s and the root: %d of %d parameters on this rank",
-            world, ", ".join(units), local, total,
-        )  # fmt: skip
+            world,
+            ", ".join(units),
+            local,
+            total,
+        )
         return policy
     if cfg.strategy == "ddp":
         # VLMs carry modules the prefix never uses (e.g. SigLIP's pooling head under LLaVA).
@@ -420,11 +430,15 @@ class _Loop:
             if saving and self.nonfinite:
                 log.warning("step %d: not saving after a skipped update; %s stays as it was", step, self.ckpt.latest)
             elif saving:
-                self.ckpt.save(self.policy, step, self.optimizer, self.scheduler, self.ema,
-                               periodic=step % cfg.save_every == 0)  # fmt: skip
+                self.ckpt.save(
+                    self.policy, step, self.optimizer, self.scheduler, self.ema, periodic=step % cfg.save_every == 0
+                )
             if interrupted and self.rank == 0:
-                log.warning("stopped at step %d; checkpoint saved to %s. Re-run the same command to resume",
-                            step, self.ckpt.latest)  # fmt: skip
+                log.warning(
+                    "stopped at step %d; checkpoint saved to %s. Re-run the same command to resume",
+                    step,
+                    self.ckpt.latest,
+                )
             if stopping:
                 break
             if self.rank == 0 and evaluating:  # from the checkpoint just written; other ranks wait at the next step
@@ -477,8 +491,14 @@ class _Loop:
                 f"{self.nonfinite} steps in a row (optim.max_nonfinite_steps={limit}). Nothing was saved "
                 f"after the last good checkpoint ({self.ckpt.latest}); lower optim.lr or raise optim.warmup_steps"
             )
-        log.warning("step %d: non-finite gradient norm %s (loss %s): update skipped (%d of %d in a row allowed)",
-                    step + 1, norm, loss, self.nonfinite, limit)  # fmt: skip
+        log.warning(
+            "step %d: non-finite gradient norm %s (loss %s): update skipped (%d of %d in a row allowed)",
+            step + 1,
+            norm,
+            loss,
+            self.nonfinite,
+            limit,
+        )
 
     def _log(self, step: int, batch: dict, metrics: dict) -> None:
         self.policy.eval()

@@ -43,8 +43,10 @@ class RunLock:
         if previous.get("pid") and previous.get("pid") != os.getpid():
             log.warning(
                 "run_dir %s: taking over the lock left by pid %s on %s, which is no longer running",
-                self.path.parent, previous.get("pid"), previous.get("host"),
-            )  # fmt: skip
+                self.path.parent,
+                previous.get("pid"),
+                previous.get("host"),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
         self._fd = fd

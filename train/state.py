@@ -32,13 +32,16 @@ def save_training_state(folder: Path, step: int, optim_state: dict, scheduler, w
     tensors["rng/torch"] = torch.get_rng_state()
     safetensors.torch.save_file(tensors, str(folder / "state.safetensors"))
     np_state = np.random.get_state()
-    save_json(folder / "state.json", {
-        "step": step,
-        "param_groups": optim_state["param_groups"],
-        "scheduler": scheduler.state_dict(),
-        "rng_python": repr(random.getstate()),
-        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    })  # fmt: skip
+    save_json(
+        folder / "state.json",
+        {
+            "step": step,
+            "param_groups": optim_state["param_groups"],
+            "scheduler": scheduler.state_dict(),
+            "rng_python": repr(random.getstate()),
+            "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        },
+    )
 
 
 def load_training_state(folder: Path, scheduler) -> tuple[int, dict, dict[str, torch.Tensor]]:

@@ -22,17 +22,11 @@ import torch
 class ActionTokenizerConfig:
     bins: int = 256
     binary_dims: list[int] = field(default_factory=lambda: [6])  # LIBERO gripper
-    low_quantile: float = 0.01
-    high_quantile: float = 0.99
+    # The bounds are the data's 1st and 99th percentiles (`stats.json` q01, q99): no knob here.
 
     def __post_init__(self) -> None:
         if self.bins < 2:
             raise ValueError(f"action_tokenizer.bins must be >= 2, got {self.bins}")
-        if not 0.0 <= self.low_quantile < self.high_quantile <= 1.0:
-            raise ValueError(
-                f"action_tokenizer quantiles must satisfy 0 <= low < high <= 1, "
-                f"got {self.low_quantile}, {self.high_quantile}"
-            )
 
 
 class ActionTokenizer:
@@ -110,8 +104,6 @@ class ActionTokenizer:
         return {
             "bins": self.cfg.bins,
             "binary_dims": list(self.cfg.binary_dims),
-            "low_quantile": self.cfg.low_quantile,
-            "high_quantile": self.cfg.high_quantile,
             "low": self.low.tolist(),
             "high": (self.low + self.span).tolist(),
         }
@@ -121,10 +113,5 @@ class ActionTokenizer:
         missing = {"bins", "binary_dims", "low", "high"} - set(state)
         if missing:
             raise KeyError(f"action tokenizer state is missing {sorted(missing)}")
-        cfg = ActionTokenizerConfig(
-            bins=state["bins"],
-            binary_dims=list(state["binary_dims"]),
-            low_quantile=state.get("low_quantile", 0.01),
-            high_quantile=state.get("high_quantile", 0.99),
-        )
+        cfg = ActionTokenizerConfig(bins=state["bins"], binary_dims=list(state["binary_dims"]))
         return cls(cfg, np.asarray(state["low"]), np.asarray(state["high"]))

@@ -100,8 +100,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VLAModel
     """The network of a checkpoint folder, verified (files, config types, finite weights)."""
     path = Path(path)
     meta = check_checkpoint(path)
+    saved = meta["policy"]
+    if isinstance(saved, dict) and isinstance(saved.get("action_tokenizer"), dict):
+        for gone in ("low_quantile", "high_quantile"):  # removed knobs (never used) of older checkpoints
+            saved["action_tokenizer"].pop(gone, None)
     try:
-        cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+        cfg = from_dict(PolicyConfig, saved, "policy")
     except ConfigError as e:
         raise CheckpointError(f"{path / 'config.json'}: {e}") from e
     vlm = model_from_saved_config(path / "backbone")

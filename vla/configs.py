@@ -7,6 +7,7 @@ back, naming the field that is wrong when a saved file does not match the datacl
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
@@ -29,8 +30,17 @@ class ConfigError(ValueError):
     """A saved or given config value of the wrong type or shape; the message names the field."""
 
 
+def choice[E: enum.Enum](kind: type[E], value: Any, name: str) -> E:
+    """`value` as a member of the choice enum `kind`, or an error naming the field and the options."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}; choose one of {[m.value for m in kind]}") from None
+
+
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """JSON-able: choice enums become their string values."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def from_dict[T](cls: type[T], data: dict, where: str = "") -> T:
@@ -73,6 +83,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return choice(tp, value, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -18,16 +19,23 @@ from torch import nn
 
 from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
 from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm
+from vla.configs import choice
 from vla.decoder import ActionDecoder, DecoderConfig
 from vla.processor import ObservationProcessor, stat
 from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
 
-DECODER_TYPES = ("diffusion", "autoregressive")
+
+class DecoderType(StrEnum):
+    diffusion = "diffusion"  # masked diffusion over the action slots (docs/method.md section 5)
+    autoregressive = "autoregressive"  # the baseline: left to right, causal, key/value cache
+
+
+DECODER_TYPES = tuple(DecoderType)
 
 
 @dataclass
 class PolicyConfig:
-    decoder_type: str = "diffusion"
+    decoder_type: DecoderType = DecoderType.diffusion
     chunk_size: int = 8
     action_dim: int = 7
     state_dim: int = 8
@@ -43,8 +51,7 @@ class PolicyConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
-        if self.decoder_type not in DECODER_TYPES:
-            raise ValueError(f"policy.decoder_type={self.decoder_type!r}; choose one of {DECODER_TYPES}")
+        self.decoder_type = choice(DecoderType, self.decoder_type, "policy.decoder_type")
         for name in ("chunk_size", "action_dim", "state_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")

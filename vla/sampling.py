@@ -10,12 +10,43 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
+from vla.configs import choice
+
+
+def _margin(logp, cand_logp, generator):
+    top2 = logp.topk(2, dim=-1).values.exp()
+    return (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
+
+
+def _left_to_right(logp, cand_logp, generator):
+    b, n = logp.shape[:2]
+    return -torch.arange(n, device=logp.device, dtype=torch.float64).expand(b, n)
+
+
+def _random(logp, cand_logp, generator):  # only the order matters
+    return torch.rand(logp.shape[:2], generator=generator, device=logp.device, dtype=torch.float64)
+
+
+# Confidence rule -> score (B, L) from log-probs (B, L, K) and the candidates' log-probs (B, L).
 # left_to_right is no confidence but a fixed order (the AR baseline's), for ablations.
-CONFIDENCES = ("max_prob", "margin", "sampled_prob", "random", "left_to_right")
-SCHEDULES = ("linear", "constant")
+CONFIDENCE_RULES = {
+    "max_prob": lambda logp, cand_logp, generator: logp.amax(-1),
+    "margin": _margin,
+    "sampled_prob": lambda logp, cand_logp, generator: cand_logp,
+    "random": _random,
+    "left_to_right": _left_to_right,
+}
+Confidence = StrEnum("Confidence", {name: name for name in CONFIDENCE_RULES})
+CONFIDENCES = tuple(Confidence)
+
+
+class Schedule(StrEnum):
+    linear = "linear"
+    constant = "constant"
 
 
 class NonFiniteError(RuntimeError):
@@ -37,13 +68,13 @@ def checked_logits(logits: torch.Tensor, where: str) -> torch.Tensor:
 @dataclass
 class SamplerConfig:
     steps: int = 12
-    confidence: str = "max_prob"
+    confidence: Confidence = Confidence.max_prob
     temperature: float = 1.0  # Gumbel temperature at the first step
-    temperature_schedule: str = "linear"  # linear: decays to 0 at the last step
+    temperature_schedule: Schedule = Schedule.linear  # linear: decays to 0 at the last step
     confidence_noise: float = 1.0  # scale of Gumbel noise on log-confidence (times temperature)
     remask_threshold: bool = False  # threshold check: committed slot with max-prob < eta_s -> [MASK]
     remask_eta: float = 0.5  # eta at the last step
-    remask_eta_schedule: str = "linear"  # linear: eta_s = remask_eta * s / T (loose early); constant
+    remask_eta_schedule: Schedule = Schedule.linear  # linear: eta_s = remask_eta * s / T (loose early); constant
     # residual-drop check: confidence fell by > delta -> [MASK]. The head is only trained at
     # [MASK] inputs (method.md section 4), so both checks judge a committed slot from an extra
     # pass in which a random `remask_probe` fraction of the committed slots is masked again.
@@ -53,11 +84,9 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
-        if self.confidence not in CONFIDENCES:
-            raise ValueError(f"sampler.confidence={self.confidence!r}; choose one of {CONFIDENCES}")
+        self.confidence = choice(Confidence, self.confidence, "sampler.confidence")
         for name in ("temperature_schedule", "remask_eta_schedule"):
-            if getattr(self, name) not in SCHEDULES:
-                raise ValueError(f"sampler.{name}={getattr(self, name)!r}; choose one of {SCHEDULES}")
+            setattr(self, name, choice(Schedule, getattr(self, name), f"sampler.{name}"))
         if self.temperature < 0:
             raise ValueError(f"sampler.temperature must be >= 0, got {self.temperature}")
         if self.remask_delta is not None and self.remask_delta <= 0:
@@ -134,6 +163,8 @@ def masked_diffusion_decode(
     )
     masked = ~fixed_mask
     commit_conf = torch.zeros(b, n, dtype=torch.float64, device=device)
+    confidence = CONFIDENCE_RULES[cfg.confidence]  # chosen once, not per step
+    noisy_order = cfg.confidence not in ("random", "left_to_right")  # orders that are not scores
     remasking = cfg.remask_threshold or cfg.remask_delta is not None
 
     for s in range(cfg.steps):
@@ -167,18 +198,8 @@ def masked_diffusion_decode(
         noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
         cand = noisy.argmax(-1)  # (B, L)
         cand_logp = logp.gather(-1, cand[..., None])[..., 0]  # log-prob of the candidate
-        if cfg.confidence == "max_prob":
-            score = logp.amax(-1)
-        elif cfg.confidence == "margin":
-            top2 = logp.topk(2, dim=-1).values.exp()
-            score = (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
-        elif cfg.confidence == "sampled_prob":
-            score = cand_logp
-        elif cfg.confidence == "left_to_right":
-            score = -torch.arange(n, device=device, dtype=torch.float64).expand(b, n)
-        else:  # random: only the order matters
-            score = torch.rand((b, n), generator=generator, device=device, dtype=torch.float64)
-        if tau > 0 and cfg.confidence_noise > 0 and cfg.confidence not in ("random", "left_to_right"):
+        score = confidence(logp, cand_logp, generator)  # (B, L) float64, higher = commit sooner
+        if tau > 0 and cfg.confidence_noise > 0 and noisy_order:
             score = score + cfg.confidence_noise * tau * _gumbel(score.shape, generator, device)
 
         # Easy first: the lowest-scoring masked slots stay masked, the schedule says how many.
