@@ -68,8 +68,8 @@ class ScriptedExpert:
         opening = env.gripper_opening()
         grasp = cube + np.array([0.0, 0.0, 0.005])
         rel = eef - grasp
-        # Deliberately tighter than what the pads physically hold: a looser 2 cm box made a worse
-        # policy (see the README's design notes).
+        # Deliberately tighter than what the pads physically hold: closing only when well centred
+        # keeps grasps repeatable (a looser box was tried: docs/experiment-log.md).
         between = bool(np.linalg.norm(rel[:2]) < BETWEEN_XY and abs(rel[2]) < BETWEEN_Z)
         # Holding is read from the fingers, which the state shows exactly: closed but stopped
         # apart by something, with the target cube near the grasp point. Judging it from the

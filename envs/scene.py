@@ -1,8 +1,7 @@
 """MJCF for the built-in tabletop: a 7-DoF arm of primitive geoms, a parallel gripper, cubes, plates.
 
-Primitive geoms and no shadows, reflections or skybox keep rendering cheap on a CPU
-(robosuite's meshed Panda renders two 128 px cameras at ~9 steps/s here; this scene is
-built to run several times faster).
+Primitive geoms and no shadows, reflections or skybox keep rendering cheap on a CPU, where the
+software rasteriser's cost grows with the triangles drawn (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations

@@ -386,9 +386,16 @@ def test_a_killed_save_and_its_temporaries_resume_from_that_save(tmp_path, debug
     previous.rename(ckpts / f".latest.old-{pid}-00000000")
     (ckpts / "latest").rename(ckpts / f".latest.done-{pid}-11111111")
     (ckpts / f".latest.tmp-{pid}-22222222").mkdir()  # and a half-written one
+    data = debug_data_root.parent  # a killed recording and cache build, and an older version's
+    stale = [data / f".debug.recording-{pid}-33333333", data / f".debug.zarr.building-{pid}-44444444"]
+    legacy = data / ".debug.recording-55555555"
+    for folder in [*stale, legacy]:
+        folder.mkdir()
+    os.utime(legacy, (time.time() - 7200,) * 2)
     summary = train(replace(cfg, stop_after=1))
     assert summary["step"] == 5  # resumed from step 4, not from 0 or 2
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest"]
+    assert not any(p.exists() for p in [*stale, legacy])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

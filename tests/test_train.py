@@ -137,31 +137,25 @@ def test_resume_refuses_a_different_policy(tmp_path, data_root):
         train(cfg)
 
 
-def torchrun(*overrides: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
-        "-m",
-        "train.hydra_app",
-        "experiment=debug",
-        "eval_at_end=false",
-        *overrides,
-    ]
+def torchrun(*args: str) -> str:
+    """Two CPU processes under torchrun (gloo); returns rank 0's stdout."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    cmd = [*launcher, "--master-port", str(free_port()), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def train_with_torchrun(*overrides: str) -> None:
+    torchrun("-m", "train.hydra_app", "experiment=debug", "eval_at_end=false", *overrides)
 
 
 @pytest.mark.multiprocess
 def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root):
     common = [f"data.root={data_root}", "optim.steps=4", "optim.ema_decay=0.9", "optim.grad_accum=2"]
-    torchrun("strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
-    torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
-    torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2
+    train_with_torchrun("strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
+    train_with_torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
+    train_with_torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2
     ddp, fsdp = (tmp_path / s / "checkpoints" / "latest" for s in ("ddp", "fsdp"))
     assert load_json(fsdp / "config.json")["step"] == 4
     policy = VLAPolicy.load(fsdp).model  # whole tensors, loadable without a process group
@@ -183,18 +177,6 @@ def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root
 @pytest.mark.multiprocess
 def test_fsdp_step_equals_the_unsharded_step_for_every_vlm_family(tmp_path):
     script = Path(__file__).parent / "fsdp_families.py"  # asserts inside; rank 0 prints one line per case
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(free_port()),
-        str(script),
-        str(tmp_path),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("ok ") == 5, out.stdout
-    assert "'LlamaDecoderLayer'" in out.stdout and "'Qwen2_5_VLVisionBlock'" in out.stdout  # the models' own layers
+    stdout = torchrun(str(script), str(tmp_path))
+    assert stdout.count("ok ") == 5, stdout
+    assert "'LlamaDecoderLayer'" in stdout and "'Qwen2_5_VLVisionBlock'" in stdout  # the models' own layers

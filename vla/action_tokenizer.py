@@ -21,7 +21,7 @@ import torch
 @dataclass
 class ActionTokenizerConfig:
     bins: int = 256
-    binary_dims: list[int] = field(default_factory=lambda: [6])  # LIBERO gripper
+    binary_dims: list[int] = field(default_factory=lambda: [6])  # the gripper of a 7-D delta-pose action
     # The bounds are the data's 1st and 99th percentiles (`stats.json` q01, q99): no knob here.
 
     def __post_init__(self) -> None:

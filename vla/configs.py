@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import types
 import typing
 import uuid
@@ -155,7 +156,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # Temporaries of `atomic_dir` next to the folder they build: .NAME.STAGE-PID-HEX
 #   STAGE = the caller's tag (being written), "done" (complete, about to replace NAME),
 #   "old" (the previous NAME, about to be removed). The pid tells a live writer from a dead one.
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<stage>[A-Za-z]+)-(?P<pid>\d+)-(?P<hex>[0-9a-f]{8})$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<stage>[A-Za-z]+)-(?:(?P<pid>\d+)-)?(?P<hex>[0-9a-f]{8})$")
+# Versions before the pid was in the name wrote .NAME.STAGE-HEX: stale once this old.
+_LEGACY_STALE_S = 3600
 
 
 @contextmanager
@@ -212,9 +215,13 @@ def recover_dir(folder: str | os.PathLike) -> list[str]:
     if not folder.is_dir():
         return []
     stale: dict[str, list[tuple[str, Path]]] = {}
+    now = time.time()
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and not _alive(int(m["pid"])):
+        if m is None:
+            continue
+        dead = not _alive(int(m["pid"])) if m["pid"] else now - p.stat().st_mtime > _LEGACY_STALE_S
+        if dead:
             stale.setdefault(m["name"], []).append((m["stage"], p))
     lines = []
     for name, temps in sorted(stale.items()):
@@ -238,7 +245,7 @@ def recover_dir(folder: str | os.PathLike) -> list[str]:
             if p == promote:
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            lines.append(f"removed stale temporary {p} (its writer, pid {_TEMP.match(p.name)['pid']}, is gone)")
+            lines.append(f"removed stale temporary {p} (its writer, pid {_TEMP.match(p.name)['pid'] or '?'}, is gone)")
     for line in lines:
         log.warning(line)
     return lines

@@ -41,7 +41,7 @@ class PolicyConfig:
     state_dim: int = 8
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     crop_area: float = 0.9  # evaluation centre crop; training uses a random crop of this area
-    rotate_180: bool = False  # camera convention: LIBERO renders upside down
+    rotate_180: bool = False  # camera convention: frames turned by 180 degrees (the libero preset sets it)
     # camera -> [H, W] of the raw frames trained on (filled from the data by training); inference
     # refuses other sizes rather than stretch them. Empty: not recorded, any size accepted.
     camera_shapes: dict[str, list[int]] = field(default_factory=dict)
