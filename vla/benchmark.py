@@ -55,10 +55,11 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
     }
     inputs, _ = diffusion.processor(obs)
 
+    # Every mode times what `infer` does: the observation processing, then decoding.
     def md(t: int, cache: bool):
         def decode():
             diffusion.cfg = dataclasses.replace(diffusion.cfg, sampler=dataclasses.replace(cfg.sampler, steps=t))
-            return diffusion.predict_tokens(inputs, use_cache=cache)
+            return diffusion.predict_tokens(diffusion.processor(obs)[0], use_cache=cache)
 
         return decode
 
@@ -66,7 +67,8 @@ def run(repeats: int = 20, steps: int = 12, threads: int = 0, decoder_width: int
         (f"masked diffusion T={steps}, prefix cache", _time(md(steps, True), repeats)),
         (f"masked diffusion T={steps}, no cache", _time(md(steps, False), max(3, repeats // 4))),
         ("one-shot parallel (T=1)", _time(md(1, True), repeats)),
-        ("autoregressive, KV cache (56 passes)", _time(lambda: ar.predict_tokens(inputs), repeats)),
+        ("autoregressive, KV cache (56 passes)", _time(lambda: ar.predict_tokens(ar.processor(obs)[0]), repeats)),
+        ("  of which: observation processing", _time(lambda: diffusion.processor(obs), repeats)),
         ("  of which: prefix (backbone) only", _time(lambda: diffusion.encode_prefix(inputs), repeats)),
     ]
     return rows
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--decoder-width", type=int, default=0, help="decoder d_model (0: the default policy's)")
     args = parser.parse_args()
     rows = run(args.repeats, args.steps, args.threads, args.decoder_width)
-    ar_ms, prefix_ms = rows[3][1], rows[4][1]
+    ar_ms, prefix_ms = rows[3][1], rows[4][1] + rows[5][1]  # processing + backbone, shared by every mode
     default = PolicyConfig()
     width, slots = args.decoder_width or default.decoder.d_model, default.chunk_size * default.action_dim
     print(
