@@ -14,11 +14,9 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import safetensors.torch
@@ -28,20 +26,11 @@ from tqdm import tqdm
 
 from data.cache import ZarrCache, build_cache
 from data.dataset import ChunkDataset, Collate, ResumableBatches
+from train.checkpointer import Checkpointer
 from train.config import DataConfig, TrainConfig
-from train.distributed import (
-    full_model_state,
-    full_optimizer_state,
-    full_tensors,
-    init_distributed,
-    load_full_optimizer_state,
-    load_full_weights,
-    shard_policy,
-)
-from train.run_dir import RunLock, existing_checkpoints
-from train.state import load_training_state, save_training_state
-from vla.checkpoint import save_checkpoint, verify_manifest
-from vla.configs import atomic_dir, from_dict, load_json, recover_dir, save_json
+from train.distributed import init_distributed, shard_policy
+from train.run_dir import Interrupt, RunLock
+from vla.configs import recover_dir
 from vla.model import PolicyConfig, VLAModel
 from vla.sampling import NonFiniteError
 
@@ -107,156 +96,6 @@ def _lr_lambda(cfg) -> callable:
     return f
 
 
-class _Checkpointer:
-    """Checkpoints of the whole policy, whatever the strategy: `save` is collective (every rank
-    calls it; FSDP gathers the shards) and rank 0 writes."""
-
-    def __init__(self, run_dir: Path, cfg: TrainConfig, rank: int) -> None:
-        self.dir = run_dir / "checkpoints"
-        self.cfg = cfg
-        self.rank = rank
-
-    @property
-    def latest(self) -> Path:
-        return self.dir / "latest"
-
-    def save(self, policy: VLAModel, step: int, optimizer, scheduler, ema: dict | None, periodic: bool) -> None:
-        weights = full_model_state(policy)  # the weights trained on
-        optim_state = full_optimizer_state(policy, optimizer)
-        raw = None
-        if ema is not None:  # the policy checkpoint carries the EMA weights; raw ones go with the state
-            raw = {n: weights[n] for n in ema} if self.rank == 0 else None
-            weights = {**weights, **full_tensors(ema, self.rank)}
-        if self.rank != 0:
-            return
-
-        def write_state(folder: Path) -> None:
-            save_training_state(folder / "training_state", step, optim_state, scheduler, raw)
-            save_json(folder / "train_config.json", asdict(self.cfg))
-
-        save_checkpoint(policy, self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
-        if periodic:  # replaced whole: a step_N folder always holds this run's step N
-            with atomic_dir(self.dir / f"step_{step:07d}") as tmp:
-                shutil.copytree(self.latest, tmp)
-
-    def check_resumable(self, policy_cfg: PolicyConfig, policy: VLAModel) -> None:
-        """Refuse to resume under another policy config or on other data (statistics, tokenizer)."""
-        verify_manifest(self.latest)
-        meta = load_json(self.latest / "config.json")
-        try:
-            same = from_dict(PolicyConfig, meta["policy"], "policy") == policy_cfg
-        except (KeyError, ValueError):
-            same = False
-        if not same:
-            raise ValueError(
-                f"{self.latest} was trained with a different policy config; resume=false in a new run_dir "
-                f"starts over, or point run_dir elsewhere"
-            )
-        # The scheduler and optimiser restore their own settings (LambdaLR keeps its base lr): a
-        # changed optim.lr would be ignored without a word, so changes that resuming cannot honour
-        # are refused. optim.steps may grow (training longer), as may the non-finite tolerance.
-        saved_run = (
-            load_json(self.latest / "train_config.json") if (self.latest / "train_config.json").is_file() else {}
-        )
-        now = _json_roundtrip(asdict(self.cfg))
-        fixed = {"seed": None, "optim": {"steps", "max_nonfinite_steps"}}  # data: checked by content below
-        changed = []
-        for key, free in fixed.items():
-            if key not in saved_run:
-                continue
-            if free is None:
-                changed += _differences(key, saved_run[key], now[key])
-            else:
-                changed += _differences(
-                    key,
-                    {k: v for k, v in saved_run[key].items() if k not in free},
-                    {k: v for k, v in now[key].items() if k not in free},
-                )
-        if "data" in saved_run:
-            changed += _differences(
-                "data.loader.batch_size",
-                saved_run["data"]["loader"].get("batch_size"),
-                now["data"]["loader"]["batch_size"],
-            )
-        if changed:
-            detail = ", ".join(f"{c} (saved {_lookup(saved_run, c)!r}, now {_lookup(now, c)!r})" for c in changed[:4])
-            raise ValueError(
-                f"cannot resume {self.latest} with other training settings: {detail}. A resumed run continues "
-                "as it was configured; restore these settings, or start a new run in another run_dir"
-            )
-        changed = _differences("stats", load_json(self.latest / "stats.json"), _json_roundtrip(policy.stats))
-        saved_tok = load_json(self.latest / "action_tokenizer.json")
-        for gone in ("low_quantile", "high_quantile"):  # removed, unused knobs of older checkpoints
-            saved_tok.pop(gone, None)
-        changed += _differences("action_tokenizer", saved_tok, policy.action_tokenizer.state_dict())
-        if changed:
-            raise ValueError(
-                f"cannot resume {self.latest} on this data: {', '.join(changed[:6])} differ from the data the run "
-                "started with, and the trained weights only mean something under the old ones. Point "
-                "data.root at the original data, or start a new run (another run_dir)"
-            )
-
-
-def _json_roundtrip(obj):
-    import json
-
-    return json.loads(json.dumps(obj))
-
-
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def _differences(where: str, saved, current) -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        out = []
-        for k in sorted(saved.keys() | current.keys()):
-            out += _differences(f"{where}.{k}", saved.get(k), current.get(k))
-        return out
-    return [] if saved == current else [where]
-
-
-@dataclass
-class _Interrupt:
-    """SIGINT/SIGTERM set `signal`; the loop saves at the end of the step and stops. A second
-    SIGINT while saving raises KeyboardInterrupt at once."""
-
-    signal: int = 0
-    previous: dict = field(default_factory=dict)
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-        log.warning(
-            "%s received: saving a checkpoint at the end of this step, then stopping "
-            "(press Ctrl-C again to abort without saving)",
-            signal.Signals(signum).name,
-        )
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous.clear()
-
-    def agreed(self, world: int, device: torch.device) -> bool:
-        """Whether any rank was interrupted (every rank must stop at the same step to save)."""
-        if world == 1:
-            return bool(self.signal)
-        flag = torch.tensor([self.signal], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.signal = int(flag.item())
-        return bool(self.signal)
-
-
 # --------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) a policy; returns a summary with the checkpoint and eval results.
@@ -268,7 +107,7 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = init_distributed(cfg.strategy, device)
     run_dir = Path(cfg.run_dir)
     lock = RunLock(run_dir).acquire() if rank == 0 else None
-    interrupt = _Interrupt()
+    interrupt = Interrupt()
     interrupt.install()
     try:
         return _train(cfg, device, rank, world, interrupt)
@@ -278,15 +117,15 @@ def train(cfg: TrainConfig) -> dict:
             lock.release()
 
 
-def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interrupt: _Interrupt) -> dict:
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interrupt: Interrupt) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    ckpt = _Checkpointer(run_dir, cfg, rank)
+    ckpt = Checkpointer(run_dir, cfg, rank)
     if rank == 0:
         recover_dir(ckpt.dir)
-        _check_fresh_run(cfg, ckpt)
+        ckpt.check_fresh()
         cache = prepare_data(cfg.data)
     if world > 1:
         torch.distributed.barrier()
@@ -309,7 +148,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     ema = None
     if cfg.optim.ema_decay > 0:
         ema = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    step = _resume(ckpt, policy, optimizer, scheduler, ema) if resuming else 0
+    step = ckpt.resume(policy, optimizer, scheduler, ema) if resuming else 0
 
     loader = _loader(cfg, policy, dataset, step, rank, world)
     writer = None
@@ -337,18 +176,6 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     return summary
 
 
-def _check_fresh_run(cfg: TrainConfig, ckpt: _Checkpointer) -> None:
-    if cfg.resume:
-        return
-    found = existing_checkpoints(ckpt.dir)
-    if found:
-        raise FileExistsError(
-            f"resume=false, but {ckpt.dir} holds checkpoints of an earlier run ({', '.join(found[:4])}"
-            f"{', ...' if len(found) > 4 else ''}); a fresh run would mix its step folders with them. "
-            f"Choose a new run_dir, delete {ckpt.dir}, or set resume=true to continue that run"
-        )
-
-
 def _wrap(cfg: TrainConfig, policy: VLAModel, device: torch.device, world: int):
     if cfg.strategy == "fsdp":
         units = shard_policy(policy, device)
@@ -368,18 +195,6 @@ def _wrap(cfg: TrainConfig, policy: VLAModel, device: torch.device, world: int):
             policy, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     return policy
-
-
-def _resume(ckpt: _Checkpointer, policy: VLAModel, optimizer, scheduler, ema: dict | None) -> int:
-    step, optim_state, raw = load_training_state(ckpt.latest / "training_state", scheduler)
-    load_full_optimizer_state(policy, optimizer, optim_state)
-    if ema is not None:
-        missing = sorted(set(ema) - set(raw))
-        if missing:
-            raise KeyError(f"{ckpt.latest}: raw weights for {missing[:3]} missing; was the run started without EMA?")
-        load_full_weights(policy, {n: raw[n] for n in ema})
-    log.info("resumed from %s at step %d", ckpt.latest, step)
-    return step
 
 
 def _loader(cfg: TrainConfig, policy: VLAModel, dataset: ChunkDataset, step: int, rank: int, world: int):
@@ -411,7 +226,7 @@ class _Loop:
         self.pbar = tqdm(total=cfg.optim.steps, desc="training", disable=rank != 0)
         self.nonfinite = 0  # consecutive skipped steps
 
-    def run(self, batches, step: int, interrupt: _Interrupt) -> int:
+    def run(self, batches, step: int, interrupt: Interrupt) -> int:
         cfg = self.cfg
         self.pbar.update(step)
         self.model.train()
@@ -527,7 +342,7 @@ class _Loop:
         self._window = (time.perf_counter(), 0.0, 0)
 
 
-def _evaluate(cfg: TrainConfig, ckpt: _Checkpointer, name: str) -> dict:
+def _evaluate(cfg: TrainConfig, ckpt: Checkpointer, name: str) -> dict:
     from envs.evaluate import evaluate
 
     return evaluate(ckpt.latest, cfg.eval, Path(cfg.run_dir) / name)

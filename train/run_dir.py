@@ -1,4 +1,4 @@
-"""One run per run folder: an exclusive lock, crash leftovers resolved, fresh runs kept apart.
+"""One run per run folder (an exclusive lock), and stopping it cleanly on SIGINT/SIGTERM.
 
 The lock is an `fcntl.flock` on `<run_dir>/.lock`, which the kernel releases when its holder
 dies however it dies; the file keeps the holder's pid and host so that a second run can say
@@ -11,8 +11,13 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +84,42 @@ def existing_checkpoints(checkpoint_dir: Path) -> list[str]:
     if not checkpoint_dir.is_dir():
         return []
     return sorted(p.name for p in checkpoint_dir.iterdir() if p.name == "latest" or p.name.startswith("step_"))
+
+
+@dataclass
+class Interrupt:
+    """SIGINT/SIGTERM set `signal`; the loop saves at the end of the step and stops. A second
+    SIGINT while saving raises KeyboardInterrupt at once."""
+
+    signal: int = 0
+    previous: dict = field(default_factory=dict)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s received: saving a checkpoint at the end of this step, then stopping "
+            "(press Ctrl-C again to abort without saving)",
+            signal.Signals(signum).name,
+        )
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether any rank was interrupted (every rank must stop at the same step to save)."""
+        if world == 1:
+            return bool(self.signal)
+        flag = torch.tensor([self.signal], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.signal = int(flag.item())
+        return bool(self.signal)

@@ -96,18 +96,26 @@ def check_checkpoint(path: str | Path, verify: bool = True) -> dict:
     return meta
 
 
+def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyConfig:
+    """The checkpoint's PolicyConfig, type-checked; keys that older versions wrote and that no
+    longer exist (`action_tokenizer.low_quantile` / `high_quantile`, never used) are dropped."""
+    path = Path(path)
+    saved = (meta if meta is not None else load_json(path / "config.json"))["policy"]
+    if isinstance(saved, dict) and isinstance(saved.get("action_tokenizer"), dict):
+        saved = {
+            **saved,
+            "action_tokenizer": {k: v for k, v in saved["action_tokenizer"].items() if "quantile" not in k},
+        }
+    try:
+        return from_dict(PolicyConfig, saved, "policy")
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from e
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VLAModel:
     """The network of a checkpoint folder, verified (files, config types, finite weights)."""
     path = Path(path)
-    meta = check_checkpoint(path)
-    saved = meta["policy"]
-    if isinstance(saved, dict) and isinstance(saved.get("action_tokenizer"), dict):
-        for gone in ("low_quantile", "high_quantile"):  # removed knobs (never used) of older checkpoints
-            saved["action_tokenizer"].pop(gone, None)
-    try:
-        cfg = from_dict(PolicyConfig, saved, "policy")
-    except ConfigError as e:
-        raise CheckpointError(f"{path / 'config.json'}: {e}") from e
+    cfg = saved_policy_config(path, check_checkpoint(path))
     vlm = model_from_saved_config(path / "backbone")
     try:
         stats, tok = load_json(path / "stats.json"), load_json(path / "action_tokenizer.json")
@@ -161,8 +169,3 @@ def verify_manifest(path: Path) -> None:
                 f"{f} differs from the file saved with this checkpoint (sha256 mismatch): it was edited or "
                 "corrupted. Restore it; to change evaluation settings use eval.* overrides, not the file"
             )
-
-
-def checkpoint_digest(path: str | Path) -> str:
-    """The weights' sha256 as recorded at save (the deploy handshake's model id)."""
-    return load_json(Path(path) / MANIFEST)["files"]["model.safetensors"]["sha256"]

@@ -156,7 +156,10 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # Temporaries of `atomic_dir` next to the folder they build: .NAME.STAGE-PID-HEX
 #   STAGE = the caller's tag (being written), "done" (complete, about to replace NAME),
 #   "old" (the previous NAME, about to be removed). The pid tells a live writer from a dead one.
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<stage>[A-Za-z]+)-(?:(?P<pid>\d+)-)?(?P<hex>[0-9a-f]{8})$")
+_TAGS = ("tmp", "building", "recording")  # what callers may name the being-written stage
+_TEMP = re.compile(
+    r"^\.(?P<name>.+)\.(?P<stage>tmp|building|recording|done|old)-(?:(?P<pid>\d+)-)?(?P<hex>[0-9a-f]{8})$"
+)
 # Versions before the pid was in the name wrote .NAME.STAGE-HEX: stale once this old.
 _LEGACY_STALE_S = 3600
 
@@ -167,6 +170,8 @@ def atomic_dir(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
     `path` (the old folder is removed), when it fails it is deleted: readers only ever see a
     complete folder. A process killed part-way leaves temporaries that `recover_dir` resolves:
     a finished build ("done") is promoted, else the previous folder ("old") is restored."""
+    if tag not in _TAGS:  # recover_dir only recognises these: anything else would never be cleaned
+        raise ValueError(f"atomic_dir tag {tag!r}; choose one of {_TAGS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stem = f".{path.name}.{{}}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -30,9 +30,6 @@ class DecoderType(StrEnum):
     autoregressive = "autoregressive"  # the baseline: left to right, causal, key/value cache
 
 
-DECODER_TYPES = tuple(DecoderType)
-
-
 @dataclass
 class PolicyConfig:
     decoder_type: DecoderType = DecoderType.diffusion

@@ -21,7 +21,6 @@ import torch
 from vla.checkpoint import (  # noqa: F401  (re-exported: the public checkpoint API)
     CheckpointError,
     check_checkpoint,
-    checkpoint_digest,
     load_model,
     save_checkpoint,
     verify_manifest,

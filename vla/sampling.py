@@ -41,7 +41,6 @@ CONFIDENCE_RULES = {
     "left_to_right": _left_to_right,
 }
 Confidence = StrEnum("Confidence", {name: name for name in CONFIDENCE_RULES})
-CONFIDENCES = tuple(Confidence)
 
 
 class Schedule(StrEnum):

@@ -1,0 +1,154 @@
+"""A run's checkpoints: collective saving under any strategy, and the checks that decide whether
+a run folder may be started fresh or resumed.
+
+A resume must continue the run as it was: the same policy config, the same data (normalisation
+statistics and action tokenizer bounds) and the same optimiser settings, since the restored
+optimiser and scheduler would silently keep their own (LambdaLR restores its base lr).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from train.config import TrainConfig
+from train.distributed import (
+    full_model_state,
+    full_optimizer_state,
+    full_tensors,
+    load_full_optimizer_state,
+    load_full_weights,
+)
+from train.run_dir import existing_checkpoints
+from train.state import load_training_state, save_training_state
+from vla.action_tokenizer import ActionTokenizer
+from vla.checkpoint import save_checkpoint, saved_policy_config, verify_manifest
+from vla.configs import atomic_dir, load_json, save_json, to_dict
+from vla.model import PolicyConfig, VLAModel
+
+log = logging.getLogger(__name__)
+
+# Run settings a resume may change: training longer, and the tolerance for non-finite steps.
+RESUMABLE_CHANGES = {"optim.steps", "optim.max_nonfinite_steps"}
+
+
+class Checkpointer:
+    """Checkpoints of the whole policy, whatever the strategy: `save` is collective (every rank
+    calls it; FSDP gathers the shards) and rank 0 writes."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, rank: int) -> None:
+        self.dir = run_dir / "checkpoints"
+        self.cfg = cfg
+        self.rank = rank
+
+    @property
+    def latest(self) -> Path:
+        return self.dir / "latest"
+
+    def save(self, model: VLAModel, step: int, optimizer, scheduler, ema: dict | None, periodic: bool) -> None:
+        weights = full_model_state(model)  # the weights trained on
+        optim_state = full_optimizer_state(model, optimizer)
+        raw = None
+        if ema is not None:  # the policy checkpoint carries the EMA weights; raw ones go with the state
+            raw = {n: weights[n] for n in ema} if self.rank == 0 else None
+            weights = {**weights, **full_tensors(ema, self.rank)}
+        if self.rank != 0:
+            return
+
+        def write_state(folder: Path) -> None:
+            save_training_state(folder / "training_state", step, optim_state, scheduler, raw)
+            save_json(folder / "train_config.json", to_dict(self.cfg))
+
+        save_checkpoint(model, self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
+        if periodic:  # replaced whole: a step_N folder always holds this run's step N
+            with atomic_dir(self.dir / f"step_{step:07d}") as tmp:
+                shutil.copytree(self.latest, tmp)
+
+    def check_fresh(self) -> None:
+        """A fresh run (resume=false) refuses a folder holding another run's checkpoints."""
+        found = existing_checkpoints(self.dir)
+        if not self.cfg.resume and found:
+            raise FileExistsError(
+                f"resume=false, but {self.dir} holds checkpoints of an earlier run ({', '.join(found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}); a fresh run would mix its step folders with them. "
+                f"Choose a new run_dir, delete {self.dir}, or set resume=true to continue that run"
+            )
+
+    def check_resumable(self, policy_cfg: PolicyConfig, model: VLAModel) -> None:
+        """Refuse to resume under another policy config, other run settings, or on other data."""
+        verify_manifest(self.latest)
+        if saved_policy_config(self.latest) != policy_cfg:
+            raise ValueError(
+                f"{self.latest} was trained with a different policy config; resume=false in a new run_dir "
+                f"starts over, or point run_dir elsewhere"
+            )
+        saved_file = self.latest / "train_config.json"
+        saved = load_json(saved_file) if saved_file.is_file() else {}
+        now = to_dict(self.cfg)
+        keys = ["seed", "data.loader.batch_size", *(f"optim.{k}" for k in now["optim"])]
+        changed = [
+            k for k in keys if k not in RESUMABLE_CHANGES and _has(saved, k) and _lookup(saved, k) != _lookup(now, k)
+        ]
+        if changed:
+            detail = ", ".join(f"{k} (saved {_lookup(saved, k)!r}, now {_lookup(now, k)!r})" for k in changed[:4])
+            raise ValueError(
+                f"cannot resume {self.latest} with other training settings: {detail}. A resumed run continues "
+                "as it was configured; restore these settings, or start a new run in another run_dir"
+            )
+        # Both sides through the same code, so that keys an older version wrote do not count.
+        saved_tok = ActionTokenizer.from_state_dict(load_json(self.latest / "action_tokenizer.json")).state_dict()
+        changed = _differences("stats", load_json(self.latest / "stats.json"), to_dict_json(model.stats))
+        changed += _differences("action_tokenizer", saved_tok, model.action_tokenizer.state_dict())
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.latest} on this data: {', '.join(changed[:6])} differ from the data the run "
+                "started with, and the trained weights only mean something under the old ones. Point "
+                "data.root at the original data, or start a new run (another run_dir)"
+            )
+
+    def resume(self, model: VLAModel, optimizer, scheduler, ema: dict | None) -> int:
+        """Load the optimiser, scheduler, RNG and (with EMA) raw weights; returns the step."""
+        step, optim_state, raw = load_training_state(self.latest / "training_state", scheduler)
+        load_full_optimizer_state(model, optimizer, optim_state)
+        if ema is not None:
+            missing = sorted(set(ema) - set(raw))
+            if missing:
+                raise KeyError(
+                    f"{self.latest}: raw weights for {missing[:3]} missing; was the run started without EMA?"
+                )
+            load_full_weights(model, {n: raw[n] for n in ema})
+        log.info("resumed from %s at step %d", self.latest, step)
+        return step
+
+
+def to_dict_json(obj):
+    """`obj` as it reads back from JSON (tuples as lists, numpy floats as floats)."""
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def _has(tree: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _differences(where: str, saved, current) -> list[str]:
+    """Dotted names of the leaves that differ between two JSON trees."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            d
+            for k in sorted(saved.keys() | current.keys())
+            for d in _differences(f"{where}.{k}", saved.get(k), current.get(k))
+        ]
+    return [] if saved == current else [where]
