@@ -1,7 +1,7 @@
 """The zarr training cache: chunked, compressed arrays + an episode index + normalisation stats.
 
 Layout (zarr v3 group):
-    images/<camera>  uint8 (N, H, W, 3), one frame per chunk (random access reads one chunk)
+    images/<camera>  uint8 (N, H, W, 3), uncompressed chunks of FRAMES_PER_CHUNK frames
     state            float32 (N, S)
     action           float32 (N, D)
     perturbed        bool (N,)    a recording fault replaced the executed action (Episode.perturbed)
@@ -9,10 +9,19 @@ Layout (zarr v3 group):
     task_index       int64 (E,)   index into attrs["tasks"]
     attrs: tasks, cameras, stats (q01, q99, min, max, mean, std per dimension), complete
 The group is written to a temporary folder and renamed when complete.
+
+Reading: a cache that fits in memory (`in_memory=None` decides by size) is loaded once; a
+larger one (a public LIBERO port at 128 px is about 27 GB) is read from disk frame by frame.
+zarr-python costs about 1.6 ms per single-frame read, more than training can wait, so frames
+of uncompressed images are read directly from their chunk files, whose layout the zarr v3
+specification fixes (the `bytes` codec alone: a chunk file is the C-order array, edge chunks
+full-size): one `pread` per frame. Caches built by older versions (compressed, sharded) are
+read through zarr.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +33,8 @@ from data.episode import Episode
 from vla.configs import atomic_dir
 
 CACHE_FORMAT = "vla-zarr-cache/1"
+FRAMES_PER_CHUNK = 64
+IN_MEMORY_FRACTION = 0.4  # in_memory=None loads the cache when its images take under this share of free memory
 
 
 def compute_stats(x: np.ndarray) -> dict:
@@ -38,7 +49,7 @@ def compute_stats(x: np.ndarray) -> dict:
     }
 
 
-def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard: int = 256) -> Path:
+def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_chunk: int = FRAMES_PER_CHUNK) -> Path:
     with atomic_dir(path, "building") as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         arrays: dict[str, zarr.Array] = {}
@@ -54,8 +65,8 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
                         f"images/{cam}",
                         shape=(0, h, w, 3),
                         dtype="uint8",
-                        chunks=(1, h, w, 3),
-                        shards=(frames_per_shard, h, w, 3),
+                        chunks=(frames_per_chunk, h, w, 3),
+                        compressors=None,  # raw chunks: frames are read straight from the files (RawFrames)
                     )
                 cams = sorted(ep.images)
             if sorted(ep.images) != cams:
@@ -99,10 +110,63 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_shard:
     return Path(path)
 
 
-class ZarrCache:
-    """Read side. `in_memory=True` loads every array once (fast random access for training)."""
+class RawFrames:
+    """Frames of an uncompressed zarr v3 image array, read with one `pread` each."""
 
-    def __init__(self, path: str | Path, in_memory: bool = True) -> None:
+    def __init__(self, array: zarr.Array, folder: Path) -> None:
+        self.shape = array.shape
+        self.dtype = np.dtype(array.dtype)
+        self._chunk = array.chunks[0]
+        self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._encode = array.metadata.encode_chunk_key
+        self._folder = folder
+
+    @staticmethod
+    def readable(array: zarr.Array) -> bool:
+        """Whether the chunk files hold the raw C-order array (the bytes codec alone, no sharding)."""
+        codecs = array.metadata.codecs
+        return (
+            len(codecs) == 1
+            and type(codecs[0]).__name__ == "BytesCodec"
+            and array.chunks[1:] == array.shape[1:]
+            and np.dtype(array.dtype).itemsize == 1
+        )
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i) -> np.ndarray:
+        i = int(i)
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f"frame {i} out of range [0, {self.shape[0]})")
+        chunk, offset = divmod(i, self._chunk)
+        path = self._folder / self._encode((chunk,) + (0,) * (len(self.shape) - 1))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, self._frame_bytes, offset * self._frame_bytes)
+        finally:
+            os.close(fd)
+        if len(buf) != self._frame_bytes:
+            raise ValueError(f"{path}: chunk file is truncated (frame {i}); rebuild the cache")
+        return np.frombuffer(buf, dtype=self.dtype).reshape(self.shape[1:])
+
+
+def _free_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class ZarrCache:
+    """Read side. `in_memory`: True loads every array once (fast random access for training),
+    False reads frames from disk, None (default) loads when the images fit comfortably in free memory."""
+
+    def __init__(self, path: str | Path, in_memory: bool | None = None) -> None:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"zarr cache {path} does not exist; build it with data.cache.build_cache")
@@ -113,8 +177,17 @@ class ZarrCache:
         self.cameras: list[str] = list(root.attrs["cameras"])
         self.tasks: list[str] = list(root.attrs["tasks"])
         self.stats: dict = dict(root.attrs["stats"])
-        load = (lambda a: a[:]) if in_memory else (lambda a: a)
-        self.images = {cam: load(root[f"images/{cam}"]) for cam in self.cameras}
+        arrays = {cam: root[f"images/{cam}"] for cam in self.cameras}
+        self.image_bytes = sum(a.nbytes for a in arrays.values())
+        if in_memory is None:
+            in_memory = self.image_bytes < IN_MEMORY_FRACTION * _free_memory()
+        self.in_memory = in_memory
+        if in_memory:
+            self.images = {cam: a[:] for cam, a in arrays.items()}
+        else:
+            self.images = {
+                cam: RawFrames(a, path / "images" / cam) if RawFrames.readable(a) else a for cam, a in arrays.items()
+            }
         self.state = root["state"][:]
         self.action = root["action"][:]
         # Caches built before the flag existed hold only unperturbed sources.

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data.episode import PERTURBED_KEY, Episode
+from envs.libero import frame_from_robosuite
 
 
 @dataclass
@@ -51,7 +52,10 @@ def read_lerobot(
     wanted = [keys.state, keys.action, *keys.cameras.values()]
     missing = [k for k in wanted if k not in have]
     if missing:
-        raise KeyError(f"{root}: dataset has no keys {missing}; it has {sorted(have)}. Adjust the reader's key map.")
+        raise KeyError(
+            f"{root}: dataset has no keys {missing}; it has {sorted(have)}. Map them with "
+            "data.camera_keys={agentview: <key>, wrist: <key>}, data.state_key=<key>, data.action_key=<key>"
+        )
     ends = np.cumsum([ds.meta.episodes[i]["length"] for i in range(ds.num_episodes)])
     start = 0
     for ep, end in enumerate(ends):
@@ -138,7 +142,9 @@ def read_libero_hdf5(path: str | Path, keys: LiberoHDF5Keys | None = None) -> It
                     raise KeyError(f"{where}: missing key {k!r}")
             state = np.concatenate([np.asarray(g["obs"][s], dtype=np.float32) for s in keys.state], axis=1)
             yield Episode(
-                images={cam: np.asarray(g["obs"][src]) for cam, src in keys.cameras.items()},
+                # LIBERO's own files hold robosuite's raw (bottom-up) frames; turn them to the
+                # orientation that the public ports and envs.libero use.
+                images={cam: frame_from_robosuite(np.asarray(g["obs"][src])) for cam, src in keys.cameras.items()},
                 state=state,
                 actions=np.asarray(g[keys.action], dtype=np.float32),
                 task=task,

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task per variant")
     parser.add_argument("--execute-steps", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--suite", default="builtin", help="builtin or a LIBERO suite (libero_object, ...)")
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: every task of the suite)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument(
@@ -62,19 +63,23 @@ def main() -> None:
             videos_per_task=0,
             sampler_overrides=over,
             tasks=tasks,
+            suite=args.suite,
         )
         res = evaluate(ckpt, cfg, out / f"variant_{i:02d}", progress=False)
         rows.append({"variant": name, "overrides": over, **{k: res[k] for k in ("mean_success", "per_task_success")}})
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)
     tasks = list(rows[0]["per_task_success"])
     n = args.episodes * len(tasks)
+    same = "same initial states" if args.suite != "builtin" else "same seeds"
     lines = [
-        f"| decoding ({n} episodes each, same seeds) | mean | " + " | ".join(tasks) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in tasks) + " |",
+        f"| decoding ({n} episodes each, {same}) | mean | s.e. | " + " | ".join(tasks) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in tasks) + " |",
     ]
-    for r in rows:
-        per = " | ".join(f"{100 * r['per_task_success'][t]:.0f}" for t in tasks)
-        lines.append(f"| {r['variant']} | {100 * r['mean_success']:.1f} | {per} |")
+    for row in rows:
+        p = row["mean_success"]
+        row["standard_error"] = (p * (1 - p) / n) ** 0.5  # binomial, over all episodes of the row
+        per = " | ".join(f"{100 * row['per_task_success'][t]:.0f}" for t in tasks)
+        lines.append(f"| {row['variant']} | {100 * p:.1f} | {100 * row['standard_error']:.1f} | {per} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablation.json", json.dumps(rows, indent=2))

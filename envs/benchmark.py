@@ -1,6 +1,9 @@
-"""`vla-bench-env`: built-in suite speed, steps per second with both cameras rendered.
+"""`vla-bench-env`: simulation speed, steps per second with both cameras rendered, and physics alone.
 
-Run it pinned to one core (`taskset -c 0 vla-bench-env`) to read the one-core figure.
+    vla-bench-env                               # the built-in suite, every task
+    vla-bench-env --suite libero_object         # LIBERO task 0: fast and LIBERO rendering modes
+
+Run it pinned to one core (`taskset -c 0 vla-bench-env ...`) to read the one-core figure.
 """
 
 from __future__ import annotations
@@ -9,34 +12,73 @@ import argparse
 import os
 import time
 
+import numpy as np
+
+
+def _rate(step, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return n / (time.perf_counter() - t0)
+
+
+def builtin(steps: int, image_size: int) -> None:
+    from envs.tabletop import TASKS, TabletopEnv
+
+    print(f"{'task':<16}{'steps/s':>9}{'physics only':>14}")
+    for task in TASKS:
+        env = TabletopEnv(task, image_size=image_size)
+        env.reset(seed=0)
+
+        def step(env=env):
+            *_, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:  # an ended episode refuses further steps
+                env.reset()
+
+        full = _rate(step, steps)
+        physics = _rate(lambda env=env: env.simulate(env.action_space.sample()), steps)
+        env.close()
+        print(f"{task:<16}{full:>9.1f}{physics:>14.1f}")
+
+
+def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
+    from envs.libero import LiberoEnv, RenderMode, setup, suite_tasks
+
+    setup()
+    task = suite_tasks(suite)[task_index]
+    print(f"{suite} task {task_index} ({task}), hold-still actions from official initial state 0")
+    print(f"{'rendering':<12}{'steps/s':>9}{'2 cameras (ms)':>16}{'physics only':>14}{'faces drawn':>13}")
+    hold = np.array([0, 0, 0, 0, 0, 0, -1.0])
+    for mode in (RenderMode.fast, RenderMode.libero):
+        env = LiberoEnv(suite, task, image_size=image_size, render_mode=mode)
+        env.reset(options={"init_state": 0})  # builds the renderer (and, once, the simplified meshes)
+
+        def step(env=env):
+            *_, terminated, truncated, _ = env.step(hold)
+            if terminated or truncated:
+                env.reset(options={"init_state": 0})
+
+        full = _rate(step, steps)
+        render_ms = 1000 / _rate(env.render_cameras, steps)
+        physics = _rate(lambda env=env: env.simulate(hold), steps)
+        faces = int(env._cameras.model.mesh_facenum.sum())
+        env.close()
+        print(f"{mode.value:<12}{full:>9.1f}{render_ms:>16.1f}{physics:>14.1f}{faces:>13,}")
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="builtin", help="builtin or a LIBERO suite (libero_object, ...)")
+    parser.add_argument("--task", type=int, default=0, help="LIBERO: task index in the suite")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from envs.tabletop import TASKS, TabletopEnv
-
-    print(
-        f"built-in suite, two {args.image_size} px cameras, random actions, cores usable: {len(os.sched_getaffinity(0))}"
-    )
-    print(f"{'task':<16}{'steps/s':>9}{'physics only':>14}")
-    for task in TASKS:
-        env = TabletopEnv(task, image_size=args.image_size)
-        env.reset(seed=0)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            *_, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:  # an ended episode refuses further steps
-                env.reset()
-        full = args.steps / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            env.simulate(env.action_space.sample())
-        physics = args.steps / (time.perf_counter() - t0)
-        env.close()
-        print(f"{task:<16}{full:>9.1f}{physics:>14.1f}")
+    print(f"two {args.image_size} px cameras, cores usable: {len(os.sched_getaffinity(0))}")
+    if args.suite == "builtin":
+        builtin(args.steps, args.image_size)
+    else:
+        libero(args.suite, args.task, args.steps, args.image_size)
 
 
 if __name__ == "__main__":

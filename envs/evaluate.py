@@ -2,6 +2,10 @@
 
 Episodes are spread over worker processes (each loads the checkpoint once). The policy is
 queried for a chunk of H actions, the first `execute_steps` are executed, then it re-plans.
+Suites with official initial states (LIBERO) start episode e of a task from state
+`init_states[e]`; the built-in suite draws its layout from seed `seed + e`. Everything a
+worker would trip over (suite, tasks, initial states, the checkpoint's cameras and widths) is
+checked before the pool starts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class EvalConfig:
     videos_per_task: int = 1
     threads_per_worker: int = 1
     sampler_overrides: dict = field(default_factory=dict)  # e.g. {"steps": 1} for ablations
+    # LIBERO: indices of the official initial states to run (empty: the first episodes_per_task).
+    init_states: list[int] = field(default_factory=list)
+    # LIBERO rendering, "libero" or "fast"; empty: the mode the checkpoint's data was recorded in.
+    render_mode: str = ""
 
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1:
@@ -49,9 +57,9 @@ def _observation(obs: dict, instruction: str, cameras: list[str]) -> dict:
     return {"images": {c: obs[c] for c in cameras}, "state": obs["state"], "instruction": instruction}
 
 
-def rollout(policy, env, seed: int, execute_steps: int, record: bool = False) -> dict:
+def rollout(policy, env, seed: int, execute_steps: int, record: bool = False, init_state: int | None = None) -> dict:
     """One episode. Returns success, steps, inference time, and frames when `record`."""
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=None if init_state is None else {"init_state": init_state})
     policy.reset(seed)
     instruction = env.unwrapped.instruction
     k = execute_steps or policy.cfg.chunk_size
@@ -98,7 +106,7 @@ def sampler_with_overrides(sampler, overrides: dict):
     return from_dict(type(sampler), {**to_dict(sampler), **overrides}, "eval.sampler_overrides")
 
 
-def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None:
+def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str) -> None:
     import torch
 
     from vla.policy import VLAPolicy
@@ -107,41 +115,87 @@ def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int) -> None
     policy = VLAPolicy.load(checkpoint)
     policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
     _WORKER["policy"] = policy
+    _WORKER["render_mode"] = render_mode
     _WORKER["envs"] = {}
 
 
-def _run_episode(job: tuple[str, str, int, int, bool]) -> dict:
+def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
     from envs.registry import make_env
 
-    suite, task, seed, execute_steps, record = job
+    suite, task, seed, init_state, execute_steps, record = job
     policy = _WORKER["policy"]
     env = _WORKER["envs"].get(task)
     if env is None:
-        env = _WORKER["envs"][task] = make_env(suite, task, image_size=render_size(policy.cfg))
+        # One live simulator per worker: LIBERO scenes hold hundreds of MB of meshes and textures.
+        for old in _WORKER["envs"].values():
+            old.close()
+        _WORKER["envs"] = {}
+        env = _WORKER["envs"][task] = make_env(suite, task, render_size(policy.cfg), _WORKER["render_mode"])
         obs_space = env.observation_space
         policy.check_compatible(env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
-    result = rollout(policy, env, seed, execute_steps, record)
-    return {"task": task, "seed": seed, **result}
+    result = rollout(policy, env, seed, execute_steps, record, init_state)
+    return {"task": task, "seed": seed, "init_state": init_state, **result}
+
+
+def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | None], str]:
+    """(tasks, initial-state indices or None per episode, render mode), all checked against the
+    suite and the checkpoint: every mistake is reported here, before any worker starts."""
+    from envs.registry import get_suite
+    from vla.model import check_compatible
+
+    suite = get_suite(cfg.suite)
+    available = suite.tasks()
+    tasks = list(cfg.tasks) or available
+    unknown = [t for t in tasks if t not in available]
+    if unknown:
+        raise KeyError(f"eval.tasks: {unknown} not in suite {cfg.suite!r}; available: {available}")
+    observation, action = suite.spaces(render_size(policy_cfg))
+    check_compatible(policy_cfg, action.shape[0], observation["state"].shape[0], list(observation.keys()))
+    if not suite.official_states:
+        if cfg.init_states:
+            raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
+        return tasks, [None] * cfg.episodes_per_task, ""
+    from envs.libero import RenderMode, init_states
+
+    states = list(cfg.init_states) or list(range(cfg.episodes_per_task))
+    for task in tasks:
+        n = len(init_states(cfg.suite, task))
+        bad = [i for i in states if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"eval.init_states: {bad} out of range for {cfg.suite}/{task}, which has {n} (0..{n - 1})")
+    trained = policy_cfg.render_mode
+    mode = cfg.render_mode or trained or RenderMode.libero
+    if mode not in {m.value for m in RenderMode}:
+        raise ValueError(f"eval.render_mode={mode!r}; choose one of {[m.value for m in RenderMode]}")
+    if trained and mode != trained:
+        log.warning(
+            "evaluating with render_mode=%s but the checkpoint's data was rendered in %s mode: "
+            "expect lower success (set eval.render_mode=%s to match)",
+            mode,
+            trained,
+            trained,
+        )
+    return tasks, states, str(mode)
 
 
 def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run the suite; write results.json and videos under out_dir; return the results dict."""
     from tqdm import tqdm
 
-    from envs.registry import suite_tasks
     from vla.configs import from_dict
     from vla.policy import PolicyConfig, VLAPolicy
 
     # Checked here, not buried under the worker pool's BrokenProcessPool.
     meta = VLAPolicy.check_checkpoint(checkpoint)
-    sampler_with_overrides(from_dict(PolicyConfig, meta["policy"], "policy").sampler, dict(cfg.sampler_overrides))
+    policy_cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+    sampler_with_overrides(policy_cfg.sampler, dict(cfg.sampler_overrides))
+    tasks, states, render_mode = plan_episodes(cfg, policy_cfg)
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
-    tasks = cfg.tasks or suite_tasks(cfg.suite)
     jobs = [
-        (cfg.suite, task, cfg.seed + e, cfg.execute_steps, e < cfg.videos_per_task)
+        (cfg.suite, task, cfg.seed + e, state, cfg.execute_steps, e < cfg.videos_per_task)
         for task in tasks
-        for e in range(cfg.episodes_per_task)
+        for e, state in enumerate(states)
     ]
     ctx = mp.get_context("spawn")
     episodes = []
@@ -150,17 +204,20 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
         max(1, cfg.workers),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker),
+        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode),
     ) as pool:
         for res in tqdm(pool.map(_run_episode, jobs), total=len(jobs), desc="evaluating", disable=not progress):
             frames = res.pop("frames")
             if frames:
-                res["video"] = str(_write_video(out_dir / "videos" / f"{res['task']}_seed{res['seed']}.mp4", frames))
+                name = res["task"] + (
+                    f"_init{res['init_state']}" if res["init_state"] is not None else f"_seed{res['seed']}"
+                )
+                res["video"] = str(_write_video(out_dir / "videos" / f"{name}.mp4", frames))
             episodes.append(res)
     per_task = {task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks}
     results = {
         "checkpoint": checkpoint,
-        "config": {k: v for k, v in cfg.__dict__.items()},
+        "config": {**cfg.__dict__, "init_states": [s for s in states if s is not None], "render_mode": render_mode},
         "per_task_success": per_task,
         "mean_success": float(np.mean(list(per_task.values()))),
         "episodes": episodes,
@@ -183,7 +240,7 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> Path:
 
 def format_table(results: dict) -> str:
     per_task = results["per_task_success"]
-    n = results["config"]["episodes_per_task"]
+    n = len(results["episodes"]) // max(1, len(per_task))
     width = max(len(t) for t in per_task) + 2
     lines = [f"{'task':<{width}}success ({n} episodes each)", "-" * (width + 28)]
     lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]

@@ -109,25 +109,31 @@ FAULT_STEPS = (3, 8)  # a fault lasts this many steps (inclusive)
 
 
 def run_expert_episode(
-    env: TabletopEnv,
+    env,
     seed: int,
     noise: float = 0.0,
     faults: float = 0.0,
     rng: np.random.Generator | None = None,
+    expert=None,
 ):
     """Roll out the expert once. Returns (frames, success); frames hold obs + clean action +
     `perturbed` (a fault replaced the executed action at that frame).
 
     `noise`: std of Gaussian noise on the executed translation. `faults`: per-step
     probability that a fault starts; for FAULT_STEPS steps it replaces the executed translation
-    by a random constant push, or (half of the faults) inverts the executed gripper command."""
+    by a random constant push, or (half of the faults) inverts the executed gripper command.
+    `expert`: the built-in suite's by default; another suite's expert has `start()` (called
+    after the reset) and `act()`, and its env a `max_episode_steps`."""
     rng = rng or np.random.default_rng(seed)
-    expert = ScriptedExpert(env)
+    expert = expert or ScriptedExpert(env)
     obs, info = env.reset(seed=seed)
+    if hasattr(expert, "start"):
+        expert.start()
     frames = []
     success = False
     fault_left, push = 0, None
-    for _ in range(env.task.max_episode_steps):
+    limit = getattr(env, "max_episode_steps", None) or env.task.max_episode_steps
+    for _ in range(limit):
         action = expert.act().astype(np.float32)
         executed = action.copy()
         if noise > 0:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gymnasium as gym
 
+from envs.libero import SUITES as LIBERO_SUITES
+
 _REGISTERED = False
+
+
+@dataclass(frozen=True)
+class Suite:
+    tasks: Callable[[], list[str]]
+    make: Callable[..., gym.Env]  # (task, image_size, render_mode) -> env
+    spaces: Callable[[int], tuple]  # image_size -> (observation space, action space), without building an env
+    official_states: bool  # episodes start from the benchmark's fixed initial states (by index), not seeds
 
 
 def _builtin_tasks() -> list[str]:
@@ -33,26 +44,57 @@ def register_builtin() -> None:
     _REGISTERED = True
 
 
-def _make_builtin(task: str, image_size: int) -> gym.Env:
+def _make_builtin(task: str, image_size: int, render_mode: str | None = None) -> gym.Env:
     os.environ.setdefault("MUJOCO_GL", "egl")
     register_builtin()
     if task not in _builtin_tasks():
         raise KeyError(f"unknown task {task!r} in suite 'builtin'; available: {_builtin_tasks()}")
+    if render_mode not in (None, ""):
+        raise ValueError(f"the built-in suite has one rendering; render_mode={render_mode!r} applies to LIBERO")
     return gym.make(f"vla/Tabletop-{task}-v0", image_size=image_size)
 
 
-SUITES: dict[str, tuple[Callable[[], list[str]], Callable[[str, int], gym.Env]]] = {
-    "builtin": (_builtin_tasks, _make_builtin),
+def _builtin_spaces(image_size: int):
+    from envs.tabletop import spaces
+
+    return spaces(image_size)
+
+
+def _libero(suite: str) -> Suite:
+    def tasks() -> list[str]:
+        from envs.libero import suite_tasks
+
+        return suite_tasks(suite)
+
+    def make(task: str, image_size: int, render_mode: str | None = None) -> gym.Env:
+        from envs.libero import LiberoEnv, RenderMode
+
+        return LiberoEnv(suite, task, image_size=image_size, render_mode=render_mode or RenderMode.libero)
+
+    def spaces(image_size: int):
+        from envs.libero import spaces
+
+        return spaces(image_size)
+
+    return Suite(tasks, make, spaces, official_states=True)
+
+
+SUITES: dict[str, Suite] = {
+    "builtin": Suite(_builtin_tasks, _make_builtin, _builtin_spaces, official_states=False),
+    **{name: _libero(name) for name in LIBERO_SUITES},
 }
 
 
+def get_suite(suite: str) -> Suite:
+    if suite not in SUITES:
+        hint = " ('libero' is not a suite: name one, e.g. libero_object)" if suite == "libero" else ""
+        raise KeyError(f"unknown environment suite {suite!r}{hint}; available: {sorted(SUITES)}")
+    return SUITES[suite]
+
+
 def suite_tasks(suite: str) -> list[str]:
-    if suite not in SUITES:
-        raise KeyError(f"unknown environment suite {suite!r}; available: {sorted(SUITES)}")
-    return SUITES[suite][0]()
+    return get_suite(suite).tasks()
 
 
-def make_env(suite: str, task: str, image_size: int = 128) -> gym.Env:
-    if suite not in SUITES:
-        raise KeyError(f"unknown environment suite {suite!r}; available: {sorted(SUITES)}")
-    return SUITES[suite][1](task, image_size)
+def make_env(suite: str, task: str, image_size: int = 128, render_mode: str | None = None) -> gym.Env:
+    return get_suite(suite).make(task, image_size, render_mode)

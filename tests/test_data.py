@@ -173,21 +173,23 @@ def test_resumable_batches_continue_the_same_stream():
     assert [next(it2) for _ in range(3)] == first[4:]
 
 
-def _write_port(root, cams: dict[str, str], state_dim: int, episodes=2, t=4):
+def _write_port(
+    root, cams: dict[str, str], state_dim: int, episodes=2, t=4, state_key="observation.state", action_key="action"
+):
     """A LeRobotDataset v3 in a public port's schema, written with lerobot's API."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     img = {"dtype": "image", "shape": (16, 16, 3), "names": ["height", "width", "channels"]}
     features = {key: dict(img) for key in cams.values()}
-    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": None}
-    features["action"] = {"dtype": "float32", "shape": (7,), "names": None}
+    features[state_key] = {"dtype": "float32", "shape": (state_dim,), "names": None}
+    features[action_key] = {"dtype": "float32", "shape": (7,), "names": None}
     ds = LeRobotDataset.create("local/port", 10, features, root=root, use_videos=False)
     rng = np.random.default_rng(0)
     for _ in range(episodes):
         for _ in range(t):
             frame = {key: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for key in cams.values()}
-            frame["observation.state"] = rng.normal(size=state_dim).astype(np.float32)
-            frame["action"] = rng.uniform(-1, 1, 7).astype(np.float32)
+            frame[state_key] = rng.normal(size=state_dim).astype(np.float32)
+            frame[action_key] = rng.uniform(-1, 1, 7).astype(np.float32)
             frame["task"] = "put the carrot on the plate"
             ds.add_frame(frame)
         ds.save_episode()
@@ -215,3 +217,62 @@ def test_record_config_refuses_bad_perturbations():
         RecordConfig(faults=1.5)
     with pytest.raises(ValueError, match="record.noise"):
         RecordConfig(noise=-0.1)
+
+
+def test_on_disk_cache_reads_the_same_frames_as_memory(tmp_path):
+    from data.cache import RawFrames
+
+    eps = [episode(t=t, seed=s) for s, t in enumerate((5, 70, 9))]  # 84 frames: two chunks, the second partial
+    build_cache(eps, tmp_path / "c.zarr")
+    disk, memory = ZarrCache(tmp_path / "c.zarr", in_memory=False), ZarrCache(tmp_path / "c.zarr", in_memory=True)
+    assert not disk.in_memory and memory.in_memory and ZarrCache(tmp_path / "c.zarr").in_memory  # auto: small
+    for cam in disk.cameras:
+        assert isinstance(disk.images[cam], RawFrames) and disk.images[cam].shape == memory.images[cam].shape
+        for i in (0, 63, 64, 83):
+            np.testing.assert_array_equal(disk.images[cam][i], memory.images[cam][i])
+    np.testing.assert_array_equal(disk.images["wrist"][80], eps[2].images["wrist"][80 - 75])
+    a, b = ChunkDataset(disk, 4, ["agentview", "wrist"]), ChunkDataset(memory, 4, ["agentview", "wrist"])
+    for i in (3, 40, 83):
+        for key in ("images", "state", "actions", "action_is_pad"):
+            np.testing.assert_array_equal(a[i][key], b[i][key])
+    with pytest.raises(IndexError, match="frame 84 out of range"):
+        disk.images["agentview"][84]
+    chunk = tmp_path / "c.zarr" / "images" / "agentview" / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated .*rebuild the cache"):
+        disk.images["agentview"][70]
+
+
+def test_libero_hdf5_frames_turn_to_the_ports_orientation(tmp_path):
+    write_libero_hdf5(tmp_path / "task.hdf5", demos=1)
+    with h5py.File(tmp_path / "task.hdf5") as f:
+        raw = f["data/demo_0/obs/agentview_rgb"][:]
+    (ep,) = read_libero_hdf5(tmp_path / "task.hdf5")
+    np.testing.assert_array_equal(ep.images["agentview"], raw[:, ::-1, ::-1])
+
+
+def test_key_maps_are_set_from_the_command_line(tmp_path):
+    """openpi's LIBERO port names its keys `image`, `wrist_image`, `state`, `actions`."""
+    from helpers import composed
+
+    from train.config import DataConfig
+    from train.hydra_app import to_train_config
+    from train.loop import _episodes
+
+    cams = {"agentview": "image", "wrist": "wrist_image"}
+    root = _write_port(tmp_path / "port", cams, 8, state_key="state", action_key="actions")
+    cfg = to_train_config(
+        composed(
+            [
+                "data.source=lerobot",
+                f"data.root={root}",
+                "data.camera_keys={agentview: image, wrist: wrist_image}",  # no '+' needed
+                "data.state_key=state",
+                "data.action_key=actions",
+            ]
+        )
+    )
+    eps = list(_episodes(cfg.data))
+    assert len(eps) == 2 and eps[0].state.shape == (4, 8) and eps[0].actions.shape == (4, 7)
+    with pytest.raises(KeyError, match=r"no keys \['observation.state'\].*data.state_key="):
+        list(_episodes(DataConfig(source="lerobot", root=str(root), camera_keys=cams, action_key="actions")))

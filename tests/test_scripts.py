@@ -80,4 +80,8 @@ def test_benchmarks(checkpoint, debug_data_root):
     out = run(
         "vla-bench-data", "--cache", f"{debug_data_root}.zarr", "--episodes", "1", "--batches", "1", "--batch-size", "2"
     )
-    assert "zarr cache, read from disk" in out
+    assert "zarr cache, from disk" in out and "loaded in memory" in out
+    out = run("vla-bench-data", "--synthetic", "300", "--image-size", "32", "--episodes", "1", "--batches", "1")
+    assert "built a 300-frame synthetic cache" in out and "300" in out
+    out = run("vla-bench-env", "--suite", "libero_object", "--steps", "3", "--image-size", "32")
+    assert "fast" in out and "libero" in out and "faces drawn" in out

@@ -51,30 +51,54 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
             log.info("no demonstrations at %s: recording the built-in suite with scripted experts", root)
             record_builtin(cfg.record, root)
         check_recording(cfg.record, root)
+    if cfg.source == "libero_scripted" and (root.exists() or not cache.exists()):
+        from data.record_libero import check_recording, record_libero
+
+        if not (root / "meta" / "info.json").exists():
+            log.info("no demonstrations at %s: recording %s with its scripted expert", root, cfg.libero.suite)
+            record_libero(cfg.libero, root)
+        check_recording(cfg.libero, root)
     if not cache.exists():
         build_cache(_episodes(cfg), cache)
-    return ZarrCache(cache)
+    in_memory = {"auto": None, "memory": True, "disk": False}[cfg.cache_mode]
+    opened = ZarrCache(cache, in_memory=in_memory)
+    where = "memory" if opened.in_memory else "disk"
+    log.info("training data: %s (%.1f GB of images), read from %s", cache, opened.image_bytes / 1e9, where)
+    return opened
 
 
 def _episodes(cfg: DataConfig):
-    from data.readers import LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
+    from data.readers import LIBERO_LEROBOT_KEYS, LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
 
-    if cfg.source in ("builtin", "lerobot"):
-        keys = LeRobotKeys(cameras=dict(cfg.camera_keys)) if cfg.camera_keys else LeRobotKeys()
+    if cfg.source in ("builtin", "lerobot", "libero_scripted"):
+        keys = LIBERO_LEROBOT_KEYS if cfg.source == "libero_scripted" else LeRobotKeys()
+        keys = replace(
+            keys,
+            cameras=dict(cfg.camera_keys) or keys.cameras,
+            state=cfg.state_key or keys.state,
+            action=cfg.action_key or keys.action,
+        )
         return read_lerobot(cfg.root, keys)
     files = sorted(Path(cfg.root).glob("*.hdf5"))
     if not files:
         raise FileNotFoundError(f"data.root={cfg.root} holds no LIBERO .hdf5 files")
-    keys = LiberoHDF5Keys(cameras=dict(cfg.camera_keys)) if cfg.camera_keys else LiberoHDF5Keys()
+    if cfg.state_key:
+        raise ValueError(
+            "data.state_key applies to LeRobot sources; LIBERO .hdf5 files concatenate ee_states and gripper_states"
+        )
+    keys = LiberoHDF5Keys()
+    keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
     return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
 
 
-def policy_config_for(cfg: PolicyConfig, cache: ZarrCache) -> PolicyConfig:
-    """The policy config with the data's frame shapes recorded (the checkpoint's camera contract)."""
+def policy_config_for(cfg: PolicyConfig, cache: ZarrCache, data: DataConfig | None = None) -> PolicyConfig:
+    """The policy config with the data's frame shapes (the checkpoint's camera contract) and,
+    for simulated recordings, their rendering mode recorded."""
     shapes = {c: [int(n) for n in cache.images[c].shape[1:3]] for c in cfg.cameras if c in cache.images}
     if cfg.camera_shapes and cfg.camera_shapes != shapes:
         raise ValueError(f"policy.camera_shapes={cfg.camera_shapes} but the data's frames are {shapes}")
-    return replace(cfg, camera_shapes=shapes)
+    render_mode = data.libero.render_mode if data is not None and data.source == "libero_scripted" else cfg.render_mode
+    return replace(cfg, camera_shapes=shapes, render_mode=render_mode)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -108,7 +132,6 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     lock = RunLock(run_dir).acquire() if rank == 0 else None
     interrupt = Interrupt()
-    interrupt.install()
     try:
         return _train(cfg, device, rank, world, interrupt)
     finally:
@@ -132,7 +155,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     if rank != 0:
         cache = prepare_data(cfg.data)
 
-    policy_cfg = policy_config_for(cfg.policy, cache)
+    if cfg.eval.suite == "libero":  # the LIBERO suite whose tasks the data holds
+        from envs.libero import suite_for_instructions
+
+        cfg = replace(cfg, eval=replace(cfg.eval, suite=suite_for_instructions(cache.tasks)))
+        ckpt.cfg = cfg
+        log.info("evaluating on %s, the LIBERO suite these demonstrations come from", cfg.eval.suite)
+    policy_cfg = policy_config_for(cfg.policy, cache, cfg.data)
     policy = VLAModel(policy_cfg, cache.stats).to(device)
     policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
     dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
@@ -157,9 +186,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     loop = _Loop(cfg, model, policy, params, optimizer, scheduler, ema, ckpt, writer, rank, world, device)
+    # Signals are deferred to the end of a step only while training: recording, cache building
+    # and the final evaluation stop at once (their outputs are atomic or resumable).
+    interrupt.install()
     try:
         step = loop.run(iter(loader), step, interrupt)
     finally:
+        interrupt.restore()
         loop.pbar.close()
     if world > 1:  # every rank leaves together once rank 0 has written; the evaluation needs no group
         torch.distributed.barrier()

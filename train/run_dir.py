@@ -88,8 +88,8 @@ def existing_checkpoints(checkpoint_dir: Path) -> list[str]:
 
 @dataclass
 class Interrupt:
-    """SIGINT/SIGTERM set `signal`; the loop saves at the end of the step and stops. A second
-    SIGINT while saving raises KeyboardInterrupt at once."""
+    """While installed (the training loop), SIGINT/SIGTERM set `signal`; the loop saves at the
+    end of the step and stops. A second SIGINT while saving raises KeyboardInterrupt at once."""
 
     signal: int = 0
     previous: dict = field(default_factory=dict)

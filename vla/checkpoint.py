@@ -98,9 +98,18 @@ def check_checkpoint(path: str | Path, verify: bool = True) -> dict:
 
 def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyConfig:
     """The checkpoint's PolicyConfig, type-checked; keys that older versions wrote and that no
-    longer exist (`action_tokenizer.low_quantile` / `high_quantile`, never used) are dropped."""
+    longer exist (`action_tokenizer.low_quantile` / `high_quantile`, never used; `rotate_180`
+    when false) are dropped."""
     path = Path(path)
     saved = (meta if meta is not None else load_json(path / "config.json"))["policy"]
+    if isinstance(saved, dict) and "rotate_180" in saved:
+        if saved["rotate_180"]:
+            raise CheckpointError(
+                f"{path / 'config.json'}: policy.rotate_180=true (the model turned its frames); image orientation is "
+                "now fixed by the readers and environments (envs/libero.py), so this checkpoint would see its "
+                "frames upside down: retrain it"
+            )
+        saved = {k: v for k, v in saved.items() if k != "rotate_180"}
     if isinstance(saved, dict) and isinstance(saved.get("action_tokenizer"), dict):
         saved = {
             **saved,

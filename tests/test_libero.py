@@ -1,0 +1,309 @@
+"""LIBERO offline: every suite builds and runs, image orientation is one convention from
+simulator to recording to policy, the scripted expert solves a task, a tiny policy runs
+through `vla-eval`, and mistakes are named before any worker starts."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_policy_config, tiny_stats
+
+from envs import libero
+
+OBJECT_TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_libero():
+    libero.setup()
+
+
+@pytest.mark.parametrize("suite", libero.SUITES)
+def test_every_suite_builds_resets_steps_and_renders(suite):
+    tasks = libero.suite_tasks(suite)
+    assert len(tasks) == (90 if suite == "libero_90" else 10)
+    env = libero.LiberoEnv(suite, tasks[0], image_size=32, render_mode="fast")
+    try:
+        obs, info = env.reset(options={"init_state": 0})
+        assert info["init_state"] == 0 and len(env.init_states) == 50
+        assert env.max_episode_steps == libero.MAX_STEPS[suite]
+        obs, reward, terminated, truncated, info = env.step(np.zeros(7))
+        assert env.observation_space.contains(obs), {k: (v.shape, v.dtype) for k, v in obs.items()}
+        assert set(obs) == {"agentview", "wrist", "state"} and obs["agentview"].std() > 5  # a real picture
+        assert not truncated and isinstance(env.instruction, str) and env.instruction
+    finally:
+        env.close()
+
+
+def test_setup_writes_the_config_itself_and_never_prompts(tmp_path):
+    """A fresh machine (no ~/.libero, no stdin): importing LIBERO through setup() must not ask."""
+    code = (
+        "from envs import libero; libero.setup(); "
+        "from libero.libero import get_libero_path; print(get_libero_path('bddl_files'))"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "VLA_CACHE": str(tmp_path / "cache")}
+    env.pop("LIBERO_CONFIG_PATH", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("bddl_files")
+    assert (tmp_path / "cache" / "libero" / "config.yaml").is_file()
+
+
+def test_missing_assets_say_what_to_install(monkeypatch):
+    real = libero._package_dir
+    monkeypatch.setattr(libero, "_package_dir", lambda name: None if "assets" in name else real(name))
+    with pytest.raises(libero.LiberoUnavailable, match=r"pip install -e '\.\[libero\]'"):
+        libero.setup()
+
+
+def test_orientation_is_the_ports_and_matches_libero_own_frames():
+    """Our `libero`-mode frames equal LIBERO's own camera observations (robosuite's render)
+    turned by 180 degrees, the public ports' convention, pixel for pixel."""
+    from libero.libero import get_libero_path
+    from libero.libero.envs import OffScreenRenderEnv
+
+    ours = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=64, render_mode="libero", settle_steps=0)
+    task = libero._task("libero_object", OBJECT_TASK)
+    theirs = OffScreenRenderEnv(
+        bddl_file_name=str(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file),
+        camera_heights=64,
+        camera_widths=64,
+    )
+    try:
+        obs, _ = ours.reset(options={"init_state": 3})
+        theirs.reset()
+        raw = theirs.set_init_state(ours.init_states[3])
+        for cam, name in libero.CAMERAS.items():
+            np.testing.assert_array_equal(obs[cam], libero.frame_from_robosuite(raw[f"{name}_image"]))
+        # ... which is the true view (mujoco.Renderer) mirrored left-right
+        assert not np.array_equal(obs["agentview"], raw["agentview_image"])
+        np.testing.assert_allclose(obs["state"][:3], raw["robot0_eef_pos"], atol=1e-6)
+        np.testing.assert_allclose(obs["state"][6:], raw["robot0_gripper_qpos"], atol=1e-6)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_recorded_frames_are_the_frames_evaluation_feeds_the_policy(tmp_path):
+    """Record one demonstration, read it back through the training reader, and compare its
+    first frame with what the environment gives a policy for the same reset."""
+    from data.readers import LIBERO_LEROBOT_KEYS, read_lerobot
+    from data.record_libero import LiberoRecordConfig, check_recording, record_libero
+
+    cfg = LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=1, image_size=32, workers=1, faults=0.0)
+    root = record_libero(cfg, tmp_path / "demos")
+    check_recording(cfg, root)
+    assert not (tmp_path / "demos.parts").exists()  # parts are removed once assembled
+    (episode,) = read_lerobot(root, LIBERO_LEROBOT_KEYS)
+    assert episode.task == "pick up the alphabet soup and place it in the basket"
+    env = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=32, render_mode="fast")
+    try:
+        obs, _ = env.reset(seed=0 * 1_000_000 + 0 * 10_000 + 0)  # the recorder's seed for episode 0 of task 0
+        for cam in ("agentview", "wrist"):
+            np.testing.assert_array_equal(episode.images[cam][0], obs[cam])
+        np.testing.assert_allclose(episode.state[0], obs["state"])
+    finally:
+        env.close()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert {"observation.images.image", "observation.images.wrist_image", "observation.state", "action"} <= set(
+        info["features"]
+    )
+    other = LiberoRecordConfig(
+        tasks=[OBJECT_TASK], episodes_per_task=1, image_size=32, faults=0.0, render_mode="libero"
+    )
+    with pytest.raises(ValueError, match="render_mode: recorded 'fast', asked 'libero'"):
+        check_recording(other, root)
+
+
+def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
+    import data.record_libero as rec
+
+    cfg = rec.LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=2, image_size=32, workers=1, faults=0.0)
+    calls = []
+    real = rec._episode
+
+    def failing_second(job):
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the recording during episode 2
+        return real(job)
+
+    monkeypatch.setattr(rec, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(rec, "_episode", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        rec.record_libero(cfg, tmp_path / "demos")
+    assert len(list((tmp_path / "demos.parts").glob("*.npz"))) == 1 and not (tmp_path / "demos").exists()
+    calls.clear()
+    monkeypatch.setattr(rec, "_episode", real)
+    try:
+        rec.record_libero(cfg, tmp_path / "demos")  # records only the missing episode
+    finally:
+        for env in rec._WORKER.values():  # the inline "worker" is this process
+            env.close()
+        rec._WORKER.clear()
+    assert (tmp_path / "demos" / "meta" / "info.json").is_file()
+    other = tmp_path / "other.parts"  # parts left by a recording with other settings
+    other.mkdir()
+    (other / "recording.json").write_text(json.dumps({"version": 0}))
+    with pytest.raises(ValueError, match="other settings"):
+        rec.record_libero(cfg, tmp_path / "other")
+
+
+class _InlinePool:
+    """ProcessPoolExecutor stand-in that runs jobs in this process (monkeypatched module globals apply)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, jobs):
+        import data.record_libero as rec
+
+        return (rec._episode(j) for j in jobs)
+
+
+def test_expert_solves_an_official_initial_state():
+    from envs.libero_experts import LiberoObjectExpert
+
+    env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)
+    expert = LiberoObjectExpert(env)
+    try:
+        env.reset(options={"init_state": 0})
+        expert.start()
+        for _ in range(env.max_episode_steps):
+            _, _, terminated, truncated, _ = env.step(expert.act())
+            if terminated or truncated:
+                break
+        assert terminated, "the scripted expert failed LIBERO-Object task 0 from official state 0"
+    finally:
+        env.close()
+
+
+def _tiny_libero_checkpoint(path, **overrides):
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    cfg = tiny_policy_config(
+        action_dim=7,
+        state_dim=8,
+        cameras=["agentview", "wrist"],
+        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
+        **overrides,
+    )
+    return VLAPolicy(VLAModel(cfg, tiny_stats(cfg.action_dim, cfg.state_dim))).save(path)
+
+
+def test_tiny_policy_runs_a_libero_evaluation_through_vla_eval(tmp_path):
+    ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vla-eval"),
+            f"checkpoint={ckpt}",
+            f"out_dir={tmp_path / 'ev'}",
+            "eval.suite=libero_object",
+            f"eval.tasks=[{OBJECT_TASK}]",
+            "eval.init_states=[7]",
+            "eval.workers=1",
+            "eval.videos_per_task=1",
+            "eval.render_mode=fast",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert OBJECT_TASK in out.stdout and "mean" in out.stdout
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["config"]["init_states"] == [7] and results["config"]["render_mode"] == "fast"
+    (episode,) = results["episodes"]
+    assert episode["init_state"] == 7
+    assert episode["success"] or episode["steps"] == libero.MAX_STEPS["libero_object"]
+    assert Path(episode["video"]).name == f"{OBJECT_TASK}_init7.mp4" and Path(episode["video"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"suite": "libero"}, KeyError, "'libero' is not a suite"),
+        ({"suite": "libero_object", "tasks": ["open_the_fridge"]}, KeyError, r"\['open_the_fridge'\] not in suite"),
+        ({"suite": "libero_object", "init_states": [0, 50]}, IndexError, r"\[50\] out of range .* which has 50"),
+        ({"suite": "builtin", "init_states": [0]}, ValueError, "official initial states"),
+        ({"suite": "libero_object", "render_mode": "pretty"}, ValueError, "eval.render_mode='pretty'"),
+    ],
+)
+def test_bad_evaluation_requests_are_named_before_any_worker(tmp_path, overrides, error, message):
+    from envs.evaluate import EvalConfig, evaluate
+
+    ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(error, match=message):
+        evaluate(ckpt, EvalConfig(**overrides), tmp_path / "ev", progress=False)
+
+
+def test_checkpoint_for_other_widths_or_cameras_is_refused_before_any_worker(tmp_path):
+    from envs.evaluate import EvalConfig, evaluate
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    cfg = tiny_policy_config()  # 3-D action, 2-D state, agentview only
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats())).save(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"action width 7 != checkpoint's 3; state width 8 != checkpoint's 2"):
+        evaluate(ckpt, EvalConfig(suite="libero_object"), tmp_path / "ev", progress=False)
+    cfg = tiny_policy_config(action_dim=7, state_dim=8, cameras=["agentview", "overhead"])
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ckpt2")
+    with pytest.raises(ValueError, match=r"cameras \['overhead'\] required by the checkpoint"):
+        evaluate(ckpt, EvalConfig(suite="libero_object"), tmp_path / "ev", progress=False)
+
+
+def test_render_mode_mismatch_warns(tmp_path, caplog):
+    from envs.evaluate import EvalConfig, plan_episodes
+    from vla.checkpoint import saved_policy_config
+
+    ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt", render_mode="fast")
+    policy_cfg = saved_policy_config(ckpt)
+    with caplog.at_level(logging.WARNING):
+        _, states, mode = plan_episodes(EvalConfig(suite="libero_object", episodes_per_task=3), policy_cfg)
+    assert mode == "fast" and states == [0, 1, 2] and not caplog.records  # follows the checkpoint
+    with caplog.at_level(logging.WARNING):
+        _, _, mode = plan_episodes(EvalConfig(suite="libero_object", render_mode="libero"), policy_cfg)
+    assert mode == "libero" and "rendered in fast mode" in caplog.text
+
+
+def test_fast_mode_simplifies_meshes_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLA_CACHE", str(tmp_path))
+    env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)
+    try:
+        env.reset(options={"init_state": 0})
+        model = env.sim.sim.model._model
+        before = int(model.mesh_facenum.sum())
+        cams = libero.Cameras(model, 32, libero.RenderMode.fast)
+        after = int(cams.model.mesh_facenum.sum())
+        assert after < before / 3 and int(model.mesh_facenum.sum()) == before  # physics model untouched
+        cached = sorted((tmp_path / "libero" / "meshes").glob("*.npz"))
+        assert cached and all(f.stat().st_size > 0 for f in cached)
+        mtimes = [f.stat().st_mtime_ns for f in cached]
+        cams.close()
+        libero.Cameras(model, 32, libero.RenderMode.fast).close()  # a second build reads the cache
+        assert [f.stat().st_mtime_ns for f in cached] == mtimes
+    finally:
+        env.close()
+
+
+def test_the_libero_preset_evaluates_on_the_suite_its_data_comes_from():
+    assert libero.suite_for_instructions(["Pick up the alphabet soup and place it in the basket."]) == "libero_object"
+    spatial = [libero._task("libero_spatial", t).language for t in libero.suite_tasks("libero_spatial")]
+    assert libero.suite_for_instructions(spatial) == "libero_spatial"
+    with pytest.raises(ValueError, match="no LIBERO suite holds all 2 instructions.*set eval.suite"):
+        libero.suite_for_instructions([spatial[0], "fold the towel"])
