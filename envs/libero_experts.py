@@ -18,6 +18,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
+from envs.tabletop import mat_to_rotvec
+
 POS_UNIT = 0.05  # metres per unit translation action (OSC_POSE delta)
 ROT_UNIT = 0.5  # radians per unit rotation action
 GAIN = 0.6  # fraction of the remaining error asked per step (the controller lags behind)
@@ -30,15 +32,6 @@ HELD_GAP = 0.008  # a gap above this once the fingers stopped closing means some
 RIM_CLEARANCE = 0.05  # the object's bottom stays this far above the basket region's top while carrying (m)
 REGION = "basket_1_contain_region"
 HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narrow in x, wide in y
-
-
-def _rotvec(m: np.ndarray) -> np.ndarray:
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(m).ravel())
-    if quat[0] < 0:
-        quat = -quat
-    s = np.linalg.norm(quat[1:])
-    return np.zeros(3) if s < 1e-9 else quat[1:] / s * 2.0 * np.arctan2(s, quat[0])
 
 
 def _funnel(target: np.ndarray, eef: np.ndarray, hover: float = HOVER) -> np.ndarray:
@@ -110,7 +103,7 @@ class LiberoObjectExpert:
         eef = obs["robot0_eef_pos"]
         delta = np.clip((target - eef) / POS_UNIT * GAIN / 0.25, -1, 1)  # the hand does ~1/4 of a unit
         current = self.env.sim.robots[0].controller.ee_ori_mat
-        rot = np.clip(_rotvec(DOWN @ current.T) / ROT_UNIT * 0.5, -1, 1)
+        rot = np.clip(mat_to_rotvec(DOWN @ current.T) / ROT_UNIT * 0.5, -1, 1)
         return np.concatenate([delta, rot, [grip]])
 
     def act(self) -> np.ndarray:

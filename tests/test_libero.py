@@ -282,20 +282,22 @@ def test_render_mode_mismatch_warns(tmp_path, caplog):
 
 
 def test_fast_mode_simplifies_meshes_once_into_the_cache(tmp_path, monkeypatch):
+    from envs.libero_render import Cameras
+
     monkeypatch.setenv("VLA_CACHE", str(tmp_path))
     env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)
     try:
         env.reset(options={"init_state": 0})
         model = env.sim.sim.model._model
         before = int(model.mesh_facenum.sum())
-        cams = libero.Cameras(model, 32, libero.RenderMode.fast)
+        cams = Cameras(model, 32, libero.RenderMode.fast)
         after = int(cams.model.mesh_facenum.sum())
         assert after < before / 3 and int(model.mesh_facenum.sum()) == before  # physics model untouched
         cached = sorted((tmp_path / "libero" / "meshes").glob("*.npz"))
         assert cached and all(f.stat().st_size > 0 for f in cached)
         mtimes = [f.stat().st_mtime_ns for f in cached]
         cams.close()
-        libero.Cameras(model, 32, libero.RenderMode.fast).close()  # a second build reads the cache
+        Cameras(model, 32, libero.RenderMode.fast).close()  # a second build reads the cache
         assert [f.stat().st_mtime_ns for f in cached] == mtimes
     finally:
         env.close()
