@@ -1,0 +1,451 @@
+"""The robot agent: a fixed-rate control loop that keeps the robot safe with or without a network.
+
+    agent = RobotAgent(AgentConfig(...), client, robot)     # client: deploy.client.PolicyClient
+    agent.arm()                                             # a new episode (and the only way out of SAFE_STOP)
+    summary = agent.run(max_steps=400)                      # ticks at spec.fps on a monotonic clock
+
+Each tick k (deadline = start + k * period, absolute: a late tick never shifts the ones after):
+observe the robot; take the server's replies and merge a fresh chunk into the plan; set the
+mode; request the next chunk when the plan runs low; send one command through the safety
+filter, or hold, or stop.
+
+Timing. A chunk answers the observation of tick s: its action i is for tick s + i. The next
+chunk is requested when the plan would run out within the estimated delay plus a margin, or
+when `execute_steps` of the current chunk will have run by the time it arrives. The delay is a
+rolling high percentile of measured round trips (a window, so a warm-up spike ages out).
+
+Merging. `rtc` (default): the actions that will run while the request is in flight (this
+tick's and the next d) are sent as `prefix_actions`; the decoder keeps them and inpaints the
+rest, so the new chunk continues what the robot is doing. `naive`: the new chunk replaces the
+plan from the current tick on. `ensemble`: ACT's temporal ensembling, an exponentially weighted
+mean of every chunk covering a tick (older first). A reply is dropped when it is from another
+episode epoch, older than or equal to one already merged, or so late that none of it applies. A
+seam check compares the first new action with the last executed one (continuous dims, as a
+fraction of each range): above `seam_limit` the old plan is kept and the event counted.
+
+Modes, by time since the last merged fresh chunk: NORMAL; DEGRADED (plan low or server
+unreachable: keep executing); HOLD (no planned action, `hold_after_s` without a fresh chunk, a
+non-finite chunk, or the safety filter clamping too often: the adapter holds); SAFE_STOP
+(`safe_stop_after_s` without a fresh chunk, stale or frozen observations, a driver fault or
+e-stop, a server whose spec changed): the adapter stops, and only `arm()` leaves it. On a
+reconnect the plan and any unsent request are dropped, never replayed.
+
+No torch here (a test imports this package in a process that has no torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+import numpy as np
+
+from deploy.client import Connected, Disconnected, ServerError
+from deploy.protocol import Observation, Reply
+from deploy.safety import SafetyConfig, SafetyFilter, UnsafeAction
+
+
+class Mode(StrEnum):
+    DISARMED = "DISARMED"
+    NORMAL = "NORMAL"
+    DEGRADED = "DEGRADED"
+    HOLD = "HOLD"
+    SAFE_STOP = "SAFE_STOP"
+
+
+class Merge(StrEnum):
+    rtc = "rtc"
+    naive = "naive"
+    ensemble = "ensemble"
+
+
+@dataclass
+class AgentConfig:
+    instruction: str = ""  # empty: the robot adapter's own (the simulator's task)
+    merge: Merge = Merge.rtc
+    execute_steps: int = 4  # want a new chunk once this many actions of the current one have run
+    margin_steps: int = 1
+    delay_window: int = 20  # round trips in the delay estimate
+    delay_percentile: float = 90.0
+    initial_delay_s: float = 0.1  # the estimate before any round trip was measured
+    reply_timeout_s: float = 1.0  # an unanswered request is abandoned after this
+    seam_limit: float = 0.5  # fraction of each continuous dim's range; 0 = off
+    ensemble_decay: float = 0.1  # ACT's m: weight exp(-m * i), i = 0 for the oldest chunk
+    hold_after_s: float = 0.3
+    safe_stop_after_s: float = 1.0
+    stale_observation_s: float = 0.25  # an observation stamped longer ago than this is stale
+    # a camera frame unchanged this many ticks while the state moved; 0 = off. Skipped for a
+    # robot with `deterministic_frames` (a simulator renders a slow motion as the same pixels).
+    frozen_frames: int = 10
+    expect: dict = field(default_factory=dict)  # handshake fields this robot requires (action_space, ...)
+    log_ticks: int = 2000  # ticks kept in `agent.log`
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        self.merge = Merge(self.merge)
+        if self.execute_steps < 1 or self.margin_steps < 0 or self.delay_window < 1:
+            raise ValueError("agent: need execute_steps >= 1, margin_steps >= 0, delay_window >= 1")
+        if not 0 < self.hold_after_s < self.safe_stop_after_s:
+            raise ValueError(
+                f"agent: need 0 < hold_after_s ({self.hold_after_s}) < safe_stop_after_s ({self.safe_stop_after_s})"
+            )
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, t: float) -> None:
+        dt = t - time.monotonic()
+        if dt > 0.002:
+            time.sleep(dt - 0.001)
+        while time.monotonic() < t:  # the last millisecond: spin, for sub-ms period jitter
+            pass
+
+
+class DelayEstimator:
+    """Rolling high percentile of round-trip times (seconds)."""
+
+    def __init__(self, window: int, percentile: float, initial: float) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+        self.percentile, self.initial = percentile, initial
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+
+    @property
+    def value(self) -> float:
+        return float(np.percentile(self.samples, self.percentile)) if self.samples else self.initial
+
+
+@dataclass
+class _Chunk:
+    start: int  # the tick its first action is for
+    actions: np.ndarray  # (H, D)
+
+
+class RobotAgent:
+    def __init__(self, cfg: AgentConfig, client, robot, clock=None) -> None:
+        spec = client.spec
+        if spec is None:
+            raise RuntimeError("connect the client first (client.connect())")
+        bad = spec.mismatches(cfg.expect)
+        if bad:
+            raise ValueError("refusing to arm: the policy does not fit this robot: " + "; ".join(bad))
+        robot.check_spec(spec)
+        self.cfg, self.client, self.robot, self.spec = cfg, client, robot, spec
+        self.clock = clock or MonotonicClock()
+        self.period = 1.0 / spec.fps
+        safety = cfg.safety
+        box = getattr(robot, "workspace", None)
+        if not safety.workspace_low and box is not None:  # the adapter's own box, unless configured
+            safety = replace(safety, workspace_low=list(box[0]), workspace_high=list(box[1]))
+        self.safety = SafetyFilter(safety, spec, spec.fps)
+        self.delay = DelayEstimator(cfg.delay_window, cfg.delay_percentile, cfg.initial_delay_s)
+        span = np.asarray(spec.action_high) - np.asarray(spec.action_low)
+        self._seam_scale = np.where(np.isin(np.arange(spec.action_dim), spec.binary_dims), 0.0, 1.0 / span)
+        self.mode = Mode.DISARMED
+        self.reason = "not armed"
+        self.epoch = 0
+        self.seq = 0
+        self.events: Counter = Counter()
+        self.log: deque[dict] = deque(maxlen=cfg.log_ticks)  # the last ticks (mode, command), bounded
+        self._sent: dict[int, tuple[float, int]] = {}  # seq -> (sent at, tick), the last 64
+        self._prefix: dict[int, dict[int, np.ndarray]] = {}  # seq -> the actions frozen for it (rtc)
+        self._reset_episode()
+
+    # -------------------------------------------------------------- episodes
+    def _reset_episode(self) -> None:
+        self.k = 0
+        self.plan: dict[int, np.ndarray] = {}
+        self.chunks: list[_Chunk] = []  # ensemble
+        self.chunk_start = 0
+        self.last_merged_seq = -1
+        self.in_flight: tuple[int, float, int] | None = None  # (seq, sent at, tick)
+        self.last_fresh = self.clock.now()
+        self.last_executed: np.ndarray | None = None
+        self.hold_latch = ""
+        self._frames: dict[str, tuple[bytes, int]] = {}
+        self._prev_state: np.ndarray | None = None
+        self._first_request = True
+
+    def arm(self) -> None:
+        """Start a new episode (a new epoch: replies to the old one are dropped). The only way
+        out of SAFE_STOP."""
+        self.epoch += 1
+        self.robot.reset()
+        self._reset_episode()
+        self.safety.reset(self.robot.hold_action())
+        self.safety.clear_window()
+        self.mode, self.reason = Mode.NORMAL, ""
+        self.events["arm"] += 1
+
+    def safe_stop(self, reason: str) -> None:
+        if self.mode != Mode.SAFE_STOP:
+            self.events["safe_stop"] += 1
+        self.mode, self.reason = Mode.SAFE_STOP, reason
+        self.plan.clear()
+        self.chunks.clear()
+
+    def estop(self) -> None:
+        self.safe_stop("e-stop")
+
+    # -------------------------------------------------------------- one tick
+    def tick(self) -> dict:
+        now, k = self.clock.now(), self.k
+        row = {"k": k, "t": now}
+        obs = None
+        if self.mode != Mode.DISARMED:
+            fault = self.robot.fault()
+            if fault:
+                self.safe_stop(f"robot fault: {fault}")
+            else:
+                try:
+                    obs = self.robot.observe()
+                    self._check_observation(obs, now)
+                except (RuntimeError, ValueError, OSError) as e:
+                    self.safe_stop(f"observation failed: {e}")
+                    obs = None
+        self._take_events(now)
+        self._set_mode(now)
+        if obs is not None and self.mode not in (Mode.SAFE_STOP, Mode.DISARMED):
+            self._maybe_request(obs, now)
+        row.update(self._command(obs))
+        row["mode"] = str(self.mode)
+        self.log.append(row)
+        self.k += 1
+        return row
+
+    def _check_observation(self, obs, now: float) -> None:
+        if now - obs.stamp > self.cfg.stale_observation_s:
+            raise ValueError(f"observation is {now - obs.stamp:.3f} s old (limit {self.cfg.stale_observation_s} s)")
+        state = np.asarray(obs.state)
+        if state.shape != (self.spec.state_dim,) or not np.isfinite(state).all():
+            raise ValueError(f"robot state must be {self.spec.state_dim} finite values, got {state.tolist()}")
+        moved = self._prev_state is not None and not np.allclose(state, self._prev_state, atol=1e-6)
+        self._prev_state = state.copy()
+        if self.cfg.frozen_frames and not getattr(self.robot, "deterministic_frames", False):
+            for cam, frame in obs.images.items():
+                h = hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
+                prev, n = self._frames.get(cam, (b"", 0))
+                n = (n + 1 if moved else n) if h == prev else 0
+                self._frames[cam] = (h, n)
+                if n >= self.cfg.frozen_frames:
+                    raise ValueError(f"camera {cam!r} is frozen: the same frame for {n} ticks while the robot moved")
+
+    def _take_events(self, now: float) -> None:
+        for ev in self.client.poll():
+            if isinstance(ev, Reply):
+                self._on_reply(ev, now)
+            elif isinstance(ev, ServerError):
+                self.events[f"server_error:{ev.error.code}"] += 1
+                if self.in_flight and ev.error.seq == self.in_flight[0]:
+                    self.in_flight = None
+            elif isinstance(ev, Disconnected):
+                self.events["disconnected"] += 1
+                self.in_flight = None
+                self.plan.clear()  # flushed: the plan came from a session that is gone
+                self.chunks.clear()
+            elif isinstance(ev, Connected):
+                self.events["reconnected"] += 1
+                if not ev.same:
+                    self.safe_stop("the policy server restarted with another policy (handshake spec changed)")
+
+    def _on_reply(self, r: Reply, now: float) -> None:
+        if r.epoch != self.epoch:
+            self.events["dropped_other_epoch"] += 1
+            return
+        if r.seq <= self.last_merged_seq:
+            self.events["dropped_stale"] += 1
+            return
+        sent = self._sent.get(r.seq)
+        if self.in_flight and r.seq == self.in_flight[0]:
+            self.in_flight = None
+        if sent is None:
+            self.events["dropped_unknown"] += 1
+            return
+        sent_at, s = sent
+        self.delay.add(now - sent_at)
+        if self.mode == Mode.SAFE_STOP:
+            return
+        try:
+            SafetyFilter.check_finite(r.actions)
+        except UnsafeAction:
+            self.events["non_finite_chunk"] += 1
+            self.plan.clear()
+            self.chunks.clear()
+            self.hold_latch = "non-finite chunk"
+            self.last_merged_seq = r.seq
+            return
+        first = self.k - s  # the chunk's action for this tick
+        if first >= len(r.actions):
+            self.events["dropped_late"] += 1
+            return
+        if self.cfg.seam_limit and self.last_executed is not None and self.plan.get(self.k) is not None:
+            jump = np.max(np.abs(r.actions[first] - self.last_executed) * self._seam_scale)
+            if jump > self.cfg.seam_limit:
+                self.events["seam_rejected"] += 1
+                self.last_merged_seq = r.seq
+                return
+        self.last_merged_seq = r.seq
+        self.last_fresh = now
+        self.chunk_start = s
+        self.hold_latch = ""
+        self.events["merged"] += 1
+        if self.cfg.merge == Merge.ensemble:
+            self.chunks = [c for c in self.chunks if c.start + len(c.actions) > self.k] + [_Chunk(s, r.actions)]
+            self.plan = {t: None for t in range(self.k, s + len(r.actions))}
+        else:
+            keep = {t: a for t, a in self.plan.items() if t < self.k}
+            new = {s + i: r.actions[i] for i in range(first, len(r.actions))}
+            if self.cfg.merge == Merge.rtc:  # the frozen prefix is what the robot already committed to
+                new.update({t: a for t, a in self._prefix.get(r.seq, {}).items() if t >= self.k})
+            self.plan = {**keep, **new}
+
+    def _planned(self) -> int:
+        """Planned actions from this tick on."""
+        n = 0
+        while self.k + n in self.plan:
+            n += 1
+        return n
+
+    def _set_mode(self, now: float) -> None:
+        if self.mode in (Mode.SAFE_STOP, Mode.DISARMED):
+            return
+        since = now - self.last_fresh
+        if since >= self.cfg.safe_stop_after_s:
+            self.safe_stop(f"no fresh chunk for {since:.2f} s")
+        elif self.hold_latch or self._planned() == 0 or since >= self.cfg.hold_after_s or self.safety.escalate:
+            if self.safety.escalate and not self.hold_latch:
+                self.hold_latch = "safety filter clamped too often"
+                self.events["clamp_escalation"] += 1
+                self.safety.clear_window()  # counted once: a fresh chunk starts a new window
+                self.plan.clear()
+                self.chunks.clear()
+            self.mode = Mode.HOLD
+            self.reason = self.hold_latch or (
+                "plan empty" if self._planned() == 0 else f"{since:.2f} s without a fresh chunk"
+            )
+        elif not self.client.connected or self._planned() <= self._delay_steps():
+            self.mode, self.reason = Mode.DEGRADED, "server unreachable" if not self.client.connected else "plan low"
+        else:
+            self.mode, self.reason = Mode.NORMAL, ""
+
+    def _delay_steps(self) -> int:
+        return math.ceil(self.delay.value / self.period)
+
+    def _maybe_request(self, obs, now: float) -> None:
+        if self.in_flight is not None:
+            if now - self.in_flight[1] < self.cfg.reply_timeout_s:
+                return
+            self.events["request_timeout"] += 1
+            self.in_flight = None
+        if not self.client.connected:
+            return
+        d = self._delay_steps()
+        planned = self._planned()
+        ran = self.k - self.chunk_start
+        if planned and planned > d + self.cfg.margin_steps and ran + d < self.cfg.execute_steps:
+            return
+        prefix = None
+        frozen: dict[int, np.ndarray] = {}
+        if self.cfg.merge == Merge.rtc and planned:
+            n = min(planned, d + 1, self.spec.chunk_size - 1)
+            frozen = {self.k + i: self.plan[self.k + i] for i in range(n)}
+            prefix = np.stack([frozen[t] for t in sorted(frozen)]).astype(np.float32)
+        self.seq += 1
+        instruction = self.cfg.instruction or self.robot.instruction
+        self.client.submit(
+            Observation(
+                obs.images,
+                np.asarray(obs.state, np.float32),
+                instruction,
+                self.seq,
+                self.epoch,
+                prefix,
+                reset=self._first_request,
+            )
+        )
+        self._first_request = False
+        self._sent[self.seq] = (now, self.k)
+        self._prefix[self.seq] = frozen
+        for old in [q for q in self._sent if q < self.seq - 64]:  # bounded: no growth in a long run
+            self._sent.pop(old, None)
+            self._prefix.pop(old, None)
+        self.in_flight = (self.seq, now, self.k)
+        self.events["requests"] += 1
+
+    def _action(self) -> np.ndarray:
+        if self.cfg.merge == Merge.ensemble:
+            live = [c for c in self.chunks if c.start <= self.k < c.start + len(c.actions)]
+            w = np.exp(-self.cfg.ensemble_decay * np.arange(len(live)))
+            return np.sum([wi * c.actions[self.k - c.start] for wi, c in zip(w, live, strict=True)], axis=0) / w.sum()
+        return self.plan[self.k]
+
+    def _command(self, obs) -> dict:
+        for t in [t for t in self.plan if t < self.k]:
+            del self.plan[t]
+        if self.mode == Mode.SAFE_STOP:
+            self.robot.stop()
+            return {"command": "stop"}
+        if self.mode in (Mode.HOLD, Mode.DISARMED) or obs is None:
+            if self.mode != Mode.DISARMED:
+                self.robot.hold()
+                self.safety.reset(self.robot.hold_action())
+                self.last_executed = None
+            return {"command": "hold"}
+        try:
+            action, clamped = self.safety(self._action(), obs.state)
+        except UnsafeAction as e:
+            self.events["unsafe_action"] += 1
+            self.plan.clear()
+            self.chunks.clear()
+            self.hold_latch = str(e)
+            self.mode = Mode.HOLD
+            self.robot.hold()
+            self.safety.reset(self.robot.hold_action())
+            return {"command": "hold"}
+        self.events["clamped"] += clamped
+        self.robot.act(action)
+        self.last_executed = action
+        return {"command": "act", "action": action}
+
+    # -------------------------------------------------------------- the loop
+    def run(self, max_steps: int, until_done: bool = True) -> dict:
+        """Tick at the policy's rate until `max_steps`, the robot reports the episode done, or
+        SAFE_STOP. Returns a summary (steps, success, mode, reason, events, period statistics)."""
+        if self.mode == Mode.DISARMED:
+            self.arm()
+        start = self.clock.now()
+        overruns = 0
+        periods = []
+        last = None
+        for i in range(max_steps):
+            deadline = start + i * self.period
+            if self.clock.now() > deadline + self.period:  # more than a period late: skip, never burst
+                overruns += 1
+                continue
+            self.clock.sleep_until(deadline)
+            t = self.clock.now()
+            if last is not None:
+                periods.append(t - last)
+            last = t
+            self.tick()
+            if self.mode == Mode.SAFE_STOP or (until_done and self.robot.done):
+                break
+        p = np.asarray(periods) if periods else np.zeros(1)
+        return {
+            "steps": self.k,
+            "success": bool(getattr(self.robot, "success", False)),
+            "mode": str(self.mode),
+            "reason": self.reason,
+            "events": dict(self.events),
+            "overruns": overruns,
+            "period_ms_p50": float(np.percentile(p, 50) * 1e3),
+            "period_ms_p99": float(np.percentile(p, 99) * 1e3),
+            "jitter_ms_p99": float(np.percentile(np.abs(p - self.period), 99) * 1e3),
+        }

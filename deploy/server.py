@@ -1,0 +1,332 @@
+"""Policy server: one checkpoint, one controlling session, inference only.
+
+    server = PolicyServer(CheckpointPolicy(ServeConfig(checkpoint=...)), cfg)
+    server.run()                                   # blocks; `vla-serve checkpoint=... port=...`
+
+WebSocket + msgpack (`deploy.wire`, `deploy.protocol`), wire-compatible with `openpi-client`.
+Every message is decoded strictly and checked against the checkpoint before inference; a bad
+one gets an error reply and the session goes on. A frame over `max_message_bytes` is refused by
+the WebSocket layer (close code 1009) before it is read. The server binds 127.0.0.1 unless told
+otherwise, and any other address needs a token (openpi's `Authorization: Api-Key <token>`).
+`GET /healthz` answers 503 until the warm-up inferences are done, then 200.
+
+Torch is imported only by `CheckpointPolicy`; the rest serves any object with `spec`,
+`reset(seed)` and `infer(Observation) -> (H, D)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from deploy.protocol import PolicySpec, ProtocolError, check_observation, error_text, make_reply
+from deploy.wire import MAX_OBSERVATION_BYTES, WireError, decode, encode
+
+log = logging.getLogger("vla.serve")
+TOKEN_ENV = "VLA_SERVE_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    checkpoint: str = "???"
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port
+    token: str = ""  # empty: $VLA_SERVE_TOKEN, if set; required for a non-loopback host
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    warmup: int = 3  # inferences before /healthz reports ready
+    seed: int = 0  # decoding seed of episode epoch 0 (epoch e decodes with seed + e)
+    max_message_bytes: int = MAX_OBSERVATION_BYTES
+    # Handshake fields the checkpoint may not know (a policy trained on a downloaded port):
+    # empty / 0 take them from the data the checkpoint was trained on.
+    fps: float = 0.0
+    action_space: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (the server is ready only after warm-up), got {self.warmup}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+
+    def resolved_token(self) -> str:
+        return self.token or os.environ.get(TOKEN_ENV, "")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------ the checkpoint
+# What the built-in data sources mean, for checkpoints that do not record it themselves.
+_EMBODIMENTS = {
+    "builtin": ("envs.tabletop", "delta_eef_libero", 20.0),
+    "libero_scripted": ("envs.libero", "delta_eef_libero", 20.0),
+}
+
+
+def _sha256(path: Path) -> str:
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    return manifest["files"][path.name]["sha256"]
+
+
+def spec_from_checkpoint(
+    path: str | Path, cfg, tokenizer: dict, fps: float = 0.0, action_space: str = ""
+) -> PolicySpec:
+    """The handshake spec of a checkpoint folder (its PolicyConfig `cfg`, action tokenizer state)."""
+    path = Path(path)
+    train_cfg = json.loads((path / "train_config.json").read_text()) if (path / "train_config.json").is_file() else {}
+    source = train_cfg.get("data", {}).get("source", "")
+    if source in _EMBODIMENTS:
+        module, space, rate = _EMBODIMENTS[source]
+        import importlib
+
+        os.environ.setdefault("MUJOCO_GL", "egl")  # the names' module imports mujoco: headless, as envs.registry
+        env = importlib.import_module(module)
+        state_names, action_names = list(env.STATE_NAMES), list(env.ACTION_NAMES)
+    else:
+        space, rate = "", 0.0
+        state_names = [f"state_{i}" for i in range(cfg.state_dim)]
+        action_names = [f"action_{i}" for i in range(cfg.action_dim)]
+    fps, action_space = fps or rate, action_space or space
+    if not fps or not action_space:
+        raise ValueError(
+            f"{path}: the checkpoint's data (source {source!r}) does not say its control rate or action space; "
+            "set fps=... and action_space=... (for example action_space=delta_eef_libero)"
+        )
+    if len(state_names) != cfg.state_dim or len(action_names) != cfg.action_dim:
+        raise ValueError(
+            f"{path}: {source} names {len(state_names)}/{len(action_names)} state/action dims, the policy has {cfg.state_dim}/{cfg.action_dim}"
+        )
+    missing = [c for c in cfg.cameras if c not in cfg.camera_shapes]
+    if missing:
+        raise ValueError(
+            f"{path}: the checkpoint records no frame size for cameras {missing}; retrain or re-save it with policy.camera_shapes"
+        )
+    run = path.resolve().parent.parent.name
+    return PolicySpec(
+        model_id=f"{run}/{path.resolve().name}",
+        weights_sha256=_sha256(path / "model.safetensors"),
+        stats_sha256=_sha256(path / "stats.json"),
+        cameras={c: list(cfg.camera_shapes[c]) for c in cfg.cameras},
+        state_names=state_names,
+        action_names=action_names,
+        action_space=action_space,
+        fps=float(fps),
+        chunk_size=cfg.chunk_size,
+        binary_dims=[int(d) for d in tokenizer.get("binary_dims", [])],
+        action_low=[float(x) for x in tokenizer["low"]],
+        action_high=[float(x) for x in tokenizer["high"]],
+    )
+
+
+class CheckpointPolicy:
+    """A `VLAPolicy` from a checkpoint folder, with its handshake spec."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        import torch
+
+        from vla.policy import VLAPolicy
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.policy = VLAPolicy.load(cfg.checkpoint, cfg.device)
+        tokenizer = json.loads((Path(cfg.checkpoint) / "action_tokenizer.json").read_text())
+        self.spec = spec_from_checkpoint(cfg.checkpoint, self.policy.cfg, tokenizer, cfg.fps, cfg.action_space)
+
+    def reset(self, seed: int) -> None:
+        self.policy.reset(seed)
+
+    def infer(self, obs) -> np.ndarray:
+        return self.policy.infer(obs.policy_input(), fixed_actions=obs.prefix_actions)
+
+
+def warmup_observation(spec: PolicySpec):
+    from deploy.protocol import Observation
+
+    images = {c: np.zeros((h, w, 3), np.uint8) for c, (h, w) in spec.cameras.items()}
+    return Observation(images, np.zeros(spec.state_dim, np.float32), "warm up", 0, 0)
+
+
+# ------------------------------------------------------------------------------ the server
+class PolicyServer:
+    def __init__(self, policy, cfg: ServeConfig) -> None:
+        token = cfg.resolved_token()
+        if not is_loopback(cfg.host) and not token:
+            raise ValueError(
+                f"host={cfg.host} exposes the policy beyond this machine: set token=... or ${TOKEN_ENV} "
+                "(clients send it as `Authorization: Api-Key <token>`), or bind host=127.0.0.1"
+            )
+        self.policy, self.cfg, self.spec, self._token = policy, cfg, policy.spec, token
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="infer")  # one inference at a time
+        self._session: ServerConnection | None = None
+        self._epoch: int | None = None
+        self.ready = False
+        self.port: int | None = None
+        self.stats = {"replies": 0, "errors": 0, "refused": 0}
+
+    # -------------------------------------------------------------- HTTP stage
+    def _process_request(self, conn: ServerConnection, request):
+        if request.path == "/healthz":
+            return conn.respond(
+                http.HTTPStatus.OK if self.ready else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                "ok\n" if self.ready else "warming up\n",
+            )
+        if request.path != "/":
+            return conn.respond(http.HTTPStatus.NOT_FOUND, "the policy is served at / (health at /healthz)\n")
+        if self._token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Api-Key {self._token}".encode()):
+                self.stats["refused"] += 1
+                return conn.respond(
+                    http.HTTPStatus.UNAUTHORIZED, "missing or wrong token: send `Authorization: Api-Key <token>`\n"
+                )
+        if not self.ready:
+            return conn.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "warming up; poll /healthz\n")
+        if self._session is not None:
+            self.stats["refused"] += 1
+            return conn.respond(http.HTTPStatus.CONFLICT, "another session is controlling this policy; one at a time\n")
+        return None
+
+    # -------------------------------------------------------------- a session
+    async def _handler(self, ws: ServerConnection) -> None:
+        if self._session is not None:  # lost a race with another handshake
+            self.stats["refused"] += 1
+            await ws.close(1013, "another session is controlling this policy")
+            return
+        self._session = ws
+        log.info("session from %s", ws.remote_address)
+        try:
+            await ws.send(encode(self.spec.to_wire()))
+            async for message in ws:
+                out = await self._answer(message)
+                await ws.send(out)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._session = None
+            log.info("session from %s ended", ws.remote_address)
+
+    async def _answer(self, message) -> bytes | str:
+        try:
+            if isinstance(message, str):
+                raise WireError("bad_message", "expected a binary msgpack frame, got a text frame")
+            obs = check_observation(decode(message, self.cfg.max_message_bytes), self.spec)
+        except (WireError, ProtocolError) as e:
+            self.stats["errors"] += 1
+            return error_text(e.code, str(e), getattr(e, "seq", None))
+        try:
+            actions, ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._infer, obs)
+        except Exception as e:  # noqa: BLE001  (a reply, never a traceback, goes to the client)
+            self.stats["errors"] += 1
+            code = "non_finite_output" if type(e).__name__ == "NonFiniteError" else "inference_failed"
+            log.exception("inference failed for seq %d", obs.seq)
+            return error_text(code, f"{type(e).__name__}: {e}"[:300], obs.seq)
+        self.stats["replies"] += 1
+        return encode(make_reply(actions, obs, ms))
+
+    def _infer(self, obs) -> tuple[np.ndarray, float]:
+        if obs.reset or obs.epoch != self._epoch:
+            self.policy.reset(self.cfg.seed + obs.epoch)
+            self._epoch = obs.epoch
+        t0 = time.perf_counter()
+        actions = np.asarray(self.policy.infer(obs), dtype=np.float32)
+        ms = (time.perf_counter() - t0) * 1e3
+        if actions.shape != (self.spec.chunk_size, self.spec.action_dim):
+            raise ValueError(
+                f"the policy returned actions of shape {actions.shape}, not {(self.spec.chunk_size, self.spec.action_dim)}"
+            )
+        if not np.isfinite(actions).all():
+            from vla.sampling import NonFiniteError
+
+            raise NonFiniteError("the policy returned NaN or Inf actions")
+        return actions, ms
+
+    def _warm_up(self) -> None:
+        obs = warmup_observation(self.spec)
+        for _ in range(self.cfg.warmup):
+            self._infer(obs)
+        self._epoch = None
+        self.ready = True
+        log.info("warm-up done (%d inferences): ready", self.cfg.warmup)
+
+    # -------------------------------------------------------------- running
+    async def serve(self, started: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
+        async with serve(
+            self._handler,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_message_bytes,
+            compression=None,
+            max_queue=4,
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("serving %s on ws://%s:%d", self.spec.model_id, self.cfg.host, self.port)
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._warm_up)
+            if started is not None:
+                started.set()
+            await (stop.wait() if stop is not None else asyncio.Future())
+
+    def run(self) -> None:
+        asyncio.run(self.serve())
+
+
+class ServerThread:
+    """A server on its own event loop thread (tests, benchmarks): `with ServerThread(s) as port:`."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True, name="policy-server")
+
+    def _main(self) -> None:
+        async def main():
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            await self.server.serve(self._started, self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001  (re-raised in start)
+            self._error = e
+            self._started.set()
+
+    def start(self, timeout: float = 60.0) -> int:
+        self._thread.start()
+        if not self._started.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the policy server did not start: {self._error!r}")
+        return self.server.port
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+    def __enter__(self) -> int:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
