@@ -177,12 +177,16 @@ class RobotAgent:
         """Start a new episode (a new epoch: replies to the old one are dropped). The only way
         out of SAFE_STOP."""
         self.epoch += 1
+        self.events = Counter()  # per episode (run() reports them)
         self.robot.reset()
         self._reset_episode()
+        self.mode, self.reason = Mode.NORMAL, ""
+        try:
+            self.robot.observe()  # a measured pose, so that the first command is rate-limited from it
+        except (RuntimeError, ValueError, OSError) as e:
+            self.safe_stop(f"observation failed at arming: {e}")
         self.safety.reset(self.robot.hold_action())
         self.safety.clear_window()
-        self.mode, self.reason = Mode.NORMAL, ""
-        self.events["arm"] += 1
 
     def safe_stop(self, reason: str) -> None:
         if self.mode != Mode.SAFE_STOP:

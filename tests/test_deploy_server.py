@@ -250,16 +250,17 @@ def test_server_killed_mid_inference_and_restarted():
         if 0.5 <= t and state["restarted"] is None:
             thread.stop()  # killed; its session is gone
             state["restarted"] = False
-        if 0.8 <= t and state["restarted"] is False:
+        if 0.7 <= t and state["restarted"] is False:
             new = PolicyServer(policy, ServeConfig(checkpoint="-", port=port, warmup=1))
             state["thread"] = ServerThread(new)
             state["thread"].start()
             state["restarted"] = True
 
-    agent, modes = run_agent(port, 2.5, AgentConfig(), during)
+    # a 2 s ladder: reconnecting (with backoff) must not race the SAFE_STOP clock on a busy machine
+    agent, modes = run_agent(port, 2.5, AgentConfig(safe_stop_after_s=2.0), during)
     state["thread"].stop()
     assert agent.events["disconnected"] >= 1 and agent.events["reconnected"] == 1
-    assert "HOLD" in modes and modes[-1] in ("NORMAL", "DEGRADED")  # under a second down: resumed
+    assert "HOLD" in modes and modes[-1] in ("NORMAL", "DEGRADED")  # 0.2 s down: resumed
     assert agent.mode != Mode.SAFE_STOP
 
 
