@@ -18,7 +18,9 @@ Merging. `rtc` (default): the actions that will run while the request is in flig
 tick's and the next d) are sent as `prefix_actions`; the decoder keeps them and inpaints the
 rest, so the new chunk continues what the robot is doing. `naive`: the new chunk replaces the
 plan from the current tick on. `ensemble`: ACT's temporal ensembling, an exponentially weighted
-mean of every chunk covering a tick (older first). A reply is dropped when it is from another
+mean of every chunk covering a tick (older first). `sync`: the openpi client's way, the robot
+holds while each chunk is computed and then runs its first `execute_steps` actions (pauses, but
+no latency: a policy trained without latency sees what evaluation showed it). A reply is dropped when it is from another
 episode epoch, older than or equal to one already merged, or so late that none of it applies. A
 seam check compares the first new action with the last executed one (continuous dims, as a
 fraction of each range): above `seam_limit` the old plan is kept and the event counted.
@@ -61,6 +63,7 @@ class Merge(StrEnum):
     rtc = "rtc"
     naive = "naive"
     ensemble = "ensemble"
+    sync = "sync"
 
 
 @dataclass
@@ -285,6 +288,10 @@ class RobotAgent:
             self.hold_latch = "non-finite chunk"
             self.last_merged_seq = r.seq
             return
+        if self.cfg.merge == Merge.sync:  # the robot held still since the observation: run from action 0
+            self._merged(r, now, s)
+            self.plan = {self.k + i: r.actions[i] for i in range(min(self.cfg.execute_steps, len(r.actions)))}
+            return
         first = self.k - s  # the chunk's action for this tick
         if first >= len(r.actions):
             self.events["dropped_late"] += 1
@@ -295,11 +302,7 @@ class RobotAgent:
                 self.events["seam_rejected"] += 1
                 self.last_merged_seq = r.seq
                 return
-        self.last_merged_seq = r.seq
-        self.last_fresh = now
-        self.chunk_start = s
-        self.hold_latch = ""
-        self.events["merged"] += 1
+        self._merged(r, now, s)
         if self.cfg.merge == Merge.ensemble:
             self.chunks = [c for c in self.chunks if c.start + len(c.actions) > self.k] + [_Chunk(s, r.actions)]
             self.plan = {t: None for t in range(self.k, s + len(r.actions))}
@@ -309,6 +312,13 @@ class RobotAgent:
             if self.cfg.merge == Merge.rtc:  # the frozen prefix is what the robot already committed to
                 new.update({t: a for t, a in self._prefix.get(r.seq, {}).items() if t >= self.k})
             self.plan = {**keep, **new}
+
+    def _merged(self, r: Reply, now: float, s: int) -> None:
+        self.last_merged_seq = r.seq
+        self.last_fresh = now
+        self.chunk_start = s
+        self.hold_latch = ""
+        self.events["merged"] += 1
 
     def _planned(self) -> int:
         """Planned actions from this tick on."""
@@ -353,7 +363,10 @@ class RobotAgent:
         d = self._delay_steps()
         planned = self._planned()
         ran = self.k - self.chunk_start
-        if planned and planned > d + self.cfg.margin_steps and ran + d < self.cfg.execute_steps:
+        if self.cfg.merge == Merge.sync:
+            if planned:  # synchronous: ask only when the executed part of the chunk is used up
+                return
+        elif planned and planned > d + self.cfg.margin_steps and ran + d < self.cfg.execute_steps:
             return
         prefix = None
         frozen: dict[int, np.ndarray] = {}

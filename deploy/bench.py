@@ -8,7 +8,7 @@
 2. jitter: the agent's control loop at 50 Hz against a no-op server and a no-op robot:
    |period - 20 ms| p50 / p99 and overruns.
 3. success: the checkpoint drives the built-in simulator in real time through server + agent,
-   with 0 / 100 / 300 ms added to every inference, for rtc, naive and ensemble merging.
+   with 0 / 100 / 300 ms added to every inference, for rtc, naive, ensemble and sync merging.
 4. soak: back-to-back episodes for --soak-s seconds: resident memory and round-trip time at
    the start and at the end.
 
@@ -83,7 +83,7 @@ def _serve(kind: str, arg, delay_ms: float, ports) -> None:
     if kind == "noop":
         policy = NoopPolicy(noop_spec(*arg))
     else:
-        policy = CheckpointPolicy(ServeConfig(checkpoint=arg, threads=1))
+        policy = CheckpointPolicy(ServeConfig(checkpoint=arg, threads=2))
     if delay_ms:
         policy = DelayedPolicy(policy, delay_ms)
     thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=3)))
@@ -204,15 +204,15 @@ def success(checkpoint: str, episodes: int, delays: list[float], merges: list[st
     rows = []
     for delay in delays:
         with Served("checkpoint", checkpoint, delay) as url:
+            clock = MonotonicClock()
+            client = PolicyClient(url)  # one session per server: the rows share it
+            spec = client.connect()
+            (h, _), *_ = spec.cameras.values()
             for merge in merges:
-                clock = MonotonicClock()
-                client = PolicyClient(url)
-                spec = client.connect()
-                (h, _), *_ = spec.cameras.values()
                 # the ladder's clocks grow with the injected delay: a fresh chunk cannot come sooner
                 hold = max(0.3, delay / 1e3 + 0.2)
                 cfg = AgentConfig(merge=merge, hold_after_s=hold, safe_stop_after_s=max(1.0, hold + 0.7))
-                wins, stops, merged, ticks = 0, 0, 0, 0
+                wins = stops = 0
                 for task in TASKS:
                     robot = SimRobot(task, h, clock, seed=10_000)
                     agent = RobotAgent(cfg, client, robot, clock)
@@ -221,27 +221,16 @@ def success(checkpoint: str, episodes: int, delays: list[float], merges: list[st
                         out = agent.run(robot.env.unwrapped.task.max_episode_steps)
                         wins += out["success"]
                         stops += out["mode"] == "SAFE_STOP"
-                        merged += out["events"].get("merged", 0)
-                        ticks += out["steps"]
                     robot.close()
-                client.close()
                 n = episodes * len(TASKS)
                 p = wins / n
-                rows.append(
-                    {
-                        "delay": delay,
-                        "merge": merge,
-                        "success": p,
-                        "se": (p * (1 - p) / n) ** 0.5,
-                        "n": n,
-                        "safe_stops": stops,
-                        "hold_s": hold,
-                    }
-                )
+                rows.append({"delay": delay, "merge": merge, "success": p, "se": (p * (1 - p) / n) ** 0.5, "n": n})
                 print(
-                    f"  delay {delay:>3.0f} ms  {merge:<8}  success {100 * p:5.1f}%  (s.e. {100 * rows[-1]['se']:.1f}, {n} episodes, {stops} safe-stops)",
+                    f"  delay {delay:>3.0f} ms  {merge:<8}  success {100 * p:5.1f}%  "
+                    f"(s.e. {100 * rows[-1]['se']:.1f}, {n} episodes, {stops} safe-stops)",
                     flush=True,
                 )
+            client.close()
     return rows
 
 
@@ -301,7 +290,7 @@ def main(argv=None) -> None:
     p.add_argument("--jitter-s", type=float, default=30.0)
     p.add_argument("--episodes", type=int, default=4, help="per task and cell of the success table")
     p.add_argument("--delays", default="0,100,300")
-    p.add_argument("--merges", default="rtc,naive,ensemble")
+    p.add_argument("--merges", default="rtc,naive,ensemble,sync")
     p.add_argument("--soak-s", type=float, default=120.0)
     a = p.parse_args(argv)
     parts = a.only.split(",")

@@ -299,3 +299,15 @@ def test_acceleration_limit():
     f.reset(np.zeros(7))  # from rest
     outs = [f(np.array([1.0, 0, 0, 0, 0, 0, 1.0]), np.zeros(8))[0][0] for _ in range(5)]
     np.testing.assert_allclose(outs, [0.1, 0.3, 0.6, 1.0, 1.0], atol=1e-6)  # speed ramps 0.1, 0.2, 0.3, 0.4
+
+
+def test_sync_merge_holds_while_inferring_and_runs_from_action_zero():
+    agent, client, robot, clock = make(merge=Merge.sync, execute_steps=4)
+    step(agent, clock, 1)
+    step(agent, clock, 2)  # the reply is slow: the robot holds, no second request
+    assert robot.kinds() == ["hold"] * 3 and len(client.submitted) == 1
+    client.push(client.answer(value=0.2))
+    rows = step(agent, clock, 5)
+    assert [r["command"] for r in rows] == ["act"] * 4 + ["hold"]  # the first 4 actions, then wait again
+    np.testing.assert_allclose([r["action"][0] for r in rows[:4]], [0.2, 0.21, 0.22, 0.23], atol=1e-6)
+    assert len(client.submitted) == 2 and client.submitted[-1].prefix_actions is None
