@@ -27,6 +27,21 @@ def start(policy=None, **cfg):
     return thread, thread.start(), policy
 
 
+def connect_eventually(url: str, seconds: float = 10.0) -> PolicyClient:
+    """A new session once the server has released the previous one (it does so when that
+    connection's closing handshake ends, a moment after the client saw it close)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        client = PolicyClient(url)
+        try:
+            client.connect()
+            return client
+        except HandshakeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def health(port) -> int:
     try:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status
@@ -120,9 +135,7 @@ def test_a_100_mb_message_is_refused_and_the_server_keeps_serving():
             with pytest.raises(websockets.ConnectionClosed) as e:
                 ws.recv(timeout=10)
             assert e.value.rcvd.code == 1009  # message too big
-        client = PolicyClient(f"ws://127.0.0.1:{port}")
-        client.connect()
-        client.close()
+        connect_eventually(f"ws://127.0.0.1:{port}").close()
     finally:
         thread.stop()
 
@@ -135,10 +148,7 @@ def test_one_session_at_a_time():
         with pytest.raises(HandshakeError, match="409.*another session"):
             PolicyClient(f"ws://127.0.0.1:{port}").connect()
         first.close()
-        time.sleep(0.2)
-        second = PolicyClient(f"ws://127.0.0.1:{port}")
-        second.connect()
-        second.close()
+        connect_eventually(f"ws://127.0.0.1:{port}").close()
     finally:
         thread.stop()
 
@@ -178,8 +188,7 @@ def test_model_faults_become_error_replies():
 # ------------------------------------------------------------------ agent + proxy + server
 def run_agent(proxy_port, seconds, cfg=None, during=None):
     clock = MonotonicClock()
-    client = PolicyClient(f"ws://127.0.0.1:{proxy_port}")
-    client.connect()
+    client = connect_eventually(f"ws://127.0.0.1:{proxy_port}")  # after a previous run's session ended
     robot = FakeRobot(clock)
     agent = RobotAgent(cfg or AgentConfig(), client, robot, clock)
     agent.arm()
