@@ -168,7 +168,7 @@ class RobotAgent:
         self.chunks: list[_Chunk] = []  # ensemble
         self.chunk_start = 0
         self.last_merged_seq = -1
-        self.in_flight: tuple[int, float, int] | None = None  # (seq, sent at, tick)
+        self.in_flight: int | None = None  # the seq awaiting its reply (sent at: `_sent`)
         self.last_fresh = self.clock.now()
         self.last_executed: np.ndarray | None = None
         self.hold_latch = ""
@@ -250,7 +250,7 @@ class RobotAgent:
                 self._on_reply(ev, now)
             elif isinstance(ev, ServerError):
                 self.events[f"server_error:{ev.error.code}"] += 1
-                if self.in_flight and ev.error.seq == self.in_flight[0]:
+                if ev.error.seq == self.in_flight:
                     self.in_flight = None
             elif isinstance(ev, Disconnected):
                 self.events["disconnected"] += 1
@@ -270,7 +270,7 @@ class RobotAgent:
             self.events["dropped_stale"] += 1
             return
         sent = self._sent.get(r.seq)
-        if self.in_flight and r.seq == self.in_flight[0]:
+        if r.seq == self.in_flight:
             self.in_flight = None
         if sent is None:
             self.events["dropped_unknown"] += 1
@@ -307,11 +307,9 @@ class RobotAgent:
             self.chunks = [c for c in self.chunks if c.start + len(c.actions) > self.k] + [_Chunk(s, r.actions)]
             self.plan = {t: None for t in range(self.k, s + len(r.actions))}
         else:
-            keep = {t: a for t, a in self.plan.items() if t < self.k}
-            new = {s + i: r.actions[i] for i in range(first, len(r.actions))}
+            self.plan = {s + i: r.actions[i] for i in range(first, len(r.actions))}  # from this tick on
             if self.cfg.merge == Merge.rtc:  # the frozen prefix is what the robot already committed to
-                new.update({t: a for t, a in self._prefix.get(r.seq, {}).items() if t >= self.k})
-            self.plan = {**keep, **new}
+                self.plan.update({t: a for t, a in self._prefix.get(r.seq, {}).items() if t >= self.k})
 
     def _merged(self, r: Reply, now: float, s: int) -> None:
         self.last_merged_seq = r.seq
@@ -354,7 +352,7 @@ class RobotAgent:
 
     def _maybe_request(self, obs, now: float) -> None:
         if self.in_flight is not None:
-            if now - self.in_flight[1] < self.cfg.reply_timeout_s:
+            if now - self._sent[self.in_flight][0] < self.cfg.reply_timeout_s:
                 return
             self.events["request_timeout"] += 1
             self.in_flight = None
@@ -393,7 +391,7 @@ class RobotAgent:
         for old in [q for q in self._sent if q < self.seq - 64]:  # bounded: no growth in a long run
             self._sent.pop(old, None)
             self._prefix.pop(old, None)
-        self.in_flight = (self.seq, now, self.k)
+        self.in_flight = self.seq
         self.events["requests"] += 1
 
     def _action(self) -> np.ndarray:

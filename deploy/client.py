@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import websockets
 from websockets.sync.client import ClientConnection, connect
 
-from deploy.protocol import PolicySpec, ProtocolError, Reply, check_reply, parse_error
+from deploy.protocol import PolicySpec, ProtocolError, check_reply, parse_error
 from deploy.wire import MAX_REPLY_BYTES, WireError, decode, encode
 
 
@@ -187,6 +187,3 @@ class PolicyClient:
             self._events.put(Connected(spec, same=spec == self.spec))
             return True
         return False
-
-
-Reply = Reply  # re-exported: the event type of a chunk

@@ -33,10 +33,16 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from deploy.protocol import PolicySpec, ProtocolError, check_observation, error_text, make_reply
+from deploy.protocol import Observation, PolicySpec, ProtocolError, check_observation, error_text, make_reply
 from deploy.wire import MAX_OBSERVATION_BYTES, WireError, decode, encode
 
 log = logging.getLogger("vla.serve")
+
+
+class NonFiniteOutput(ValueError):
+    """A policy's chunk with NaN or Inf: answered as an error, never sent as actions."""
+
+
 TOKEN_ENV = "VLA_SERVE_TOKEN"
 
 
@@ -85,11 +91,6 @@ _EMBODIMENTS = {
 }
 
 
-def _sha256(path: Path) -> str:
-    manifest = json.loads((path.parent / "manifest.json").read_text())
-    return manifest["files"][path.name]["sha256"]
-
-
 def spec_from_checkpoint(
     path: str | Path, cfg, tokenizer: dict, fps: float = 0.0, action_space: str = ""
 ) -> PolicySpec:
@@ -124,10 +125,11 @@ def spec_from_checkpoint(
             f"{path}: the checkpoint records no frame size for cameras {missing}; retrain or re-save it with policy.camera_shapes"
         )
     run = path.resolve().parent.parent.name
+    hashes = json.loads((path / "manifest.json").read_text())["files"]  # verified at load
     return PolicySpec(
         model_id=f"{run}/{path.resolve().name}",
-        weights_sha256=_sha256(path / "model.safetensors"),
-        stats_sha256=_sha256(path / "stats.json"),
+        weights_sha256=hashes["model.safetensors"]["sha256"],
+        stats_sha256=hashes["stats.json"]["sha256"],
         cameras={c: list(cfg.camera_shapes[c]) for c in cfg.cameras},
         state_names=state_names,
         action_names=action_names,
@@ -161,9 +163,7 @@ class CheckpointPolicy:
         return self.policy.infer(obs.policy_input(), fixed_actions=obs.prefix_actions)
 
 
-def warmup_observation(spec: PolicySpec):
-    from deploy.protocol import Observation
-
+def warmup_observation(spec: PolicySpec) -> Observation:
     images = {c: np.zeros((h, w, 3), np.uint8) for c, (h, w) in spec.cameras.items()}
     return Observation(images, np.zeros(spec.state_dim, np.float32), "warm up", 0, 0)
 
@@ -239,7 +239,9 @@ class PolicyServer:
             actions, ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._infer, obs)
         except Exception as e:  # noqa: BLE001  (a reply, never a traceback, goes to the client)
             self.stats["errors"] += 1
-            code = "non_finite_output" if type(e).__name__ == "NonFiniteError" else "inference_failed"
+            # NonFiniteError: the VLA policy's own check (vla.sampling; matched by name, no torch import)
+            non_finite = isinstance(e, NonFiniteOutput) or type(e).__name__ == "NonFiniteError"
+            code = "non_finite_output" if non_finite else "inference_failed"
             log.exception("inference failed for seq %d", obs.seq)
             return error_text(code, f"{type(e).__name__}: {e}"[:300], obs.seq)
         self.stats["replies"] += 1
@@ -257,9 +259,7 @@ class PolicyServer:
                 f"the policy returned actions of shape {actions.shape}, not {(self.spec.chunk_size, self.spec.action_dim)}"
             )
         if not np.isfinite(actions).all():
-            from vla.sampling import NonFiniteError
-
-            raise NonFiniteError("the policy returned NaN or Inf actions")
+            raise NonFiniteOutput("the policy returned NaN or Inf actions")
         return actions, ms
 
     def _warm_up(self) -> None:
