@@ -3,12 +3,19 @@
 Evaluates one masked-diffusion checkpoint under each sampler variant (confidence order,
 number of steps, one-shot, temperature, secondary remasking) and, optionally, an
 autoregressive checkpoint trained the same way; prints a markdown table, writes JSON.
+
+Every row runs the same episodes (seeds, initial states), so each row is also compared with the
+first one episode by episode: the paired difference's standard error is smaller than the
+unpaired one when the rows succeed and fail on the same episodes. A row whose results are
+already in `--out` with the same settings is reused, so a long ablation resumes where it was
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from envs.evaluate import EvalConfig, evaluate
@@ -51,11 +58,16 @@ def main() -> None:
     out = Path(args.out)
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    runs = [(name, args.checkpoint, over) for name, over in VARIANTS if not only or any(f in name for f in only)]
+    # Row folders are named by the variant's place in VARIANTS, so `--only` never renames them.
+    runs = [
+        (name, args.checkpoint, over, f"variant_{i:02d}")
+        for i, (name, over) in enumerate(VARIANTS)
+        if not only or any(f in name for f in only)
+    ]
     if args.ar_checkpoint:
-        runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}))
+        runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}, "autoregressive"))
     rows = []
-    for i, (name, ckpt, over) in enumerate(runs):
+    for name, ckpt, over, folder in runs:
         cfg = EvalConfig(
             episodes_per_task=args.episodes,
             execute_steps=args.execute_steps,
@@ -65,26 +77,81 @@ def main() -> None:
             tasks=tasks,
             suite=args.suite,
         )
-        res = evaluate(ckpt, cfg, out / f"variant_{i:02d}", progress=False)
-        rows.append({"variant": name, "overrides": over, **{k: res[k] for k in ("mean_success", "per_task_success")}})
+        res = _saved(out / folder, ckpt, cfg)
+        if res is None:
+            res = evaluate(ckpt, cfg, out / folder, progress=False)
+        else:
+            print(f"{name:<45} reused {out / folder / 'results.json'}", flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "overrides": over,
+                **{k: res[k] for k in ("mean_success", "per_task_success")},
+                "outcomes": _outcomes(res),
+            }
+        )
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)
     tasks = list(rows[0]["per_task_success"])
     n = args.episodes * len(tasks)
     same = "same initial states" if args.suite != "builtin" else "same seeds"
     lines = [
-        f"| decoding ({n} episodes each, {same}) | mean | s.e. | " + " | ".join(tasks) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in tasks) + " |",
+        f"| decoding ({n} episodes each, {same}) | mean | s.e. | vs first row (paired s.e.) | "
+        + " | ".join(tasks)
+        + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in tasks) + " |",
     ]
     for row in rows:
         p = row["mean_success"]
         row["standard_error"] = (p * (1 - p) / n) ** 0.5  # binomial, over all episodes of the row
+        row["vs_first"] = paired_difference(row["outcomes"], rows[0]["outcomes"])
+        d = row["vs_first"]
+        vs = "" if row is rows[0] else f"{100 * d['difference']:+.1f} ({100 * d['standard_error']:.1f})"
         per = " | ".join(f"{100 * row['per_task_success'][t]:.0f}" for t in tasks)
-        lines.append(f"| {row['variant']} | {100 * p:.1f} | {100 * row['standard_error']:.1f} | {per} |")
+        lines.append(f"| {row['variant']} | {100 * p:.1f} | {100 * row['standard_error']:.1f} | {vs} | {per} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablation.json", json.dumps(rows, indent=2))
     atomic_write_text(out / "ablation.md", table + "\n")
     print(table)
+
+
+def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
+    """A finished row in `folder` run with the same checkpoint and settings, else None."""
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    # Worker count does not change outcomes; initial states and render mode are resolved from
+    # the same settings and the checkpoint when the row runs.
+    skip = ("workers", "init_states", "render_mode")
+    ran = {k: v for k, v in res["config"].items() if k not in skip}
+    wanted = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k not in skip}
+    return res if res["checkpoint"] == str(checkpoint) and ran == wanted else None
+
+
+def _outcomes(res: dict) -> dict[str, bool]:
+    """Success per episode, keyed by task and initial state (or seed)."""
+    return {
+        f"{e['task']}/{e['init_state'] if e['init_state'] is not None else e['seed']}": bool(e["success"])
+        for e in res["episodes"]
+    }
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
+    """Mean of a - b over the episodes both rows ran, with the paired standard error."""
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        raise ValueError("the two rows share no episodes")
+    d = [float(a[k]) - float(b[k]) for k in keys]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return {
+        "difference": mean,
+        "standard_error": math.sqrt(var / len(d)),
+        "episodes": len(keys),
+        "only_this_row_succeeded": sum(x > 0 for x in d),
+        "only_first_row_succeeded": sum(x < 0 for x in d),
+    }
 
 
 if __name__ == "__main__":

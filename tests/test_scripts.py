@@ -56,7 +56,7 @@ def test_vla_train_and_vla_eval(checkpoint, tmp_path, debug_data_root):
 
 
 def test_vla_ablate(checkpoint, tmp_path):
-    out = run(
+    args = (
         "vla-ablate",
         "--checkpoint",
         str(checkpoint),
@@ -71,7 +71,24 @@ def test_vla_ablate(checkpoint, tmp_path):
         "--out",
         str(tmp_path / "ab"),
     )
+    out = run(*args)
     assert "one-shot parallel, T=1" in out and (tmp_path / "ab" / "ablation.md").exists()
+    # A second call with the same settings reuses the finished row instead of running it again.
+    again = run(*args)
+    assert "reused" in again and "one-shot parallel, T=1" in again
+
+
+def test_paired_difference_counts_discordant_episodes():
+    from envs.ablation import paired_difference
+
+    a = {"t/0": True, "t/1": True, "t/2": False, "t/3": False}
+    b = {"t/0": True, "t/1": False, "t/2": False, "t/3": True, "t/9": True}  # t/9: not in both rows
+    d = paired_difference(a, b)
+    assert d["episodes"] == 4 and d["difference"] == 0.0
+    assert d["only_this_row_succeeded"] == 1 and d["only_first_row_succeeded"] == 1
+    assert abs(d["standard_error"] - (2 / 3 / 4) ** 0.5) < 1e-12  # sample variance of [0, 1, 0, -1]
+    same = paired_difference(a, a)
+    assert same["difference"] == 0.0 and same["standard_error"] == 0.0
 
 
 def test_benchmarks(checkpoint, debug_data_root):
