@@ -1,6 +1,7 @@
 """Launched by tests/test_train.py with torchrun (2 CPU processes): for each real VLM family,
 one FSDP training step must equal the same step taken unsharded on the mean of both ranks'
-gradients, with the backbone loaded by path, a LoRA and a frozen-vision variant included."""
+gradients, with the backbone loaded by path, a LoRA and a frozen-vision variant included, and
+the unified decoder (slots inside the language model) on two families."""
 
 import copy
 import sys
@@ -47,19 +48,30 @@ def main(root: Path) -> None:
         ("idefics3", {"lora_rank": 4, "lora_targets": ["q_proj", "v_proj"]}),
         ("paligemma", {"freeze_vision": True}),
     ]
+    # The unified decoder runs the language model's sharded layers twice per step (prefix, slots).
+    cases += [
+        ("qwen2_5_vl", {"decoder_arch": "unified"}),
+        ("idefics3", {"decoder_arch": "unified", "lora_rank": 4, "lora_targets": ["q_proj", "v_proj"]}),
+    ]
     for family, options in cases:
         src = root / family
         if rank == 0 and not src.exists():
             FAMILIES[family](src)
         dist.barrier()
-        cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, source=str(src), **options))
+        backbone = {k: v for k, v in options.items() if k != "decoder_arch"}
+        arch = options.get("decoder_arch", "expert")
+        cfg = tiny_policy_config(
+            decoder_arch=arch, backbone=replace(tiny_policy_config().backbone, source=str(src), **backbone)
+        )
         torch.manual_seed(0)
         reference = VLAModel(cfg, tiny_stats())
         sharded = copy.deepcopy(reference)
         before = {k: v.clone() for k, v in reference.state_dict().items()}
-        step(reference, [(r, batch(reference, r)) for r in range(world)])
         units = shard_policy(sharded, torch.device("cpu"))
-        step(sharded, [(rank, batch(reference, rank))])
+        # Two steps for the unified decoder: a second forward must see the updated parameters.
+        for _ in range(2 if arch == "unified" else 1):
+            step(reference, [(r, batch(reference, r)) for r in range(world)])
+            step(sharded, [(rank, batch(reference, rank))])
         got, want = full_model_state(sharded), reference.state_dict()
         if rank == 0:
             assert got.keys() == want.keys(), (family, options)
@@ -67,7 +79,7 @@ def main(root: Path) -> None:
                 torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6, msg=f"{family} {options} {k}")
             trained = {k for k in want if not torch.equal(want[k], before[k])}
             assert "decoder.head.weight" in trained and any(k.startswith("backbone.") for k in trained), family
-            if options:  # LoRA trains adapters only; a frozen vision tower stays as loaded
+            if backbone:  # LoRA trains adapters only; a frozen vision tower stays as loaded
                 assert all(
                     ("lora_" in k) == bool(options.get("lora_rank")) for k in trained if k.startswith("backbone.")
                 )

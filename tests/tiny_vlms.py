@@ -1,4 +1,5 @@
-"""Tiny random VLMs of real transformers families, saved the way hub checkpoints are saved.
+"""Tiny random VLMs of real transformers families, saved the way hub checkpoints are saved
+(one language-model layer unless `layers` says otherwise).
 
 They stand in for pretrained weights (which cannot be downloaded here): the loading code under
 test is exactly the one a user runs with a real model id or folder.
@@ -26,13 +27,13 @@ def _tokenizer(specials: list[str], **kw) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
 
 
-def _llama(vocab: int, **kw):
+def _llama(vocab: int, layers: int = 1, **kw):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         vocab_size=vocab,
@@ -41,7 +42,7 @@ def _llama(vocab: int, **kw):
     )
 
 
-def save_paligemma(path: Path) -> Path:
+def save_paligemma(path: Path, layers: int = 1) -> Path:
     from transformers import (
         GemmaConfig,
         PaliGemmaConfig,
@@ -69,7 +70,7 @@ def save_paligemma(path: Path) -> Path:
         text_config=GemmaConfig(
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=1,
+            num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=16,
@@ -83,7 +84,7 @@ def save_paligemma(path: Path) -> Path:
     return path
 
 
-def save_idefics3(path: Path) -> Path:
+def save_idefics3(path: Path, layers: int = 1) -> Path:
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -107,7 +108,7 @@ def save_idefics3(path: Path) -> Path:
             image_size=32,
             patch_size=8,
         ),
-        text_config=_llama(len(tok)),
+        text_config=_llama(len(tok), layers),
         scale_factor=2,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
@@ -116,7 +117,7 @@ def save_idefics3(path: Path) -> Path:
     return path
 
 
-def save_qwen2_5_vl(path: Path) -> Path:
+def save_qwen2_5_vl(path: Path, layers: int = 1) -> Path:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -136,7 +137,7 @@ def save_qwen2_5_vl(path: Path) -> Path:
         text_config={
             "hidden_size": 32,
             "intermediate_size": 64,
-            "num_hidden_layers": 1,
+            "num_hidden_layers": layers,
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "vocab_size": len(tok),

@@ -45,15 +45,25 @@ def shard_policy(policy: nn.Module, device: torch.device) -> list[str]:
     base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm  # under LoRA (peft)
     units = set(getattr(base, "_no_split_modules", None) or []) | {"Block"}
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    # The unified decoder runs the language model twice per step (the prefix, then the slots),
+    # and the slots' gradient reaches each layer's prefix keys/values through the cache, past
+    # FSDP's per-call backward hooks: a layer resharded after its slot-pass backward would then
+    # be read freed by its prefix-pass backward. So under the unified decoder the language
+    # model's layers are not units of their own but part of the root unit, which stays gathered
+    # from forward to the end of backward (more memory per rank for the language model; its
+    # parameters, gradients and optimiser state stay sharded between steps).
+    skip = set()
+    if getattr(policy.cfg, "decoder_arch", "expert") == "unified":
+        skip = {id(m) for m in policy.backbone.language_model.modules()}
     sharded = []
     for module in reversed(list(policy.modules())):  # inner units before the ones around them
         name = type(module).__name__
-        if name in units and module is not policy:
+        if name in units and module is not policy and id(module) not in skip:
             fully_shard(module, mesh=mesh)
             sharded.append(name)
     fully_shard(policy, mesh=mesh)
     # Methods called outside forward() must gather their unit's parameters too.
-    for block in policy.decoder.blocks:
+    for block in getattr(policy.decoder, "blocks", []):  # the action expert's
         register_fsdp_forward_method(block, "keys_values")
     register_fsdp_forward_method(policy, "fully_masked_accuracy")
     if not any(u != "Block" for u in sharded):

@@ -181,6 +181,11 @@ def register_configs() -> None:
     )
     for kind in DecoderType:
         cs.store(group="decoder", name=kind.value, node={"decoder_type": kind.value}, package="policy")
+        # decoder=unified / decoder=unified_autoregressive: the same objectives decoded inside the VLM
+        name = "unified" if kind == "diffusion" else f"unified_{kind.value}"
+        cs.store(
+            group="decoder", name=name, node={"decoder_type": kind.value, "decoder_arch": "unified"}, package="policy"
+        )
     cs.store(group="data", name="builtin", node=DataConfig, package="data")
     cs.store(group="data", name="record", node=RecordConfig, package="data.record")
     cs.store(group="loader", name="default", node=LoaderConfig, package="data.loader")

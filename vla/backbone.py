@@ -248,13 +248,67 @@ class VLMBackbone(nn.Module):
         lora = LoraConfig(r=self.cfg.lora_rank, lora_alpha=self.cfg.lora_alpha, target_modules=self.cfg.lora_targets)
         return get_peft_model(model, lora)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs: the prompter's tensors ("text_mask" is not passed to the VLM)."""
+    def _vlm_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = next(self.vlm.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items() if k != "text_mask"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(next(self.vlm.parameters()).dtype)
+        return inputs
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs: the prompter's tensors ("text_mask" is not passed to the VLM)."""
+        inputs = self._vlm_inputs(inputs)
         out = self.vlm(**inputs, use_cache=False)
         hidden = out.last_hidden_state  # (B, P, hidden)
         mask = inputs["attention_mask"].bool()  # (B, P)
         return hidden, mask
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The VLM's language model (its decoder layers, no LM head), under LoRA too."""
+        base = self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
+        for name in ("language_model", "text_model"):
+            lm = getattr(base, name, None)
+            if isinstance(lm, nn.Module):
+                return lm
+        raise NotImplementedError(
+            f"decoder_arch=unified needs the language model of the VLM ({self.model_type}) as a "
+            "`language_model` or `text_model` submodule; this one has neither: use decoder_arch=expert"
+        )
+
+    @property
+    def embed_std(self) -> float:
+        """Spread of the language model's token embeddings (new embeddings start at this scale)."""
+        return float(self.language_model.get_input_embeddings().weight.detach().float().std())
+
+    def prefix_cache(self, inputs: dict[str, torch.Tensor]):
+        """Run the prefix like `forward`, keeping the language model's key/value cache.
+
+        -> hidden (B, P, hidden), mask (B, P), the cache (the model's own type), and the next
+        position id of each sample (B,): one past the largest position the VLM gave a real token,
+        read from its own call to the language model, so PaliGemma's 1-indexed positions and
+        Qwen2.5-VL's multimodal rotary positions (text after the prompt advances every axis from
+        the largest) are continued as the family does for generated text."""
+        inputs = self._vlm_inputs(inputs)
+        seen: dict = {}
+
+        def grab(module, args, kwargs):
+            seen["position_ids"] = kwargs.get("position_ids")
+
+        handle = self.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            out = self.vlm(**inputs, use_cache=True)
+        finally:
+            handle.remove()
+        hidden = out.last_hidden_state
+        mask = inputs["attention_mask"].bool()
+        b, p = mask.shape
+        pos = seen.get("position_ids")
+        if pos is None:  # the language model's default: cache positions 0..P-1
+            pos = torch.arange(p, device=mask.device)
+        pos = pos.to(mask.device)
+        if pos.ndim == 3:  # (axes, B, P) rotary positions: the largest over the axes
+            pos = pos.amax(0)
+        pos = pos.expand(b, p)
+        next_position = pos.masked_fill(~mask, torch.iinfo(pos.dtype).min).amax(1) + 1  # (B,)
+        return hidden, mask, out.past_key_values, next_position

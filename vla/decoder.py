@@ -122,6 +122,9 @@ class ActionDecoder(nn.Module):
                     f"decoder needs cond of shape ({prefix.shape[0]}, {self.cond_proj.in_features}), got {got}"
                 )
             cache["cond"] = self.cond_proj(cond.to(p.dtype))[:, None]  # (B, 1, d)
+        # Every chunk's cache has the same keys from the start (the refinement steps' mask too),
+        # so a compiled decoder pass (`VLAModel.compile_decoder`) is not re-traced per chunk.
+        self._mask(cache, self.num_slots, self.num_slots, causal=False)
         return cache
 
     def _embed(self, tokens: torch.Tensor, cache: dict, start: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from vla.configs import choice
 from vla.decoder import ActionDecoder, DecoderConfig
 from vla.processor import ObservationProcessor, stat
 from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
+from vla.unified import FrozenPrefixCache, UnifiedDecoder, slot_mask
 
 
 class DecoderType(StrEnum):
@@ -30,9 +31,15 @@ class DecoderType(StrEnum):
     autoregressive = "autoregressive"  # the baseline: left to right, causal, key/value cache
 
 
+class DecoderArch(StrEnum):
+    expert = "expert"  # a separate transformer over the slots, attending to the VLM's last hidden states
+    unified = "unified"  # the slots are positions of the VLM's own language model (vla/unified.py)
+
+
 @dataclass
 class PolicyConfig:
     decoder_type: DecoderType = DecoderType.diffusion
+    decoder_arch: DecoderArch = DecoderArch.expert  # `decoder` below sizes the expert only
     chunk_size: int = 8
     action_dim: int = 7
     state_dim: int = 8
@@ -51,6 +58,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         self.decoder_type = choice(DecoderType, self.decoder_type, "policy.decoder_type")
+        self.decoder_arch = choice(DecoderArch, self.decoder_arch, "policy.decoder_arch")
         for name in ("chunk_size", "action_dim", "state_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
@@ -89,9 +97,15 @@ class VLAModel(nn.Module):
         self.processor = ObservationProcessor.from_config(cfg, stats, self.backbone.prompter)  # checks the stats
         hidden = self.backbone.hidden_size
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.decoder = ActionDecoder(
-            cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, cfg.action_tokenizer.bins, cond_dim=2 * hidden
-        )
+        bins = cfg.action_tokenizer.bins
+        if cfg.decoder_arch == "unified":
+            self.decoder = UnifiedDecoder(
+                hidden, cfg.chunk_size, cfg.action_dim, bins, cond_dim=2 * hidden, embed_std=self.backbone.embed_std
+            )
+            self.chunk_cache = self._unified_cache
+        else:
+            self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, bins, cond_dim=2 * hidden)
+            self.chunk_cache = self._expert_cache
         ar = cfg.decoder_type == "autoregressive"
         # The decoder type is chosen once here, not dispatched by string on every call.
         self._slot_logits = self._causal_logits if ar else self._masked_logits
@@ -106,27 +120,63 @@ class VLAModel(nn.Module):
         return self.processor.model_inputs(images, state, instructions)
 
     # ----------------------------------------------------------------------------- prefix
-    def encode_prefix(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs["vlm"], inputs["state"] (B, S) normalised -> prefix (B, P + 2, hidden), mask (B, P + 2).
-
-        The prefix is the backbone's hidden states, then the mean of its text positions (the
-        instruction, which a randomly initialised backbone would otherwise bury among hundreds of
-        image tokens), then the proprio token. The last two also condition every action slot.
-        """
+    # `chunk_cache(inputs)` (set in __init__ to one of the two below) computes everything a
+    # chunk's refinement steps share; `self.decoder(tokens, cache)` is then one step.
+    def _state(self, inputs: dict) -> torch.Tensor:
         state = inputs["state"]
         if state.shape[-1] != self.cfg.state_dim:
             raise ValueError(f"state has width {state.shape[-1]}, this policy expects {self.cfg.state_dim}")
-        hidden, mask = self.backbone(inputs["vlm"])
+        return self.state_proj(state.to(self.device).float())  # (B, hidden)
+
+    @staticmethod
+    def _text_token(inputs: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """Mean of the prefix's text positions (B, hidden): the instruction, which a randomly
+        initialised backbone would otherwise bury among hundreds of image tokens."""
         text = inputs["vlm"]["text_mask"][..., None].to(hidden.device, hidden.dtype)  # (B, P, 1)
-        text_tok = (hidden * text).sum(1, keepdim=True) / text.sum(1, keepdim=True).clamp_min(1.0)
-        state_tok = self.state_proj(state.to(self.device).float())[:, None].to(hidden.dtype)  # (B, 1, hidden)
-        prefix = torch.cat([hidden, text_tok, state_tok], dim=1)  # (B, P + 2, hidden)
+        return (hidden * text).sum(1) / text.sum(1).clamp_min(1.0)
+
+    def encode_prefix(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs["vlm"], inputs["state"] (B, S) normalised -> prefix (B, P + 2, hidden), mask (B, P + 2).
+
+        The prefix is the backbone's hidden states, then the text token (`_text_token`), then the
+        proprio token. The last two also condition every action slot.
+        """
+        state_tok = self._state(inputs)
+        hidden, mask = self.backbone(inputs["vlm"])
+        text_tok = self._text_token(inputs, hidden)
+        prefix = torch.cat([hidden, text_tok[:, None], state_tok[:, None].to(hidden.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :2])], dim=1)
         return prefix, mask
 
     def decoder_cache(self, prefix: torch.Tensor, mask: torch.Tensor) -> dict:
-        """The decoder's per-chunk cache; every slot is conditioned on the text and state tokens."""
+        """The action expert's per-chunk cache; every slot is conditioned on the text and state tokens."""
         return self.decoder.prefix_cache(prefix, mask, cond=prefix[:, -2:].flatten(1))
+
+    def _expert_cache(self, inputs: dict) -> dict:
+        return self.decoder_cache(*self.encode_prefix(inputs))
+
+    def _unified_cache(self, inputs: dict) -> dict:
+        """The VLM's prefix pass with its cache kept, then the state token as one more prefix
+        position of the language model; the slots are conditioned on the text and state tokens."""
+        state_tok = self._state(inputs)
+        hidden, mask, kv, next_position = self.backbone.prefix_cache(inputs["vlm"])
+        lm = self.backbone.language_model
+        lm(
+            inputs_embeds=state_tok[:, None].to(hidden.dtype),
+            attention_mask=slot_mask(mask, kv.get_seq_length(), 1, False, hidden.dtype),
+            position_ids=next_position[:, None],
+            past_key_values=kv,
+            use_cache=True,
+        )
+        cond = torch.cat([self._text_token(inputs, hidden).float(), state_tok], dim=-1)
+        return {
+            "lm": lm,
+            "kv": FrozenPrefixCache.from_cache(kv),
+            "mask": mask,
+            "next_position": next_position + 1,  # the slots follow the state token
+            "cond": self.decoder.cond_proj(cond)[:, None],  # (B, 1, hidden)
+            "dtype": hidden.dtype,
+        }
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict, generator: torch.Generator | None = None):
@@ -144,8 +194,7 @@ class VLAModel(nn.Module):
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy."""
-        prefix, pmask = self.encode_prefix(batch)
-        cache = self.decoder_cache(prefix, pmask)
+        cache = self.chunk_cache(batch)
         tokens, valid = self.targets(batch)
         logits, target_mask = self._slot_logits(tokens, valid, cache, generator)
         loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
@@ -174,9 +223,8 @@ class VLAModel(nn.Module):
     @torch.no_grad()
     def fully_masked_accuracy(self, batch: dict) -> torch.Tensor:
         """Token accuracy from one pass with every slot masked (diffusion) or greedy decoding (AR)."""
-        prefix, pmask = self.encode_prefix(batch)
         tokens, valid = self.targets(batch)
-        cache = self.decoder_cache(prefix, pmask)
+        cache = self.chunk_cache(batch)
         if self.cfg.decoder_type == "autoregressive":
             pred = self._autoregressive(cache, tokens.shape[0])
         else:
@@ -195,9 +243,8 @@ class VLAModel(nn.Module):
     ) -> torch.Tensor:
         """inputs["vlm"], inputs["state"] -> tokens (B, H, D). fixed_actions (B, k, D): the first k
         steps are pre-committed (inpainting). use_cache=False recomputes the prefix every step."""
-        prefix, pmask = self.encode_prefix(inputs)
-        cache = self.decoder_cache(prefix, pmask)
-        b = prefix.shape[0]
+        cache = self.chunk_cache(inputs)
+        b = inputs["state"].shape[0]
         tokens = self._decode(inputs, cache, b, generator, use_cache, fixed_actions, trace)
         return tokens.reshape(b, self.cfg.chunk_size, self.cfg.action_dim)
 
@@ -217,7 +264,7 @@ class VLAModel(nn.Module):
             return self.decoder(tokens, cache)
 
         def logits_recomputed(tokens):  # reference path: the prefix is recomputed every step
-            return self.decoder(tokens, self.decoder_cache(*self.encode_prefix(inputs)))
+            return self.decoder(tokens, self.chunk_cache(inputs))
 
         fixed_tokens = fixed_mask = None
         n = self.decoder.num_slots
@@ -241,6 +288,13 @@ class VLAModel(nn.Module):
             fixed_mask=fixed_mask,
             trace=trace,
         )
+
+    def compile_decoder(self, **options) -> None:
+        """Run every decoder pass (a refinement step, both decoders) through torch.compile: for
+        inference, where it cuts the per-step overhead (docs/benchmarks.md); equal to eager
+        within float tolerance (tests/test_unified.py). The first pass of each new batch shape
+        compiles: seconds to a minute on CPU. `options` go to torch.compile."""
+        self.decoder.forward = torch.compile(self.decoder.forward, dynamic=False, **options)
 
     # ----------------------------------------------------------------------------- contracts
     def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
