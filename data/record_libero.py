@@ -9,6 +9,7 @@ replaces `root` only when complete, and the parts are then removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -169,18 +170,24 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
             len(jobs),
             parts,
         )
-    if todo:
-        with ProcessPoolExecutor(
-            max(1, cfg.workers), mp_context=mp.get_context("spawn"), initializer=_init_worker
-        ) as pool:
-            for _ in tqdm(pool.map(_episode, todo), total=len(todo), desc=f"recording {cfg.suite} demos"):
-                pass
     bars_were_on = hf_datasets_logging.is_progress_bar_enabled()
     hf_datasets_logging.disable_progress_bar()
     kept = failed = 0
     per_task: dict[str, list[int]] = {}
+    recorded = iter(())
     try:
-        with atomic_dir(root, "recording") as tmp:
+        with contextlib.ExitStack() as stack:
+            if todo:
+                pool = stack.enter_context(
+                    ProcessPoolExecutor(
+                        max(1, cfg.workers), mp_context=mp.get_context("spawn"), initializer=_init_worker
+                    )
+                )
+                # Results come back in job order; the dataset is written here while the workers
+                # record the next episodes (writing costs about half as much CPU as recording).
+                recorded = pool.map(_episode, todo)
+            missing = {job[-1] for job in todo}
+            tmp = stack.enter_context(atomic_dir(root, "recording"))
             ds = LeRobotDataset.create(
                 f"local/vla_{cfg.suite}",
                 FPS,
@@ -190,7 +197,9 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
                 use_videos=False,
                 image_writer_threads=2,  # PNG encoding releases the GIL: frames of an episode in parallel
             )
-            for suite, task, *_, part in tqdm(jobs, desc="writing the LeRobot dataset"):
+            for suite, task, *_, part in tqdm(jobs, desc=f"recording and writing {cfg.suite} demos"):
+                if part in missing:
+                    next(recorded)  # wait for this episode's part
                 instruction = _instruction(suite, task)
                 with np.load(part, allow_pickle=False) as z:
                     ep = {k: z[k] for k in z.files}  # each z[k] reads the file again: once per array

@@ -151,8 +151,10 @@ def train_with_torchrun(*overrides: str) -> None:
 
 
 @pytest.mark.multiprocess
-def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root):
+@pytest.mark.parametrize("decoder", ["diffusion", "unified"])
+def test_fsdp_resumes_and_matches_ddp_with_two_cpu_processes(tmp_path, data_root, decoder):
     common = [f"data.root={data_root}", "optim.steps=4", "optim.ema_decay=0.9", "optim.grad_accum=2"]
+    common.append(f"decoder={decoder}")
     train_with_torchrun("strategy=ddp", f"run_dir={tmp_path / 'ddp'}", *common)
     train_with_torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", "stop_after=2", *common)
     train_with_torchrun("strategy=fsdp", f"run_dir={tmp_path / 'fsdp'}", *common)  # resumes at step 2

@@ -225,3 +225,30 @@ def test_compiled_decoder_pass_equals_eager(arch):
         compiled = model.predict_tokens(inputs, torch.Generator().manual_seed(5))
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        {"steps": 1},
+        {"confidence": "margin"},
+        {"confidence": "sampled_prob"},
+        {"confidence": "random"},
+        {"remask_threshold": True},
+        {"remask_delta": 0.3},
+    ],
+)
+def test_every_sampler_option_decodes_with_the_unified_decoder(sampler):
+    from vla.sampling import DecodeTrace
+
+    torch.manual_seed(0)
+    model = VLAModel(tiny_policy_config(decoder_arch="unified"), tiny_stats()).eval()
+    model.cfg = replace(model.cfg, sampler=replace(model.cfg.sampler, **sampler))
+    inputs = model_batch(model, batch())
+    trace = DecodeTrace([], [], [])
+    with torch.no_grad():
+        tokens = model.predict_tokens(inputs, torch.Generator().manual_seed(0), trace=trace)
+        again = model.predict_tokens(inputs, torch.Generator().manual_seed(0), use_cache=False)
+    assert tokens.shape == (3, 4, 3) and int(tokens.max()) < model.decoder.bins
+    assert len(trace.tokens) == model.cfg.sampler.steps and not trace.masked[-1].any()
+    assert torch.equal(tokens, again)  # the cached prefix decodes exactly as the recomputed one

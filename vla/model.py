@@ -292,9 +292,11 @@ class VLAModel(nn.Module):
     def compile_decoder(self, **options) -> None:
         """Run every decoder pass (a refinement step, both decoders) through torch.compile: for
         inference, where it cuts the per-step overhead (docs/benchmarks.md); equal to eager
-        within float tolerance (tests/test_unified.py). The first pass of each new batch shape
-        compiles: seconds to a minute on CPU. `options` go to torch.compile."""
-        self.decoder.forward = torch.compile(self.decoder.forward, dynamic=False, **options)
+        within float tolerance (tests/test_unified.py). The first pass compiles (seconds to a
+        minute on CPU); a prompt of another length compiles once more, then the prefix length is
+        treated as dynamic (torch.compile's default). `options` go to torch.compile, e.g.
+        mode="reduce-overhead" for CUDA graphs on a GPU."""
+        self.decoder.forward = torch.compile(self.decoder.forward, **options)
 
     # ----------------------------------------------------------------------------- contracts
     def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
