@@ -53,7 +53,7 @@ def shard_policy(policy: nn.Module, device: torch.device) -> list[str]:
     # from forward to the end of backward (more memory per rank for the language model; its
     # parameters, gradients and optimiser state stay sharded between steps).
     skip = set()
-    if getattr(policy.cfg, "decoder_arch", "expert") == "unified":
+    if policy.cfg.decoder_arch == "unified":
         skip = {id(m) for m in policy.backbone.language_model.modules()}
     sharded = []
     for module in reversed(list(policy.modules())):  # inner units before the ones around them

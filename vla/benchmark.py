@@ -37,29 +37,13 @@ def smolvlm_256m_shape():
     SigLIP base-patch16-512 (its model card's vision encoder), pixel shuffle 4 (64 tokens per
     512 px image) and SmolLM2-135M's language model (30 layers, width 576, 9 heads, 3 key/value
     heads, vocabulary 49,280): 228M parameters. The shape, not the model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        Idefics3Config,
-        Idefics3Model,
-        Idefics3Processor,
-        Idefics3VisionConfig,
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import Idefics3Config, Idefics3Model, Idefics3Processor, Idefics3VisionConfig, LlamaConfig
     from transformers.models.idefics3 import Idefics3ImageProcessor
 
-    specials = ["<pad>", "<bos>", "<eos>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["pick up the red cube and place it in the basket"] * 5, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    from vla.text_tokenizer import SPECIAL_TOKENS, build_text_tokenizer
+
+    markup = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+    tokenizer = build_text_tokenizer(512, SPECIAL_TOKENS + markup)
     improc = Idefics3ImageProcessor(
         do_image_splitting=False, size={"longest_edge": 512}, max_image_size={"longest_edge": 512}
     )

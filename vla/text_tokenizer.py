@@ -28,14 +28,17 @@ _OBJECTS = ["cube", "block", "bowl", "plate", "mug", "bottle", "can", "spoon", "
 _TARGETS = ["plate", "pad", "bowl", "basket", "drawer", "towel", "cabinet", "left", "right", "tray"]
 
 
-def build_text_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def build_text_tokenizer(vocab_size: int = 512, specials: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """specials: the special tokens, first `SPECIAL_TOKENS`' four (pad, bos, eos, image) and then
+    any a processor needs besides (Idefics3's image markup, for the benchmark's SmolVLM shape)."""
+    specials = specials or SPECIAL_TOKENS
     corpus = [s.format(c=c, o=o, t=t) for s in _CORPUS for c in _COLOURS for o in _OBJECTS for t in _TARGETS[:3]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
