@@ -6,13 +6,15 @@ the zarr cache on disk, and from the cache loaded in memory.
 
     vla-bench-data --cache runs/data/builtin.zarr          # an existing cache
     vla-bench-data --synthetic 270000 --image-size 128     # a port-sized synthetic cache
+    vla-bench-data --synthetic 270000 --keep runs/data/synthetic_270k.zarr   # ... kept for a training run
 
 `--synthetic N` builds a cache of N frames (episodes of 130 frames, two cameras of smooth
 random images, 8-D state, 7-D action) in a temporary folder, N = 270,000 being the size of a
 public LIBERO port; the page cache is dropped for its files before the disk reads are timed
 (posix_fadvise), so a cache larger than memory is measured as it is read in training. The video
 dataset holds the first `--episodes` episodes: its per-sample cost (seek and decode) does not
-grow with the dataset.
+grow with the dataset. Building a cache from that video dataset (the reader training uses for a
+LeRobot port) is timed too, and its rate gives the time to build the whole cache from a port.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from data.cache import ZarrCache, build_cache
 from data.dataset import ChunkDataset
 from data.episode import Episode
+from data.readers import LeRobotKeys, read_lerobot
 from data.record import FPS, features, lerobot_frame
 
 
@@ -94,17 +97,25 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="episodes written to the video dataset")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--keep", default="", help="--synthetic: build the cache here and keep it (reused if present)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.cache)
         if args.synthetic:
-            path = Path(tmp) / "synthetic.zarr"
-            t0 = time.time()
-            build_cache(_synthetic_episodes(args.synthetic, args.image_size), path)
-            print(f"built a {args.synthetic}-frame synthetic cache in {time.time() - t0:.0f} s")
+            path = Path(args.keep) if args.keep else Path(tmp) / "synthetic.zarr"
+            if path.exists() and ZarrCache(path, in_memory=False).num_frames != args.synthetic:
+                raise SystemExit(f"{path} holds another cache; remove it or choose another --keep")
+            if not path.exists():
+                t0 = time.time()
+                episodes = _synthetic_episodes(args.synthetic, args.image_size)
+                build_cache(episodes, path, total_frames=args.synthetic)
+                print(f"built a {args.synthetic}-frame synthetic cache in {time.time() - t0:.0f} s")
         on_disk = ZarrCache(path, in_memory=False)
         n_video = int(on_disk.episode_ends[args.episodes - 1])
         video = _video_dataset(on_disk, args.episodes, Path(tmp) / "video")
+        t0 = time.time()
+        build_cache(read_lerobot(Path(tmp) / "video", LeRobotKeys()), Path(tmp) / "from_video.zarr")
+        build_rate = n_video / (time.time() - t0)
         rows = [
             (
                 "LeRobotDataset, video (lerobot API)",
@@ -139,6 +150,10 @@ def main() -> None:
     print(f"{'reader':<46}{'frames':>9}{'samples/s':>11}{'vs video':>10}")
     for name, n, sps in rows:
         print(f"{name:<46}{n:>9}{sps:>11.0f}{sps / base:>9.1f}x")
+    print(
+        f"cache build from the video dataset: {build_rate:.0f} frames/s, "
+        f"{on_disk.num_frames / build_rate / 60:.1f} min for {on_disk.num_frames} frames"
+    )
 
 
 if __name__ == "__main__":

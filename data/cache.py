@@ -49,14 +49,24 @@ def compute_stats(x: np.ndarray) -> dict:
     }
 
 
-def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_chunk: int = FRAMES_PER_CHUNK) -> Path:
-    with atomic_dir(path, "building") as tmp:
+def build_cache(
+    episodes: Iterable[Episode],
+    path: str | Path,
+    frames_per_chunk: int = FRAMES_PER_CHUNK,
+    total_frames: int | None = None,
+) -> Path:
+    """Write `episodes` as a cache at `path` (atomically); `total_frames`, when the source knows
+    it, gives the progress bar its end and its time estimate."""
+    with (
+        atomic_dir(path, "building") as tmp,
+        tqdm(total=total_frames, unit="frame", unit_scale=True, desc=f"building {Path(path).name}") as bar,
+    ):
         root = zarr.open_group(str(tmp), mode="w")
         arrays: dict[str, zarr.Array] = {}
         n = 0
         ends, task_idx, tasks = [], [], []
         states, actions, perturbed = [], [], []
-        for ep in tqdm(episodes, desc="building zarr cache"):
+        for ep in episodes:
             ep.validate()
             if not arrays:
                 for cam, img in ep.images.items():
@@ -87,6 +97,7 @@ def build_cache(episodes: Iterable[Episode], path: str | Path, frames_per_chunk:
             task_idx.append(tasks.index(ep.task))
             n += t
             ends.append(n)
+            bar.update(t)
         if not ends:
             raise ValueError("no episodes to cache: the source is empty")
         state, action = np.concatenate(states), np.concatenate(actions)

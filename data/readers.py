@@ -40,6 +40,7 @@ def read_lerobot(
 ) -> Iterator[Episode]:
     """Episodes of a local LeRobotDataset v3 folder (image or video storage)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.video_utils import decode_video_frames
 
     keys = keys or LeRobotKeys()
     root = Path(root)
@@ -56,31 +57,46 @@ def read_lerobot(
             f"{root}: dataset has no keys {missing}; it has {sorted(have)}. Map them with "
             "data.camera_keys={agentview: <key>, wrist: <key>}, data.state_key=<key>, data.action_key=<key>"
         )
-    ends = np.cumsum([ds.meta.episodes[i]["length"] for i in range(ds.num_episodes)])
-    start = 0
-    for ep, end in enumerate(ends):
-        frames = []
-        for i in range(start, int(end)):
+    # Whole episodes at a time: one decoder call per camera and episode decodes the episode's
+    # frames in order instead of seeking for each frame (lerobot's per-frame access), which is
+    # what makes building the cache from a port of 270,000 video frames practical
+    # (docs/benchmarks.md#data-reads).
+    table = ds.hf_dataset.with_format("numpy")  # uint8 (T, H, W, 3) images, without lerobot's float transform
+    videos = set(ds.meta.video_keys)
+    for ep in range(ds.num_episodes):
+        info = ds.meta.episodes[ep]
+        start, end = int(info["dataset_from_index"]), int(info["dataset_to_index"])
+        where = f"{root} episode {ep}"
+        try:
+            rows = table[start:end]
+        except Exception as e:  # a truncated parquet row group surfaces here
+            raise ValueError(f"{where}: rows {start}-{end} cannot be read ({type(e).__name__}: {e})") from e
+        images = {}
+        for cam, src in keys.cameras.items():
+            if src not in videos:
+                images[cam] = _hwc_uint8(rows[src])
+                continue
+            stamps = [float(info[f"videos/{src}/from_timestamp"]) + float(t) for t in rows["timestamp"]]
+            path = root / ds.meta.get_video_file_path(ep, src)
             try:
-                frames.append(ds[i])
-            except Exception as e:  # a truncated video or parquet row group surfaces here
+                frames = decode_video_frames(path, stamps, ds.tolerance_s, return_uint8=True)
+            except Exception as e:  # a truncated or missing video; the decoders raise many types
                 raise ValueError(
-                    f"{root} episode {ep}: frame {i - start} cannot be read ({type(e).__name__}: {e})"
+                    f"{where}: {src} frames cannot be decoded from {path} ({type(e).__name__}: {e})"
                 ) from e
-        images = {cam: np.stack([_hwc_uint8(f[src]) for f in frames]) for cam, src in keys.cameras.items()}
+            images[cam] = _hwc_uint8(frames.numpy())
         yield Episode(
             images=images,
-            state=np.stack([np.asarray(f[keys.state], dtype=np.float32) for f in frames]),
-            actions=np.stack([np.asarray(f[keys.action], dtype=np.float32) for f in frames]),
-            task=str(frames[0]["task"]),
-            source=f"{root} episode {ep}",
+            state=np.asarray(rows[keys.state], dtype=np.float32),
+            actions=np.asarray(rows[keys.action], dtype=np.float32),
+            task=str(ds.meta.tasks.iloc[int(rows["task_index"][0])].name),
+            source=where,
             perturbed=(
-                np.array([bool(np.asarray(f[keys.perturbed]).reshape(-1)[0]) for f in frames])
+                np.asarray(rows[keys.perturbed]).reshape(end - start, -1)[:, 0].astype(bool)
                 if keys.perturbed in have
                 else None
             ),
         ).validate()
-        start = int(end)
 
 
 def check_lerobot_files(root: Path) -> None:
@@ -106,9 +122,10 @@ def check_lerobot_files(root: Path) -> None:
 
 
 def _hwc_uint8(x) -> np.ndarray:
+    """Frames (T, 3, H, W) or (T, H, W, 3), uint8 or float in [0, 1], as uint8 (T, H, W, 3)."""
     a = np.asarray(x)
-    if a.ndim == 3 and a.shape[0] == 3:  # (3, H, W) -> (H, W, 3)
-        a = a.transpose(1, 2, 0)
+    if a.ndim == 4 and a.shape[1] == 3 and a.shape[3] != 3:  # (T, 3, H, W) -> (T, H, W, 3)
+        a = a.transpose(0, 2, 3, 1)
     if a.dtype != np.uint8:
         a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
     return a

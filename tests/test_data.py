@@ -174,20 +174,33 @@ def test_resumable_batches_continue_the_same_stream():
 
 
 def _write_port(
-    root, cams: dict[str, str], state_dim: int, episodes=2, t=4, state_key="observation.state", action_key="action"
+    root,
+    cams: dict[str, str],
+    state_dim: int,
+    episodes=2,
+    t=4,
+    state_key="observation.state",
+    action_key="action",
+    videos=False,
+    size=16,
 ):
-    """A LeRobotDataset v3 in a public port's schema, written with lerobot's API."""
+    """A LeRobotDataset v3 in a public port's schema, written with lerobot's API; `t` is one
+    length for every episode or a list of lengths."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    img = {"dtype": "image", "shape": (16, 16, 3), "names": ["height", "width", "channels"]}
+    img = {"dtype": "video" if videos else "image", "shape": (size, size, 3), "names": ["height", "width", "channels"]}
     features = {key: dict(img) for key in cams.values()}
     features[state_key] = {"dtype": "float32", "shape": (state_dim,), "names": None}
     features[action_key] = {"dtype": "float32", "shape": (7,), "names": None}
-    ds = LeRobotDataset.create("local/port", 10, features, root=root, use_videos=False)
+    ds = LeRobotDataset.create("local/port", 10, features, root=root, use_videos=videos)
     rng = np.random.default_rng(0)
-    for _ in range(episodes):
-        for _ in range(t):
-            frame = {key: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for key in cams.values()}
+    for length in t if isinstance(t, list) else [t] * episodes:
+        for _ in range(length):
+            # Smooth frames (4x4 blocks): video coding keeps them close to the input.
+            frame = {
+                key: rng.integers(0, 255, (size // 4, size // 4, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+                for key in cams.values()
+            }
             frame[state_key] = rng.normal(size=state_dim).astype(np.float32)
             frame[action_key] = rng.uniform(-1, 1, 7).astype(np.float32)
             frame["task"] = "put the carrot on the plate"
@@ -210,6 +223,33 @@ def test_public_lerobot_port_schemas(tmp_path, keys, state_dim):
     assert eps[0].task == "put the carrot on the plate"
     build_cache(eps, tmp_path / "c.zarr")
     assert ZarrCache(tmp_path / "c.zarr").cameras == sorted(keys.cameras)
+
+
+@pytest.mark.parametrize("videos", [False, True], ids=["image_storage", "video_storage"])
+def test_lerobot_reader_equals_lerobots_own_frame_access(tmp_path, videos):
+    """read_lerobot decodes a whole episode per call; every frame, state and action must be what
+    lerobot's own per-frame access returns, across episodes of different lengths."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    keys = LIBERO_LEROBOT_KEYS
+    root = _write_port(tmp_path / "port", keys.cameras, 8, t=[3, 6, 4], videos=videos, size=32)
+    episodes = list(read_lerobot(root, keys))
+    assert [len(e.actions) for e in episodes] == [3, 6, 4]
+    ds = LeRobotDataset("local/port", root=root, return_uint8=True)
+    frames = [ds[i] for i in range(ds.num_frames)]
+    for cam, src in keys.cameras.items():
+        theirs = np.stack([np.asarray(f[src]) for f in frames])
+        if theirs.dtype != np.uint8:  # image storage: lerobot gives float in [0, 1]
+            theirs = (theirs * 255).round().astype(np.uint8)
+        ours = np.concatenate([e.images[cam] for e in episodes])
+        np.testing.assert_array_equal(ours, theirs.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(
+        np.concatenate([e.state for e in episodes]), np.stack([f[keys.state] for f in frames])
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([e.actions for e in episodes]), np.stack([f[keys.action] for f in frames])
+    )
+    assert {e.task for e in episodes} == {"put the carrot on the plate"}
 
 
 def test_record_config_refuses_bad_perturbations():

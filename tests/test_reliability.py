@@ -259,6 +259,14 @@ def test_truncated_lerobot_files_are_named(tmp_path):
     info.write_text(info.read_text()[:40])
     with pytest.raises(ValueError, match="info.json is not valid JSON"):
         list(read_lerobot(root, LIBERO_LEROBOT_KEYS))
+    # A truncated video: the episodes before the cut read, the first one past it is named.
+    root = _write_port(tmp_path / "video_port", LIBERO_LEROBOT_KEYS.cameras, 8, t=[3, 6], videos=True, size=32)
+    video = sorted((root / "videos").glob("**/*.mp4"))[0]
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    episodes = read_lerobot(root, LIBERO_LEROBOT_KEYS)
+    assert len(next(episodes).actions) == 3
+    with pytest.raises(ValueError, match=rf"episode 1: .* cannot be decoded from .*{video.name}"):
+        next(episodes)
 
 
 # ----------------------------------------------------------------------------- training runs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -59,12 +60,23 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
             record_libero(cfg.libero, root)
         check_recording(cfg.libero, root)
     if not cache.exists():
-        build_cache(_episodes(cfg), cache)
+        build_cache(_episodes(cfg), cache, total_frames=_source_frames(cfg))
     in_memory = {"auto": None, "memory": True, "disk": False}[cfg.cache_mode]
     opened = ZarrCache(cache, in_memory=in_memory)
     where = "memory" if opened.in_memory else "disk"
     log.info("training data: %s (%.1f GB of images), read from %s", cache, opened.image_bytes / 1e9, where)
     return opened
+
+
+def _source_frames(cfg: DataConfig) -> int | None:
+    """Frames in a LeRobot source (its meta/info.json), for the cache build's progress bar."""
+    info = Path(cfg.root) / "meta" / "info.json"
+    if cfg.source == "libero_hdf5" or not info.is_file():
+        return None
+    try:
+        return int(json.loads(info.read_text())["total_frames"])
+    except (ValueError, KeyError, TypeError):
+        return None  # the reader names what is wrong with the file
 
 
 def _episodes(cfg: DataConfig):
