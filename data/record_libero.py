@@ -50,6 +50,9 @@ class LiberoRecordConfig:
     render_mode: str = "fast"  # "fast" or "libero" (envs.libero.RenderMode)
     noise: float = 0.1  # DART: std of noise on the executed translation (labels stay clean)
     faults: float = 0.03  # per-step chance of a 3-8 step push of the hand or inverted gripper
+    # Metres added on each side of every placement region (0: the task's own distribution, which
+    # moves the target at most about 2 cm and the basket about 3 cm across the official states).
+    placement_widen: float = 0.0
     seed: int = 0
     workers: int = 2
 
@@ -60,13 +63,18 @@ class LiberoRecordConfig:
             raise ValueError(f"libero.episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.render_mode not in ("fast", "libero"):
             raise ValueError(f"libero.render_mode must be 'fast' or 'libero', got {self.render_mode!r}")
+        if not 0 <= self.placement_widen <= 0.2:
+            raise ValueError(f"libero.placement_widen must be in [0, 0.2] metres, got {self.placement_widen}")
         if self.noise < 0 or not 0 <= self.faults <= 1:
             raise ValueError(f"libero.noise must be >= 0 and libero.faults in [0, 1], got {self.noise}, {self.faults}")
 
 
 def recording_settings(cfg: LiberoRecordConfig) -> dict:
-    """What determines a recording's content (worker count does not)."""
-    return {"version": RECORDING_VERSION, **{k: v for k, v in to_dict(cfg).items() if k != "workers"}}
+    """What determines a recording's content (worker count does not). A setting added later is
+    left out at its default, which reproduces what recordings made before it hold."""
+    defaults = {"placement_widen": 0.0}
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "workers" and defaults.get(k, object()) != v}
+    return {"version": RECORDING_VERSION, **settings}
 
 
 def features(image_size: int) -> dict:
@@ -98,13 +106,15 @@ def _episode(job: tuple) -> tuple[str, bool]:
     from envs.experts import run_expert_episode
     from envs.libero import LiberoEnv
 
-    suite, task, seed, image_size, render_mode, noise, faults, part = job
+    suite, task, seed, image_size, render_mode, widen, noise, faults, part = job
     env = _WORKER.get(task)
     if env is None:
         for old in _WORKER.values():  # one scene alive per worker
             old.close()
         _WORKER.clear()
-        env = _WORKER[task] = LiberoEnv(suite, task, image_size=image_size, render_mode=render_mode)
+        env = _WORKER[task] = LiberoEnv(
+            suite, task, image_size=image_size, render_mode=render_mode, placement_widen=widen
+        )
     frames, ok = run_expert_episode(env, seed, noise=noise, faults=faults, expert=_expert(suite, env))
     arrays = {"success": np.array(ok)}
     if ok:
@@ -161,7 +171,8 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
             part = parts / f"{available.index(task):02d}_{j:04d}.npz"
             # Seeds disjoint per task and episode; LIBERO's sampler draws the placement from it.
             seed = cfg.seed * 1_000_000 + available.index(task) * 10_000 + j
-            jobs.append((cfg.suite, task, seed, cfg.image_size, cfg.render_mode, cfg.noise, cfg.faults, str(part)))
+            job = (cfg.suite, task, seed, cfg.image_size, cfg.render_mode, cfg.placement_widen, cfg.noise, cfg.faults)
+            jobs.append((*job, str(part)))
     todo = [j for j in jobs if not Path(j[-1]).is_file()]
     if len(todo) < len(jobs):
         log.info(

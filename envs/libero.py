@@ -14,6 +14,7 @@ Nothing here imports LIBERO at module import: `setup()` writes LIBERO's config f
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -199,6 +200,22 @@ def axis_angle_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
     return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
 
 
+def _widen_placements(sim, margin: float) -> None:
+    """Widen every region that LIBERO's samplers draw object and fixture positions from by
+    `margin` metres on each side. Every hard reset rebuilds the samplers from the task file
+    (robosuite's `_load_model`), so the method that builds them is wrapped on this instance."""
+    build = sim._setup_placement_initializer
+
+    def widened(arena) -> None:
+        build(arena)
+        for sampler in sim.placement_initializer.samplers.values():
+            if hasattr(sampler, "x_ranges"):  # region samplers; objects placed on others have none
+                sampler.x_ranges = [[lo - margin, hi + margin] for lo, hi in sampler.x_ranges]
+                sampler.y_ranges = [[lo - margin, hi + margin] for lo, hi in sampler.y_ranges]
+
+    sim._setup_placement_initializer = widened
+
+
 class LiberoEnv(gym.Env):
     """One LIBERO task with the published protocol: an official initial state (or, for
     demonstrations, a fresh draw from the task's placement distribution), settle steps, the
@@ -215,8 +232,12 @@ class LiberoEnv(gym.Env):
         max_episode_steps: int | None = None,
         settle_steps: int = SETTLE_STEPS,
         cameras: bool = True,
+        placement_widen: float = 0.0,
     ) -> None:
         from libero.libero import get_libero_path
+
+        if not (placement_widen >= 0 and math.isfinite(placement_widen)):
+            raise ValueError(f"placement_widen must be a finite number of metres >= 0, got {placement_widen}")
 
         self.suite, self.task = suite, task
         self._spec = _task(suite, task)
@@ -228,6 +249,9 @@ class LiberoEnv(gym.Env):
         self.max_episode_steps = max_episode_steps or MAX_STEPS[suite]
         self.settle_steps = settle_steps
         self.cameras = cameras  # False: observations hold the state only (experts, benchmarks)
+        # Metres added on each side of every placement region of a fresh draw (demonstrations
+        # only: an official initial state overrides the draw).
+        self.placement_widen = float(placement_widen)
         self.observation_space, self.action_space = spaces(image_size)
         self.init_states = init_states(suite, task)
         self.init_state: int | None = None  # index of the official state this episode started from
@@ -248,7 +272,7 @@ class LiberoEnv(gym.Env):
     def _make(self):
         from libero.libero.envs.env_wrapper import ControlEnv
 
-        return ControlEnv(
+        env = ControlEnv(
             bddl_file_name=str(self._bddl),
             use_camera_obs=False,
             has_renderer=False,
@@ -256,6 +280,9 @@ class LiberoEnv(gym.Env):
             camera_heights=self.image_size,
             camera_widths=self.image_size,
         )
+        if self.placement_widen:
+            _widen_placements(env.env, self.placement_widen)
+        return env
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """options["init_state"]: index of an official initial state; absent or None draws a

@@ -143,16 +143,20 @@ class LiberoObjectExpert:
         return self._move(_funnel(grasp, eef), -1.0)
 
 
-def _official_episode(job: tuple[str, str, int]) -> tuple[str, int, bool, int]:
-    """Run the expert from one official initial state, without cameras."""
+def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int]:
+    """Run the expert without cameras from official initial state `index` (widen None) or from
+    a fresh placement drawn with seed `index`, its regions widened by `widen` metres."""
     from envs.libero import LiberoEnv, setup
 
     setup()
-    suite, task, index = job
-    env = LiberoEnv(suite, task, cameras=False)
+    suite, task, index, widen = job
+    env = LiberoEnv(suite, task, cameras=False, placement_widen=widen or 0.0)
     expert = LiberoObjectExpert(env)
     try:
-        env.reset(options={"init_state": index})
+        if widen is None:
+            env.reset(options={"init_state": index})
+        else:
+            env.reset(seed=index)
         expert.start()
         for step in range(1, env.max_episode_steps + 1):
             _, _, terminated, truncated, _ = env.step(expert.act())
@@ -164,7 +168,8 @@ def _official_episode(job: tuple[str, str, int]) -> tuple[str, int, bool, int]:
 
 
 def main() -> None:
-    """`python -m envs.libero_experts`: the expert's success from the official initial states, per task."""
+    """`python -m envs.libero_experts`: the expert's success from the official initial states
+    (or, with --widen, from fresh placements in regions widened by that many metres), per task."""
     import argparse
     import multiprocessing as mp
     import time
@@ -178,14 +183,22 @@ def main() -> None:
     parser.add_argument("--suite", default="libero_object")
     parser.add_argument("--states", type=int, default=50, help="official initial states 0..N-1 per task")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--widen", type=float, default=None, help="fresh placements (seeds 0..N-1), regions widened by this (m)"
+    )
     args = parser.parse_args()
     setup()
     tasks = suite_tasks(args.suite)
-    jobs = [(args.suite, t, i) for t in tasks for i in range(args.states)]
+    jobs = [(args.suite, t, i, args.widen) for t in tasks for i in range(args.states)]
     t0 = time.time()
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
-        results = list(tqdm(pool.map(_official_episode, jobs), total=len(jobs), desc="expert episodes"))
-    print(f"scripted expert, {args.suite}, official initial states 0..{args.states - 1}, {time.time() - t0:.0f} s")
+        results = list(tqdm(pool.map(_expert_episode, jobs), total=len(jobs), desc="expert episodes"))
+    starts = (
+        f"official initial states 0..{args.states - 1}"
+        if args.widen is None
+        else f"fresh placements (seeds 0..{args.states - 1}) widened by {args.widen} m"
+    )
+    print(f"scripted expert, {args.suite}, {starts}, {time.time() - t0:.0f} s")
     print(f"{'task':<60}{'success':>9}{'mean steps':>12}  failed states")
     total = 0
     for task in tasks:

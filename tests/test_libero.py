@@ -120,6 +120,11 @@ def test_recorded_frames_are_the_frames_evaluation_feeds_the_policy(tmp_path):
     )
     with pytest.raises(ValueError, match="render_mode: recorded 'fast', asked 'libero'"):
         check_recording(other, root)
+    wider = LiberoRecordConfig(
+        tasks=[OBJECT_TASK], episodes_per_task=1, image_size=32, faults=0.0, placement_widen=0.05
+    )
+    with pytest.raises(ValueError, match="placement_widen: recorded None, asked 0.05"):
+        check_recording(wider, root)
 
 
 def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
@@ -189,6 +194,38 @@ def test_expert_solves_an_official_initial_state():
         assert terminated, "the scripted expert failed LIBERO-Object task 0 from official state 0"
     finally:
         env.close()
+
+
+def test_placement_widening_reaches_every_fresh_draw_and_not_the_official_states():
+    """placement_widen widens the regions LIBERO samples fresh placements from, through the hard
+    reset that rebuilds the samplers each episode; an official initial state is unchanged."""
+
+    def draws(widen):
+        env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False, placement_widen=widen)
+        try:
+            xy = []
+            for seed in range(4):
+                env.reset(seed=seed)
+                xy.append(env.sim.sim.data.body_xpos[env.sim.obj_body_id[env.sim.obj_of_interest[0]]][:2].copy())
+            samplers = env.sim.placement_initializer.samplers
+            ranges = {k: (np.array(v.x_ranges), np.array(v.y_ranges)) for k, v in samplers.items()}
+            env.reset(options={"init_state": 0})
+            official = env.sim.sim.data.qpos.copy()
+            return np.array(xy), ranges, official
+        finally:
+            env.close()
+
+    xy0, ranges0, official0 = draws(0.0)
+    xy1, ranges1, official1 = draws(0.1)
+    assert ranges0.keys() == ranges1.keys()
+    for name, (x0, y0) in ranges0.items():  # every region 10 cm wider on each side, after 5 resets
+        np.testing.assert_allclose(ranges1[name][0], x0 + [-0.1, 0.1])
+        np.testing.assert_allclose(ranges1[name][1], y0 + [-0.1, 0.1])
+    spread0, spread1 = np.ptp(xy0, axis=0), np.ptp(xy1, axis=0)
+    assert spread0.max() < 0.04 and spread1.max() > 0.06, (spread0, spread1)
+    np.testing.assert_allclose(official1, official0)
+    with pytest.raises(ValueError, match="placement_widen"):
+        libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False, placement_widen=float("nan"))
 
 
 def _tiny_libero_checkpoint(path, **overrides):
