@@ -79,7 +79,7 @@ def main() -> None:
         )
         res = _saved(out / folder, ckpt, cfg)
         if res is None:
-            res = evaluate(ckpt, cfg, out / folder, progress=False)
+            res = evaluate(ckpt, cfg, out / folder, desc=name)
         else:
             print(f"{name:<45} reused {out / folder / 'results.json'}", flush=True)
         rows.append(

@@ -178,8 +178,53 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     return tasks, states, str(mode)
 
 
-def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run the suite; write results.json and videos under out_dir; return the results dict."""
+PARTIAL_FILE = "episodes.partial.jsonl"
+
+
+def _finished_episodes(path: Path, header: dict) -> dict[tuple, dict]:
+    """Episodes already run into `path` under the same `header` (weights, sampler, rendering),
+    keyed by (task, seed, init_state); a line cut short by a kill is ignored."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        saved = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        saved = None
+    if saved != header:
+        log.warning("%s holds episodes of other settings (%s); they are not reused", path, saved)
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            ep = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[(ep["task"], ep["seed"], ep["init_state"])] = ep
+    return done
+
+
+def _weights_id(checkpoint: str) -> str:
+    """The sha256 of the checkpoint's weights (from its manifest), else its path."""
+    manifest = Path(checkpoint) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["files"]["model.safetensors"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(Path(checkpoint).resolve())
+
+
+def evaluate(
+    checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True, desc: str = "evaluating"
+) -> dict:
+    """Run the suite; write results.json and videos under out_dir; return the results dict.
+
+    Each finished episode is appended to `out_dir/episodes.partial.jsonl` as it arrives, so an
+    interrupted evaluation run again into the same folder with the same weights, sampler,
+    rendering and execute_steps runs only the episodes it lacks (every episode is seeded on its
+    own, so the results are those of an uninterrupted run). The file is removed once
+    results.json is written."""
+    from concurrent.futures import as_completed
+
     from tqdm import tqdm
 
     from vla.configs import from_dict
@@ -197,23 +242,57 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
         for task in tasks
         for e, state in enumerate(states)
     ]
+    header = {
+        "weights_sha256": _weights_id(checkpoint),
+        "suite": cfg.suite,
+        "sampler_overrides": dict(cfg.sampler_overrides),
+        "render_mode": render_mode,
+        "execute_steps": cfg.execute_steps,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / PARTIAL_FILE
+    done = _finished_episodes(partial, header)
+    found = {}
+    for job in jobs:
+        ep = done.get(job[1:4])
+        if ep is not None and (not job[5] or Path(ep.get("video", "")).is_file()):
+            found[job] = ep
+    todo = [job for job in jobs if job not in found]
+    if found:
+        log.info("resuming an evaluation: %d of %d episodes already run in %s", len(found), len(jobs), partial)
+    if not found:  # a fresh file: the header, then one line per finished episode
+        atomic_write_text(partial, json.dumps(header) + "\n")
     ctx = mp.get_context("spawn")
-    episodes = []
     t0 = time.time()
-    with ProcessPoolExecutor(
-        max(1, cfg.workers),
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode),
-    ) as pool:
-        for res in tqdm(pool.map(_run_episode, jobs), total=len(jobs), desc="evaluating", disable=not progress):
-            frames = res.pop("frames")
-            if frames:
-                name = res["task"] + (
-                    f"_init{res['init_state']}" if res["init_state"] is not None else f"_seed{res['seed']}"
-                )
-                res["video"] = str(_write_video(out_dir / "videos" / f"{name}.mp4", frames))
-            episodes.append(res)
+    with (
+        ProcessPoolExecutor(
+            max(1, cfg.workers),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode),
+        ) as pool,
+        open(partial, "a") as log_file,
+    ):
+        futures = {pool.submit(_run_episode, job): job for job in todo}
+        try:
+            with tqdm(total=len(jobs), initial=len(found), desc=desc, disable=not progress) as bar:
+                for future in as_completed(futures):
+                    res = future.result()
+                    frames = res.pop("frames")
+                    if frames:
+                        name = res["task"] + (
+                            f"_init{res['init_state']}" if res["init_state"] is not None else f"_seed{res['seed']}"
+                        )
+                        res["video"] = str(_write_video(out_dir / "videos" / f"{name}.mp4", frames))
+                    log_file.write(json.dumps(res) + "\n")
+                    log_file.flush()
+                    found[futures[future]] = res
+                    bar.update()
+        except BaseException:
+            for future in futures:  # do not wait for the queued episodes on the way out
+                future.cancel()
+            raise
+    episodes = [found[job] for job in jobs]  # job order, however the workers finished
     per_task = {task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks}
     results = {
         "checkpoint": checkpoint,
@@ -221,10 +300,11 @@ def evaluate(checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progr
         "per_task_success": per_task,
         "mean_success": float(np.mean(list(per_task.values()))),
         "episodes": episodes,
-        "wall_s": time.time() - t0,
+        "wall_s": time.time() - t0,  # this invocation's: reused episodes cost nothing here
+        "reused_episodes": len(jobs) - len(todo),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    partial.unlink()
     return results
 
 

@@ -147,3 +147,55 @@ def test_evaluate_names_a_missing_checkpoint_before_starting_workers(tmp_path):
     with pytest.raises(ValueError, match="config.json is missing"):
         evaluate(tmp_path / "half", EvalConfig(episodes_per_task=1, workers=1), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, caplog):
+    """Finished episodes are kept in episodes.partial.jsonl as they arrive; a re-run with the
+    same weights and settings reuses them (results identical to an uninterrupted run), a file
+    of other settings is not reused, and a line cut short by a kill is ignored."""
+    import json
+
+    import torch
+    from helpers import tiny_policy_config, tiny_stats
+
+    from envs.evaluate import PARTIAL_FILE, EvalConfig, evaluate
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    torch.manual_seed(0)
+    cfg = tiny_policy_config(
+        action_dim=7,
+        state_dim=8,
+        cameras=["agentview", "wrist"],
+        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
+    )
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ckpt")
+    ev = EvalConfig(tasks=["lift_red"], episodes_per_task=3, workers=1, videos_per_task=0)
+    full = evaluate(ckpt, ev, tmp_path / "full", progress=False)
+    assert not (tmp_path / "full" / PARTIAL_FILE).exists()  # removed once results.json is written
+
+    def outcome(res):
+        return [(e["task"], e["seed"], e["success"], e["steps"]) for e in res["episodes"]]
+
+    # What an evaluation killed after two episodes leaves: the header, two episodes, a torn line.
+    # The reused episodes are marked (steps 999), so reuse is told apart from re-running.
+    header = {
+        "weights_sha256": json.loads((ckpt / "manifest.json").read_text())["files"]["model.safetensors"]["sha256"],
+        "suite": "builtin",
+        "sampler_overrides": {},
+        "render_mode": "",
+        "execute_steps": 0,
+    }
+    marked = [{**e, "steps": 999} for e in full["episodes"][:2]]
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    lines = [json.dumps(header)] + [json.dumps(e) for e in marked] + ['{"task": "lift_red", "se']
+    (killed / PARTIAL_FILE).write_text("\n".join(lines))
+    resumed = evaluate(ckpt, ev, killed, progress=False)
+    assert resumed["reused_episodes"] == 2
+    assert outcome(resumed) == outcome({"episodes": marked}) + outcome(full)[2:]
+    # Other sampler settings: nothing is reused, every episode runs again.
+    (killed / PARTIAL_FILE).write_text("\n".join(lines[:3]))
+    other = evaluate(ckpt, EvalConfig(**{**ev.__dict__, "sampler_overrides": {"steps": 2}}), killed, progress=False)
+    assert other["reused_episodes"] == 0 and "not reused" in caplog.text
+    assert all(e["steps"] != 999 for e in other["episodes"])
