@@ -3,6 +3,8 @@
 Evaluates one masked-diffusion checkpoint under each sampler variant (confidence order,
 number of steps, one-shot, temperature, secondary remasking) and, optionally, an
 autoregressive checkpoint trained the same way; prints a markdown table, writes JSON.
+`--offline CACHE` instead compares each variant's decoded actions with the recorded ones on
+frames of a zarr cache: open-loop, seconds per row, a diagnostic rather than a success rate.
 
 Every row runs the same episodes (seeds, initial states), so each row is also compared with the
 first one episode by episode: the paired difference's standard error is smaller than the
@@ -49,6 +51,13 @@ def main() -> None:
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: every task of the suite)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument(
+        "--offline",
+        default="",
+        help="a zarr cache: instead of episodes, compare each variant's decoded actions with the cache's "
+        "recorded ones on --frames frames (seconds per row; open-loop, a diagnostic, not success)",
+    )
+    parser.add_argument("--frames", type=int, default=200, help="--offline: frames drawn from the cache")
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated name fragments: run just the matching rows "
@@ -66,6 +75,9 @@ def main() -> None:
     ]
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}, "autoregressive"))
+    if args.offline:
+        offline_table(runs, args.offline, args.frames, args.execute_steps, out)
+        return
     rows = []
     for name, ckpt, over, folder in runs:
         cfg = EvalConfig(
@@ -127,6 +139,77 @@ def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
     ran = {k: v for k, v in res["config"].items() if k not in skip}
     wanted = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k not in skip}
     return res if res["checkpoint"] == str(checkpoint) and ran == wanted else None
+
+
+def offline_action_error(
+    checkpoint: str, overrides: dict, cache, frames: int, horizon: int, seed: int = 0
+) -> dict[str, float]:
+    """Decode at `frames` frames of `cache` (drawn with `seed`, each decode seeded by its index)
+    and compare the chunk's first `horizon` actions (0: all) with the recorded ones: mean absolute error
+    of the arm dimensions (all but the last) and of all, the arm actions' magnitude against the
+    recorded ones', and how often the gripper (the last dimension) has the recorded sign."""
+    import numpy as np
+
+    from envs.evaluate import sampler_with_overrides
+    from vla.policy import VLAPolicy
+
+    policy = VLAPolicy.load(checkpoint)
+    policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, overrides))
+    policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
+    horizon = horizon or policy.cfg.chunk_size  # 0: the whole chunk, as eval.execute_steps=0 executes
+    if horizon > policy.cfg.chunk_size:
+        raise ValueError(f"horizon {horizon} exceeds the policy's chunk of {policy.cfg.chunk_size}")
+    # Frames whose next `horizon` recorded actions lie in the same episode.
+    starts, ends = cache.episode_starts, cache.episode_ends
+    valid = np.concatenate(
+        [np.arange(a, b - horizon + 1) for a, b in zip(starts, ends, strict=True) if b - a >= horizon]
+    )
+    picks = np.sort(np.random.default_rng(seed).choice(valid, min(frames, len(valid)), replace=False))
+    episode = np.searchsorted(ends, picks, side="right")
+    predicted, recorded = [], []
+    for j, (i, ep) in enumerate(zip(picks, episode, strict=True)):
+        policy.reset(j)
+        obs = {
+            "images": {c: np.asarray(cache.images[c][i]) for c in policy.cfg.cameras},
+            "state": cache.state[i],
+            "instruction": cache.tasks[int(cache.task_index[ep])],
+        }
+        predicted.append(policy.infer(obs)[:horizon])
+        recorded.append(cache.action[i : i + horizon])
+    p, r = np.stack(predicted), np.stack(recorded)
+    return {
+        "frames": len(picks),
+        "arm_l1": float(np.abs(p[..., :-1] - r[..., :-1]).mean()),
+        "all_l1": float(np.abs(p - r).mean()),
+        "arm_magnitude_ratio": float(np.abs(p[..., :-1]).mean() / max(np.abs(r[..., :-1]).mean(), 1e-12)),
+        "gripper_sign_agreement": float((np.sign(p[..., -1]) == np.sign(r[..., -1])).mean()),
+    }
+
+
+def offline_table(runs: list, cache_path: str, frames: int, horizon: int, out: Path) -> list[dict]:
+    from data.cache import ZarrCache
+
+    cache = ZarrCache(cache_path, in_memory=False)
+    rows = []
+    for name, ckpt, over, _ in runs:
+        r = {"variant": name, "overrides": over, **offline_action_error(ckpt, over, cache, frames, horizon)}
+        rows.append(r)
+        print(f"{name:<45} arm L1 {r['arm_l1']:.4f}", flush=True)
+    lines = [
+        f"| decoding ({rows[0]['frames']} frames of {cache_path}, first {horizon or 'all'} actions) | arm L1 | all L1 | "
+        "arm magnitude / recorded | gripper sign agrees |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['variant']} | {r['arm_l1']:.4f} | {r['all_l1']:.4f} | {r['arm_magnitude_ratio']:.3f} | "
+        f"{r['gripper_sign_agreement']:.3f} |"
+        for r in rows
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "offline.json", json.dumps(rows, indent=2))
+    atomic_write_text(out / "offline.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
 
 
 def _outcomes(res: dict) -> dict[str, bool]:

@@ -78,6 +78,38 @@ def test_vla_ablate(checkpoint, tmp_path):
     assert "reused" in again and "one-shot parallel, T=1" in again
 
 
+def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
+    """--offline decodes at recorded frames and compares with the recorded actions."""
+    import json
+
+    from data.cache import ZarrCache
+    from envs.ablation import offline_action_error
+
+    cache = f"{debug_data_root}.zarr"
+    out = run(
+        "vla-ablate",
+        "--checkpoint",
+        str(checkpoint),
+        "--offline",
+        cache,
+        "--frames",
+        "5",
+        "--only",
+        "default,random order",
+        "--out",
+        str(tmp_path / "off"),
+    )
+    rows = json.loads((tmp_path / "off" / "offline.json").read_text())
+    assert [r["variant"] for r in rows] == ["max_prob, T=12 (default)", "random order, T=12"]
+    assert all(r["frames"] == 5 and 0 < r["arm_l1"] < 10 and 0 <= r["gripper_sign_agreement"] <= 1 for r in rows)
+    assert "arm L1" in out
+    opened = ZarrCache(cache, in_memory=False)
+    first = offline_action_error(str(checkpoint), {}, opened, 5, 2)
+    assert offline_action_error(str(checkpoint), {}, opened, 5, 2) == first  # seeded: the same frames and draws
+    with pytest.raises(ValueError, match="exceeds the policy's chunk"):
+        offline_action_error(str(checkpoint), {}, opened, 5, 99)
+
+
 def test_paired_difference_counts_discordant_episodes():
     from envs.ablation import paired_difference
 
