@@ -70,8 +70,8 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
 
 def _source_frames(cfg: DataConfig) -> int | None:
     """Frames in a LeRobot source (its meta/info.json), for the cache build's progress bar."""
-    info = Path(cfg.root) / "meta" / "info.json"
-    if cfg.source == "libero_hdf5" or not info.is_file():
+    info = Path(cfg.root) / "meta" / "info.json"  # LIBERO's .hdf5 folders have none
+    if not info.is_file():
         return None
     try:
         return int(json.loads(info.read_text())["total_frames"])
