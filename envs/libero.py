@@ -13,7 +13,9 @@ Nothing here imports LIBERO at module import: `setup()` writes LIBERO's config f
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import math
 import os
 from enum import StrEnum
@@ -132,7 +134,11 @@ def _benchmark(suite: str):
     setup()
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite]()
+    # LIBERO prints its task order on every construction (once per environment build, so evaluation
+    # logs flood with it). The order is always the benchmark's default, index 0, which is the
+    # identity for every suite; the print carries nothing.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return benchmark.get_benchmark_dict()[suite]()
 
 
 def suite_tasks(suite: str) -> list[str]:

@@ -24,7 +24,7 @@ def offline_libero():
 
 
 @pytest.mark.parametrize("suite", libero.SUITES)
-def test_every_suite_builds_resets_steps_and_renders(suite):
+def test_every_suite_builds_resets_steps_and_renders(suite, capsys):
     tasks = libero.suite_tasks(suite)
     assert len(tasks) == (90 if suite == "libero_90" else 10)
     env = libero.LiberoEnv(suite, tasks[0], image_size=32, render_mode="fast")
@@ -38,6 +38,7 @@ def test_every_suite_builds_resets_steps_and_renders(suite):
         assert not truncated and isinstance(env.instruction, str) and env.instruction
     finally:
         env.close()
+    assert "task orders" not in capsys.readouterr().out  # LIBERO's per-build print is silenced
 
 
 def test_setup_writes_the_config_itself_and_never_prompts(tmp_path):
