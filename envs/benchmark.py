@@ -42,9 +42,8 @@ def builtin(steps: int, image_size: int) -> None:
 
 
 def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
-    from envs.libero import LiberoEnv, RenderMode, setup, suite_tasks
+    from envs.libero import LiberoEnv, RenderMode, suite_tasks
 
-    setup()
     task = suite_tasks(suite)[task_index]
     print(f"{suite} task {task_index} ({task}), hold-still actions from official initial state 0")
     print(f"{'rendering':<12}{'steps/s':>9}{'2 cameras (ms)':>16}{'physics only':>14}{'faces drawn':>13}")

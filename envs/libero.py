@@ -8,7 +8,9 @@ next to LIBERO's own look, and no robosuite render context rebuilt at every hard
 docs/libero.md has the measurements behind these choices.
 
 Nothing here imports LIBERO at module import: `setup()` writes LIBERO's config file (so that
-`import libero.libero` never asks a question on stdin) and points it at the offline assets.
+`import libero.libero` never asks a question on stdin nor creates ~/.libero) and points it at the
+offline assets. Invariant: every function here that imports LIBERO calls `setup()` first, directly
+or through `_benchmark` or `libero_path`, so any public entry may be a process's first LIBERO call.
 """
 
 from __future__ import annotations
@@ -128,6 +130,14 @@ def setup() -> Path:
     return assets
 
 
+def libero_path(key: str) -> Path:
+    """LIBERO's configured folder `key` ("bddl_files", "init_states", ...), after the set-up."""
+    setup()
+    from libero.libero import get_libero_path
+
+    return Path(get_libero_path(key))
+
+
 def _benchmark(suite: str):
     if suite not in SUITES:
         raise KeyError(f"unknown LIBERO suite {suite!r}; available: {list(SUITES)}")
@@ -157,10 +167,9 @@ def init_states(suite: str, task: str) -> np.ndarray:
     """(N, state size) the task's official initial states (the benchmark's own files), loaded
     without unpickling arbitrary objects: only numpy arrays are allowed through."""
     import torch
-    from libero.libero import get_libero_path
 
     t = _task(suite, task)
-    path = Path(get_libero_path("init_states")) / t.problem_folder / t.init_states_file
+    path = libero_path("init_states") / t.problem_folder / t.init_states_file
     if not path.is_file():
         raise FileNotFoundError(f"{suite}/{task}: initial-state file {path} is missing; {INSTALL_HINT}")
     allowed = [
@@ -240,14 +249,12 @@ class LiberoEnv(gym.Env):
         cameras: bool = True,
         placement_widen: float = 0.0,
     ) -> None:
-        from libero.libero import get_libero_path
-
         if not (placement_widen >= 0 and math.isfinite(placement_widen)):
             raise ValueError(f"placement_widen must be a finite number of metres >= 0, got {placement_widen}")
 
         self.suite, self.task = suite, task
         self._spec = _task(suite, task)
-        self._bddl = Path(get_libero_path("bddl_files")) / self._spec.problem_folder / self._spec.bddl_file
+        self._bddl = libero_path("bddl_files") / self._spec.problem_folder / self._spec.bddl_file
         if not self._bddl.is_file():
             raise FileNotFoundError(f"{suite}/{task}: task file {self._bddl} is missing; {INSTALL_HINT}")
         self.image_size = image_size
@@ -276,7 +283,7 @@ class LiberoEnv(gym.Env):
         return self._env.env
 
     def _make(self):
-        from libero.libero.envs.env_wrapper import ControlEnv
+        from libero.libero.envs.env_wrapper import ControlEnv  # set up by __init__ (`_task`)
 
         env = ControlEnv(
             bddl_file_name=str(self._bddl),

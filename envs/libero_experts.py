@@ -146,9 +146,8 @@ class LiberoObjectExpert:
 def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int]:
     """Run the expert without cameras from official initial state `index` (widen None) or from
     a fresh placement drawn with seed `index`, its regions widened by `widen` metres."""
-    from envs.libero import LiberoEnv, setup
+    from envs.libero import LiberoEnv
 
-    setup()
     suite, task, index, widen = job
     env = LiberoEnv(suite, task, cameras=False, placement_widen=widen or 0.0)
     expert = LiberoObjectExpert(env)
@@ -177,7 +176,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from envs.libero import setup, suite_tasks
+    from envs.libero import suite_tasks
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--suite", default="libero_object")
@@ -187,7 +186,6 @@ def main() -> None:
         "--widen", type=float, default=None, help="fresh placements (seeds 0..N-1), regions widened by this (m)"
     )
     args = parser.parse_args()
-    setup()
     tasks = suite_tasks(args.suite)
     jobs = [(args.suite, t, i, args.widen) for t in tasks for i in range(args.states)]
     t0 = time.time()
