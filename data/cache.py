@@ -7,7 +7,9 @@ Layout (zarr v3 group):
     perturbed        bool (N,)    a recording fault replaced the executed action (Episode.perturbed)
     episode_ends     int64 (E,)   exclusive end index of each episode
     task_index       int64 (E,)   index into attrs["tasks"]
-    attrs: tasks, cameras, stats (q01, q99, min, max, mean, std per dimension), complete
+    attrs: tasks, cameras, stats (q01, q99, min, max, mean, std per dimension), complete,
+           source (what the cache was built from: the settings that decide its content and a
+           fingerprint of the source's files; `source_differences` compares it)
 The group is written to a temporary folder and renamed when complete.
 
 Reading: a cache that fits in memory (`in_memory=None` decides by size) is loaded once; a
@@ -21,6 +23,7 @@ read through zarr.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,9 +57,11 @@ def build_cache(
     path: str | Path,
     frames_per_chunk: int = FRAMES_PER_CHUNK,
     total_frames: int | None = None,
+    source: dict | None = None,
 ) -> Path:
     """Write `episodes` as a cache at `path` (atomically); `total_frames`, when the source knows
-    it, gives the progress bar its end and its time estimate."""
+    it, gives the progress bar its end and its time estimate; `source` (JSON-able) records what
+    the episodes came from."""
     with (
         atomic_dir(path, "building") as tmp,
         tqdm(total=total_frames, unit="frame", unit_scale=True, desc=f"building {Path(path).name}") as bar,
@@ -116,9 +121,42 @@ def build_cache(
                 "tasks": tasks,
                 "cameras": cams,
                 "stats": {"state": compute_stats(state), "action": compute_stats(action)},
+                "source": source,
             }
         )
     return Path(path)
+
+
+def files_fingerprint(root: str | Path, patterns: Iterable[str]) -> str:
+    """sha256 over the relative path and size of every file under `root` matching `patterns`
+    (globs): another recording, or files added, removed or cut, change it; copying does not."""
+    root = Path(root)
+    h = hashlib.sha256()
+    files = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\n".encode())
+    return f"{len(files)} files, sha256 {h.hexdigest()[:16]}"
+
+
+def cache_source(path: str | Path) -> dict | None:
+    """What a cache records it was built from (None: built before caches recorded it)."""
+    source = zarr.open_group(str(path), mode="r").attrs.get("source")
+    return dict(source) if isinstance(source, dict) else None
+
+
+def source_differences(saved: dict | None, wanted: dict, where: str = "") -> list[str]:
+    """`key (cache X, asked Y)` for each leaf of `wanted` that the cache's record lacks or holds
+    otherwise; keys only the cache records (what cannot be checked now) do not count."""
+    if saved is None:
+        return ["(the cache records no source: it was built by an older version)"]
+    out = []
+    for k, v in wanted.items():
+        name = f"{where}{k}"
+        if isinstance(v, dict) and isinstance(saved.get(k), dict):
+            out += source_differences(saved[k], v, f"{name}.")
+        elif saved.get(k) != v:
+            out.append(f"{name} (cache {saved.get(k)!r}, asked {v!r})")
+    return out
 
 
 class RawFrames:
@@ -188,6 +226,7 @@ class ZarrCache:
         self.cameras: list[str] = list(root.attrs["cameras"])
         self.tasks: list[str] = list(root.attrs["tasks"])
         self.stats: dict = dict(root.attrs["stats"])
+        self.source: dict | None = cache_source(path)
         arrays = {cam: root[f"images/{cam}"] for cam in self.cameras}
         self.image_bytes = sum(a.nbytes for a in arrays.values())
         if in_memory is None:

@@ -23,7 +23,7 @@ from train.distributed import (
 from train.run_dir import existing_checkpoints
 from train.state import load_training_state, save_training_state
 from vla.action_tokenizer import ActionTokenizer
-from vla.checkpoint import save_checkpoint, saved_policy_config, verify_manifest
+from vla.checkpoint import CheckpointError, check_checkpoint, save_checkpoint, saved_policy_config, verify_manifest
 from vla.configs import atomic_dir, load_json, save_json, to_dict
 from vla.model import PolicyConfig, VLAModel
 
@@ -41,6 +41,7 @@ class Checkpointer:
         self.dir = run_dir / "checkpoints"
         self.cfg = cfg
         self.rank = rank
+        self.trained_on: dict | None = None  # the data this run trains on (training_data.json)
 
     @property
     def latest(self) -> Path:
@@ -59,21 +60,72 @@ class Checkpointer:
         def write_state(folder: Path) -> None:
             save_training_state(folder / "training_state", step, optim_state, scheduler, raw)
             save_json(folder / "train_config.json", to_dict(self.cfg))
+            if self.trained_on is not None:  # what was trained on, beside what was asked for
+                save_json(folder / "training_data.json", self.trained_on)
 
         save_checkpoint(model, self.latest, extra={"step": step}, write_more=write_state, state_dict=weights)
         if periodic:  # replaced whole: a step_N folder always holds this run's step N
             with atomic_dir(self.dir / f"step_{step:07d}") as tmp:
                 shutil.copytree(self.latest, tmp)
 
-    def check_fresh(self) -> None:
-        """A fresh run (resume=false) refuses a folder holding another run's checkpoints."""
+    def check_start(self) -> bool:
+        """Whether this run resumes. A folder that holds checkpoints is never started over:
+        a fresh run (resume=false) is refused, and so is a resume whose `latest` is missing or
+        damaged, naming the newest intact step_N that `resume_from` can continue from."""
         found = existing_checkpoints(self.dir)
-        if not self.cfg.resume and found:
+        if self.cfg.resume_from and not self.cfg.resume:
+            raise ValueError(f"resume_from={self.cfg.resume_from} asks to resume, but resume=false")
+        if not found:
+            if self.cfg.resume_from:
+                raise FileNotFoundError(f"resume_from={self.cfg.resume_from}, but {self.dir} holds no checkpoints")
+            return False
+        if not self.cfg.resume:
             raise FileExistsError(
                 f"resume=false, but {self.dir} holds checkpoints of an earlier run ({', '.join(found[:4])}"
-                f"{', ...' if len(found) > 4 else ''}); a fresh run would mix its step folders with them. "
+                f"{', ...' if len(found) > 4 else ''}); a fresh run would overwrite them. "
                 f"Choose a new run_dir, delete {self.dir}, or set resume=true to continue that run"
             )
+        if self.cfg.resume_from:
+            self._restore_latest(self._source(self.cfg.resume_from))
+            return True
+        problem = _damage(self.latest)
+        if problem is None:
+            return True
+        intact = self._intact_steps()
+        hint = (
+            f"The newest intact checkpoint is {intact[0]}: add resume_from={intact[0].name} (or resume_from=newest) "
+            "to continue from it (latest is replaced by a copy of it), or choose another run_dir"
+            if intact
+            else f"No step_N folder is intact either: delete {self.dir} to start over, or choose another run_dir"
+        )
+        raise CheckpointError(
+            f"cannot resume: {problem}. A run folder that holds checkpoints ({', '.join(found[:4])}) is never "
+            f"started over, as that would overwrite them. {hint}"
+        )
+
+    def _intact_steps(self) -> list[Path]:
+        """This run's intact step_N folders, newest first."""
+        steps = sorted((p for p in self.dir.glob("step_*") if p.is_dir()), reverse=True)
+        return [p for p in steps if _damage(p) is None]
+
+    def _source(self, name: str) -> Path:
+        if name == "newest":
+            intact = self._intact_steps()
+            if not intact:
+                raise CheckpointError(f"resume_from=newest, but no step_N folder in {self.dir} is intact")
+            return intact[0]
+        src = self.dir / name
+        if src.parent != self.dir or not src.name.startswith("step_"):
+            raise ValueError(f"resume_from={name}: give a step folder of {self.dir} (e.g. step_0001000) or newest")
+        problem = _damage(src)
+        if problem is not None:
+            raise CheckpointError(f"resume_from={name}: {problem}")
+        return src
+
+    def _restore_latest(self, src: Path) -> None:
+        log.warning("resume_from: %s is replaced by a copy of %s; training continues from there", self.latest, src)
+        with atomic_dir(self.latest) as tmp:
+            shutil.copytree(src, tmp)
 
     def check_resumable(self, policy_cfg: PolicyConfig, model: VLAModel) -> None:
         """Refuse to resume under another policy config, other run settings, or on other data."""
@@ -120,6 +172,19 @@ class Checkpointer:
             load_full_weights(model, {n: raw[n] for n in ema})
         log.info("resumed from %s at step %d", self.latest, step)
         return step
+
+
+def _damage(path: Path) -> str | None:
+    """Why `path` cannot be resumed from (missing, incomplete, altered files), or None."""
+    if not path.is_dir():
+        return f"{path} is missing"
+    try:
+        check_checkpoint(path)
+    except (CheckpointError, OSError) as e:
+        return str(e)
+    if not (path / "training_state").is_dir():
+        return f"{path} has no training_state (it was not saved by a training run)"
+    return None
 
 
 def to_dict_json(obj):

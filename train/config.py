@@ -50,6 +50,8 @@ class DataConfig:
     state_key: str = ""  # e.g. data.state_key=state (openpi's port) or observation.state
     action_key: str = ""  # e.g. data.action_key=actions (openpi's port) or action
     cache_mode: CacheMode = CacheMode.auto  # where training reads the zarr cache from
+    # A cache built from other data than asked for is refused; true rebuilds it from the source.
+    rebuild_cache: bool = False
     record: RecordConfig = field(default_factory=RecordConfig)  # source=builtin
     libero: LiberoRecordConfig = field(default_factory=LiberoRecordConfig)  # source=libero_scripted
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -107,6 +109,9 @@ class TrainConfig:
     eval_every: int = 0  # periodic evaluation in simulation; 0 = only at the end
     eval_at_end: bool = True
     resume: bool = True  # continue from <run_dir>/checkpoints/latest when it exists
+    # When latest is missing or damaged: a step folder of this run to continue from (e.g.
+    # step_0003000, copied over latest), or "newest" for the newest intact one.
+    resume_from: str = ""
     stop_after: int = 0  # stop (after saving) once this many steps ran in this invocation; 0 = never
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,6 +121,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.strategy = choice(Strategy, self.strategy, "strategy")
         self.device = choice(Device, self.device, "device")
+        if not self.run_dir.strip():
+            raise ValueError(
+                "run_dir is empty: give the folder for this run's checkpoints and logs (e.g. run_dir=runs/x)"
+            )
         for name in ("log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (steps), got {getattr(self, name)}")

@@ -25,13 +25,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.cache import ZarrCache, build_cache
+from data.cache import ZarrCache, build_cache, cache_source, files_fingerprint, source_differences
 from data.dataset import ChunkDataset, Collate, ResumableBatches
 from train.checkpointer import Checkpointer
 from train.config import DataConfig, TrainConfig
 from train.distributed import init_distributed, shard_policy
 from train.run_dir import Interrupt, RunLock
-from vla.configs import recover_dir
+from vla.configs import load_json, recover_dir
 from vla.model import PolicyConfig, VLAModel
 from vla.sampling import NonFiniteError
 
@@ -40,12 +40,16 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------- data
 def prepare_data(cfg: DataConfig) -> ZarrCache:
-    """Return the zarr cache, recording demonstrations and building the cache when missing."""
+    """Return the zarr cache, recording demonstrations and building the cache when missing.
+
+    A cache is used only if it was built from what `cfg` asks for: the settings that decide its
+    content, and (when the source is there) the source's files; otherwise it is refused, or
+    rebuilt with `data.rebuild_cache=true`. A lone cache (source deleted) is checked on settings."""
     cache = Path(cfg.cache_path)
     root = Path(cfg.root)
     for folder in {root.parent, cache.parent}:  # what a killed recording or cache build left behind
         recover_dir(folder)
-    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is used as is
+    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is checked below
         from data.record import check_recording, record_builtin
 
         if not (root / "meta" / "info.json").exists():
@@ -59,13 +63,54 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
             log.info("no demonstrations at %s: recording %s with its scripted expert", root, cfg.libero.suite)
             record_libero(cfg.libero, root)
         check_recording(cfg.libero, root)
-    if not cache.exists():
-        build_cache(_episodes(cfg), cache, total_frames=_source_frames(cfg))
+    wanted = source_record(cfg)
+    build = not cache.exists()
+    if not build:
+        diff = source_differences(cache_source(cache), wanted)
+        build = bool(diff) and cfg.rebuild_cache and root.exists()
+        if diff and not build:
+            how = (
+                "set data.rebuild_cache=true to rebuild it from the source"
+                if root.exists()
+                else f"the source {root} is gone: delete the cache to record again, or ask for the settings it holds"
+            )
+            raise ValueError(
+                f"the training cache {cache} was not built from the data asked for: {'; '.join(diff[:4])}. "
+                f"Training on it would not train on what this run records; {how}, or set data.cache elsewhere"
+            )
+        if build:
+            log.warning("data.rebuild_cache=true: rebuilding %s (%s)", cache, "; ".join(diff[:4]))
+    if build:
+        build_cache(_episodes(cfg), cache, total_frames=_source_frames(cfg), source=wanted)
     in_memory = {"auto": None, "memory": True, "disk": False}[cfg.cache_mode]
     opened = ZarrCache(cache, in_memory=in_memory)
     where = "memory" if opened.in_memory else "disk"
     log.info("training data: %s (%.1f GB of images), read from %s", cache, opened.image_bytes / 1e9, where)
     return opened
+
+
+def source_record(cfg: DataConfig) -> dict:
+    """What decides a cache's content: the source kind, its key maps, a recording's settings,
+    and (when the source folder exists) a fingerprint of its files."""
+    record: dict = {
+        "source": str(cfg.source),
+        "camera_keys": dict(sorted(cfg.camera_keys.items())),
+        "state_key": cfg.state_key,
+        "action_key": cfg.action_key,
+    }
+    if cfg.source == "builtin":
+        from data.record import recording_settings
+
+        record["recording"] = recording_settings(cfg.record)
+    elif cfg.source == "libero_scripted":
+        from data.record_libero import recording_settings
+
+        record["recording"] = recording_settings(cfg.libero)
+    root = Path(cfg.root)
+    if root.exists():
+        patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else ["meta/**/*", "data/**/*", "videos/**/*"]
+        record["files"] = files_fingerprint(root, patterns)
+    return record
 
 
 def _source_frames(cfg: DataConfig) -> int | None:
@@ -160,11 +205,19 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     ckpt = Checkpointer(run_dir, cfg, rank)
     if rank == 0:
         recover_dir(ckpt.dir)
-        ckpt.check_fresh()
+        resuming = ckpt.check_start()
         cache = prepare_data(cfg.data)
+        ckpt.trained_on = {
+            "cache": str(Path(cache.path).resolve()),
+            "episodes": cache.num_episodes,
+            "frames": cache.num_frames,
+            "tasks": cache.tasks,
+            "source": cache.source,
+        }
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
+        resuming = cfg.resume and ckpt.latest.exists()  # rank 0 has checked (and restored) latest
         cache = prepare_data(cfg.data)
 
     if cfg.eval.suite == "libero":  # the LIBERO suite whose tasks the data holds
@@ -177,7 +230,6 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     policy = VLAModel(policy_cfg, cache.stats).to(device)
     policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
     dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
-    resuming = cfg.resume and ckpt.latest.exists()
     if resuming:  # weights before sharding; with EMA these are the EMA weights, raw ones follow
         ckpt.check_resumable(policy_cfg, policy)
         safetensors.torch.load_model(policy, str(ckpt.latest / "model.safetensors"))
@@ -209,6 +261,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     if world > 1:  # every rank leaves together once rank 0 has written; the evaluation needs no group
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if rank == 0:
+        step = _saved_step(ckpt, step)
     summary = {"checkpoint": str(ckpt.latest), "step": step, "history": loop.history, "run_dir": str(run_dir)}
     if interrupt.signal:
         summary["interrupted"] = signal.Signals(interrupt.signal).name
@@ -219,6 +273,27 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     if writer is not None:
         writer.close()
     return summary
+
+
+def _saved_step(ckpt: Checkpointer, step: int) -> int:
+    """The step `latest` holds after training reached `step`: skipped non-finite updates are
+    never saved, so it can be older, or absent when no update of the run was finite."""
+    if not ckpt.latest.exists():
+        raise NonFiniteError(
+            f"no checkpoint was saved: every step up to {step} was skipped as non-finite "
+            f"(optim.max_nonfinite_steps={ckpt.cfg.optim.max_nonfinite_steps}). Lower optim.lr or raise "
+            "optim.warmup_steps, and check the data for NaN"
+        )
+    saved = int(load_json(ckpt.latest / "config.json")["step"])
+    if saved != step:
+        log.warning(
+            "the last %d steps were skipped as non-finite: %s holds step %d, not %d",
+            step - saved,
+            ckpt.latest,
+            saved,
+            step,
+        )
+    return saved
 
 
 def _wrap(cfg: TrainConfig, policy: VLAModel, device: torch.device, world: int):

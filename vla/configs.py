@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import types
 import typing
 import uuid
@@ -153,49 +152,49 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-# Temporaries of `atomic_dir` next to the folder they build: .NAME.STAGE-PID-HEX
-#   STAGE = the caller's tag (being written), "done" (complete, about to replace NAME),
-#   "old" (the previous NAME, about to be removed). The pid tells a live writer from a dead one.
+# Each `atomic_dir` writes inside a staging folder of its own next to the target:
+#   .NAME.vla-TAG-PID-HEX/   with MARKER (written first: the target's name and the writer's pid),
+#       new/                 the folder being built (what the caller gets)
+#       complete             present once the build finished: new/ may replace NAME
+#       old/                 the previous NAME, moved aside during the swap
+# Recovery touches only staging folders that hold the marker naming them: a user's own entries
+# beside the target are never taken for temporaries, whatever their names (`recover_dir`).
 _TAGS = ("tmp", "building", "recording")  # what callers may name the being-written stage
-_TEMP = re.compile(
-    r"^\.(?P<name>.+)\.(?P<stage>tmp|building|recording|done|old)-(?:(?P<pid>\d+)-)?(?P<hex>[0-9a-f]{8})$"
-)
-# Versions before the pid was in the name wrote .NAME.STAGE-HEX: stale once this old.
-_LEGACY_STALE_S = 3600
+_STAGING = re.compile(r"^\.(?P<name>.+)\.vla-(?:tmp|building|recording)-(?P<pid>\d+)-[0-9a-f]{8}$")
+MARKER = ".vla-atomic.json"
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
-    """Yield a fresh sibling path to build a folder in; when the block succeeds it replaces
-    `path` (the old folder is removed), when it fails it is deleted: readers only ever see a
-    complete folder. A process killed part-way leaves temporaries that `recover_dir` resolves:
-    a finished build ("done") is promoted, else the previous folder ("old") is restored."""
-    if tag not in _TAGS:  # recover_dir only recognises these: anything else would never be cleaned
+    """Yield a fresh path to build a folder in; when the block succeeds it replaces `path` (the
+    old folder is removed), when it fails it is deleted: readers only ever see a complete folder.
+    A process killed part-way leaves a staging folder that `recover_dir` resolves: a finished
+    build is promoted, else the previous folder is restored."""
+    if tag not in _TAGS:
         raise ValueError(f"atomic_dir tag {tag!r}; choose one of {_TAGS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = f".{path.name}.{{}}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = path.parent / stem.format(tag)
+    staging = path.parent / f".{path.name}.vla-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    (staging / MARKER).write_text(json.dumps({"target": path.name, "pid": os.getpid()}))
+    new = staging / "new"
     try:
-        yield tmp
-        if tmp.is_dir():  # some writers (safetensors, mkstemp) create 0600 files: the user's umask decides
+        yield new
+        if new.is_dir():  # some writers (safetensors, mkstemp) create 0600 files: the user's umask decides
             mode = 0o666 & ~_umask()
-            for f in tmp.rglob("*"):
+            for f in new.rglob("*"):
                 if f.is_file() and not f.is_symlink():
                     f.chmod(mode)
-        done = path.parent / stem.format("done")
-        tmp.rename(done)
-        tmp = done
+        (staging / "complete").touch()
         if path.exists():
-            old = path.parent / stem.format("old")
-            path.rename(old)
-            done.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            done.rename(path)
+            path.rename(staging / "old")
+        new.rename(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (staging / "complete").exists():  # interrupted inside the swap: finish it now
+            _resolve(staging, path)
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -210,47 +209,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _resolve(staging: Path, target: Path) -> str | None:
+    """Put the right version at `target` from a dead writer's staging folder; returns what was done."""
+    new, old = staging / "new", staging / "old"
+    # A complete build was about to replace NAME: it is the newest version unless NAME was
+    # rewritten later (by another writer). The previous version matters only when NAME is gone.
+    promote = None
+    if (staging / "complete").exists() and new.is_dir():
+        if not target.exists() or target.stat().st_mtime <= new.stat().st_mtime:
+            promote = new
+    if promote is None and old.is_dir() and not target.exists():
+        promote = old
+    if promote is None:
+        return None
+    if target.exists():
+        shutil.rmtree(target)
+    promote.rename(target)
+    return "a complete save" if promote == new else "the previous version"
+
+
 def recover_dir(folder: str | os.PathLike) -> list[str]:
     """Resolve what killed `atomic_dir` writers left in `folder`; returns log lines.
 
-    For each NAME whose writer is dead: if NAME is missing, the newest complete build ("done")
-    becomes NAME, else the previous version ("old") is restored; every other temporary of a
-    dead writer is removed. Temporaries of live processes are left alone."""
+    Only staging folders carrying `atomic_dir`'s marker for their own name are considered, and
+    only those whose writer is dead: the right version is put in place, the rest removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale: dict[str, list[tuple[str, Path]]] = {}
-    now = time.time()
-    for p in folder.iterdir():
-        m = _TEMP.match(p.name)
-        if m is None:
-            continue
-        dead = not _alive(int(m["pid"])) if m["pid"] else now - p.stat().st_mtime > _LEGACY_STALE_S
-        if dead:
-            stale.setdefault(m["name"], []).append((m["stage"], p))
     lines = []
-    for name, temps in sorted(stale.items()):
-        target = folder / name
-        done = sorted((p for s, p in temps if s == "done"), key=lambda p: p.stat().st_mtime)
-        old = sorted((p for s, p in temps if s == "old"), key=lambda p: p.stat().st_mtime)
-        # A "done" build is complete and was about to replace NAME: it is the newest version
-        # unless NAME was rewritten later. An "old" one matters only when NAME is gone.
-        promote = None
-        if done and (not target.exists() or target.stat().st_mtime <= done[-1].stat().st_mtime):
-            promote = done[-1]
-        elif old and not target.exists():
-            promote = old[-1]
-        if promote is not None:
-            if target.exists():
-                shutil.rmtree(target)
-            promote.rename(target)
-            what = "a complete save" if promote in done else "the previous version"
-            lines.append(f"{target}: restored {what} left by an interrupted write ({promote.name})")
-        for _, p in temps:
-            if p == promote:
-                continue
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            lines.append(f"removed stale temporary {p} (its writer, pid {_TEMP.match(p.name)['pid'] or '?'}, is gone)")
+    for p in sorted(folder.iterdir()):
+        m = _STAGING.match(p.name)
+        if m is None or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            marker = json.loads((p / MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # not made by atomic_dir
+        if marker != {"target": m["name"], "pid": int(m["pid"])} or _alive(int(m["pid"])):
+            continue
+        what = _resolve(p, folder / m["name"])
+        if what:
+            lines.append(f"{folder / m['name']}: restored {what} left by an interrupted write ({p.name})")
+        shutil.rmtree(p, ignore_errors=True)
+        lines.append(f"removed stale temporary {p} (its writer, pid {m['pid']}, is gone)")
     for line in lines:
         log.warning(line)
     return lines
