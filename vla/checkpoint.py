@@ -12,7 +12,9 @@ manifest.json          sha256 and size of every other file, written last and che
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import typing
 from pathlib import Path
 
 import safetensors.torch
@@ -28,6 +30,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "vla-policy"
 CHECKPOINT_VERSION = 1
 MANIFEST = "manifest.json"
+_VERIFIED_FILES = ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json")
+
+# Fields added to PolicyConfig after checkpoints were already being saved, with the value that
+# checkpoints saved before them behaved as; every other field must be in config.json (a missing
+# one would silently take today's default: another image size, another tokenizer).
+_ADDED_POLICY_FIELDS = {
+    "camera_shapes": {},  # 513b2d2: frame sizes not recorded, any size accepted (what "{}" means)
+    "render_mode": "",  # 292c6e7: rendering mode unknown (what "" means)
+    "decoder_arch": "expert",  # 0527b2c: the action expert was the only architecture
+}
+_ADDED_SAMPLER_FIELDS = {
+    # 358f02c: remasking is judged in a probe pass of this fraction of the committed slots. The
+    # older in-place judgement no longer exists, so no value reproduces it; 0.5 is the fraction
+    # the probe pass came with. Without remasking (the default) decoding does not read it.
+    "remask_probe": 0.5,
+}
 
 
 class CheckpointError(ValueError):
@@ -74,17 +92,19 @@ def save_checkpoint(
     return path
 
 
-def check_checkpoint(path: str | Path, verify: bool = True) -> dict:
+def check_checkpoint(path: str | Path, allow_unverified: bool = False) -> dict:
     """Raise `CheckpointError`, naming the file, unless `path` is a complete checkpoint whose
-    files are those written at save (sha256 in manifest.json); returns its config.json."""
+    files are those written at save (sha256 in manifest.json) and whose policy config is whole
+    and valid; returns its config.json, the policy section migrated to the current fields
+    (`saved_policy_config`). `allow_unverified=True` accepts a checkpoint without manifest.json
+    (saved before manifests existed, or assembled by hand), with a warning."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     for name in ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json", "backbone"):
         if not (path / name).exists():
             raise CheckpointError(f"{path} is not a complete policy checkpoint: {name} is missing")
-    if verify:
-        verify_manifest(path)
+    verify_manifest(path, allow_unverified)
     try:
         meta = load_json(path / "config.json")
     except ValueError as e:
@@ -93,13 +113,15 @@ def check_checkpoint(path: str | Path, verify: bool = True) -> dict:
         raise CheckpointError(f"{path / 'config.json'} is not a {CHECKPOINT_FORMAT} checkpoint")
     if "policy" not in meta:
         raise CheckpointError(f"{path / 'config.json'} has no 'policy' section")
-    return meta
+    return {**meta, "policy": to_dict(saved_policy_config(path, meta))}
 
 
 def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyConfig:
-    """The checkpoint's PolicyConfig, type-checked; keys that older versions wrote and that no
-    longer exist (`action_tokenizer.low_quantile` / `high_quantile`, never used; `rotate_180`
-    when false) are dropped."""
+    """The checkpoint's PolicyConfig, type-checked and complete: every field must be saved,
+    except those added since checkpoints existed (`_ADDED_POLICY_FIELDS`, filled with what older
+    versions did); keys that older versions wrote and that no longer exist
+    (`action_tokenizer.low_quantile` / `high_quantile`, never used; `rotate_180` when false) are
+    dropped."""
     path = Path(path)
     saved = (meta if meta is not None else load_json(path / "config.json"))["policy"]
     if isinstance(saved, dict) and "rotate_180" in saved:
@@ -115,16 +137,51 @@ def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyCon
             **saved,
             "action_tokenizer": {k: v for k, v in saved["action_tokenizer"].items() if "quantile" not in k},
         }
+    if isinstance(saved, dict):
+        saved = {**_ADDED_POLICY_FIELDS, **saved}
+        sampler = saved.get("sampler")
+        if isinstance(sampler, dict):
+            if "remask_probe" not in sampler and (sampler.get("remask_threshold") or sampler.get("remask_delta")):
+                log.warning(
+                    "%s: saved before remasking was judged in a probe pass; it now remasks the new way "
+                    "(policy.sampler.remask_probe=0.5), so its decoding differs from when it was evaluated",
+                    path / "config.json",
+                )
+            saved["sampler"] = {**_ADDED_SAMPLER_FIELDS, **sampler}
+    missing = _missing_keys(PolicyConfig, saved, "policy")
+    if missing:
+        raise CheckpointError(
+            f"{path / 'config.json'}: the policy config lacks {missing}. A missing field would load "
+            "as today's default, which need not be what the weights were trained with; restore the file "
+            "from the checkpoint's source (its manifest.json records the saved file's sha256)"
+        )
     try:
         return from_dict(PolicyConfig, saved, "policy")
     except ConfigError as e:
         raise CheckpointError(f"{path / 'config.json'}: {e}") from e
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> VLAModel:
-    """The network of a checkpoint folder, verified (files, config types, finite weights)."""
+def _missing_keys(cls: type, data, where: str) -> list[str]:
+    """Dotted names of the fields of dataclass `cls`, nested ones too, that `data` lacks (values
+    of the wrong type are left to `from_dict`, which names them)."""
+    if not isinstance(data, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for f in dataclasses.fields(cls):
+        name = f"{where}.{f.name}"
+        if f.name not in data:
+            missing.append(name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            missing += _missing_keys(hints[f.name], data[f.name], name)
+    return missing
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", allow_unverified: bool = False) -> VLAModel:
+    """The network of a checkpoint folder, verified (files, config, finite weights); see
+    `check_checkpoint` for `allow_unverified`."""
     path = Path(path)
-    cfg = saved_policy_config(path, check_checkpoint(path))
+    cfg = from_dict(PolicyConfig, check_checkpoint(path, allow_unverified)["policy"], "policy")
     vlm = model_from_saved_config(path / "backbone")
     try:
         stats, tok = load_json(path / "stats.json"), load_json(path / "action_tokenizer.json")
@@ -154,16 +211,34 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VLAModel
     return model.to(device).eval()
 
 
-def verify_manifest(path: Path) -> None:
-    """Check every file listed in `path/manifest.json` against its recorded size and sha256."""
+def verify_manifest(path: Path, allow_unverified: bool = False) -> None:
+    """Check every file listed in `path/manifest.json` against its recorded size and sha256.
+    Without the manifest nothing can be checked: an error, or with `allow_unverified` a warning."""
+    path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        log.warning("%s has no %s (saved by an older version): its files cannot be verified", path, MANIFEST)
+        if not allow_unverified:
+            raise CheckpointError(
+                f"{manifest_path} is missing: the checkpoint's files (its config.json too) cannot be verified. "
+                "Restore it from the checkpoint's source; a checkpoint saved before manifests existed loads with "
+                "allow_unverified=True (re-save it to write one)"
+            )
+        log.warning("%s has no %s: its files are not verified (allow_unverified)", path, MANIFEST)
         return
     try:
         files = load_json(manifest_path)["files"]
-    except (ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(w, dict) and {"bytes", "sha256"} <= w.keys() for w in files.values()):
+            raise ValueError("an entry lacks 'bytes' or 'sha256'")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{manifest_path} is unreadable ({e}); the checkpoint cannot be verified") from e
+    # The files that decide what the policy does must be covered: a manifest that omits one
+    # (an edited config.json, say) would verify nothing about it.
+    unlisted = [name for name in _VERIFIED_FILES if name not in files]
+    if unlisted:
+        raise CheckpointError(
+            f"{manifest_path} does not list {unlisted}: those files cannot be verified. Restore the checkpoint "
+            "from its source"
+        )
     for rel, want in files.items():
         f = path / rel
         if not f.is_file():

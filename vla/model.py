@@ -66,10 +66,36 @@ class PolicyConfig:
             raise ValueError("policy.cameras must name at least one camera")
         if not 0.1 <= self.crop_area <= 1.0:
             raise ValueError(f"policy.crop_area must be in [0.1, 1], got {self.crop_area}")
+        self.camera_shapes = _checked_camera_shapes(self.camera_shapes, self.cameras)
+        if self.decoder_type == "diffusion":  # the autoregressive decoder has no refinement steps
+            self.sampler.check_steps(self.chunk_size * self.action_dim, "policy.sampler")
 
     @property
     def image_size(self) -> int:
         return self.backbone.image_size
+
+
+def _checked_camera_shapes(shapes, cameras: list[str]) -> dict[str, list[int]]:
+    """`policy.camera_shapes` as {camera: [H, W]} of positive ints for cameras of the policy, or a
+    ValueError naming the entry (inference compares frames against these, so a malformed entry
+    would otherwise fail there, mid-episode, with an IndexError)."""
+    hint = "expected {camera: [height, width]} of positive integers, as training records it"
+    if not isinstance(shapes, dict):
+        raise ValueError(f"policy.camera_shapes={shapes!r}: {hint}")
+    out = {}
+    for cam, shape in shapes.items():
+        where = f"policy.camera_shapes[{cam!r}]"
+        if cam not in cameras:
+            raise ValueError(f"{where}: not one of policy.cameras {cameras}; {hint}")
+        ok = (
+            isinstance(shape, (list, tuple))
+            and len(shape) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+        )
+        if not ok:
+            raise ValueError(f"{where}={shape!r}: {hint}")
+        out[cam] = list(shape)  # lists, as JSON round trips them: configs compare equal after a save
+    return out
 
 
 class VLAModel(nn.Module):

@@ -81,17 +81,48 @@ class SamplerConfig:
     remask_probe: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"sampler.steps must be >= 1, got {self.steps}")
+        # Every number is checked here, where hydra, eval.sampler_overrides and checkpoints all
+        # pass: NaN compares false with everything, so an unchecked temperature=nan decoded
+        # greedily and inf uniformly. The upper bound of `steps` needs the chunk: PolicyConfig
+        # checks it (`check_steps`), and masked_diffusion_decode refuses more steps than slots.
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampler.steps={self.steps!r}: must be an integer >= 1")
         self.confidence = choice(Confidence, self.confidence, "sampler.confidence")
         for name in ("temperature_schedule", "remask_eta_schedule"):
             setattr(self, name, choice(Schedule, getattr(self, name), f"sampler.{name}"))
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature must be >= 0, got {self.temperature}")
-        if self.remask_delta is not None and self.remask_delta <= 0:
-            raise ValueError(f"sampler.remask_delta must be > 0 or None, got {self.remask_delta}")
-        if not 0.0 < self.remask_probe <= 1.0:
-            raise ValueError(f"sampler.remask_probe must be in (0, 1], got {self.remask_probe}")
+        _check_number(self, "temperature", 0.0, math.inf, "a finite number >= 0")
+        _check_number(self, "confidence_noise", 0.0, math.inf, "a finite number >= 0")
+        # eta and delta compare against probabilities: outside [0, 1] a check fires always or never.
+        _check_number(self, "remask_eta", 0.0, 1.0, "a number in [0, 1]")
+        if self.remask_delta is not None:
+            _check_number(self, "remask_delta", 0.0, 1.0, "None or a number in (0, 1]", low_open=True)
+        _check_number(self, "remask_probe", 0.0, 1.0, "a number in (0, 1]", low_open=True)
+        if not isinstance(self.remask_threshold, bool):
+            raise ValueError(f"sampler.remask_threshold={self.remask_threshold!r}: must be true or false")
+
+    def check_steps(self, num_slots: int, where: str = "sampler") -> None:
+        """Refuse more refinement steps than the chunk has action slots: each step commits at
+        least one slot, so further steps only repeat passes (and an absurd count would allocate
+        its whole schedule up front)."""
+        if self.steps > num_slots:
+            raise ValueError(
+                f"{where}.steps={self.steps}: must be between 1 and the chunk's {num_slots} action tokens "
+                "(chunk_size x action_dim)"
+            )
+
+
+def _check_number(cfg: SamplerConfig, name: str, low: float, high: float, what: str, low_open: bool = False) -> None:
+    """`cfg.name` is a finite real number in [low, high] ((low, high] when `low_open`), or raise naming it."""
+    v = getattr(cfg, name)
+    ok = (
+        not isinstance(v, bool)
+        and isinstance(v, (int, float))
+        and math.isfinite(v)
+        and (low < v if low_open else low <= v)
+        and v <= high
+    )
+    if not ok:
+        raise ValueError(f"sampler.{name}={v!r}: must be {what}")
 
 
 def masked_after_step(num_free: int, step: int, steps: int) -> int:
@@ -148,6 +179,7 @@ def masked_diffusion_decode(
     fixed_tokens; they are never resampled or remasked.
     """
     b, n = batch_size, num_slots
+    cfg.check_steps(n)
     tokens = torch.full((b, n), mask_id, dtype=torch.long, device=device)
     if fixed_mask is None:
         fixed_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
