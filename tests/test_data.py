@@ -295,9 +295,8 @@ def test_key_maps_are_set_from_the_command_line(tmp_path):
     """openpi's LIBERO port names its keys `image`, `wrist_image`, `state`, `actions`."""
     from helpers import composed
 
-    from train.config import DataConfig
+    from data.source import DataConfig, read_source
     from train.hydra_app import to_train_config
-    from train.loop import _episodes
 
     cams = {"agentview": "image", "wrist": "wrist_image"}
     root = _write_port(tmp_path / "port", cams, 8, state_key="state", action_key="actions")
@@ -312,7 +311,7 @@ def test_key_maps_are_set_from_the_command_line(tmp_path):
             ]
         )
     )
-    eps = list(_episodes(cfg.data))
+    eps = list(read_source(cfg.data))
     assert len(eps) == 2 and eps[0].state.shape == (4, 8) and eps[0].actions.shape == (4, 7)
     with pytest.raises(KeyError, match=r"no keys \['observation.state'\].*data.state_key="):
-        list(_episodes(DataConfig(source="lerobot", root=str(root), camera_keys=cams, action_key="actions")))
+        list(read_source(DataConfig(source="lerobot", root=str(root), camera_keys=cams, action_key="actions")))

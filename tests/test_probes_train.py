@@ -58,7 +58,8 @@ def test_bad_a_lost_latest_never_restarts_the_run_over_its_step_folders(tmp_path
 
 
 def test_bad_a_cache_built_from_other_data_is_refused_and_the_run_records_its_data(tmp_path, debug_data_root):
-    from train.loop import prepare_data, train
+    from data.source import prepare_data
+    from train.loop import train
 
     cfg = debug_train_config(tmp_path / "run", debug_data_root, "stop_after=1")
     prepare_data(cfg.data)  # the session's debug recording and cache (recorded if missing)
@@ -90,7 +91,7 @@ def test_bad_a_cache_built_from_other_data_is_refused_and_the_run_records_its_da
 
 
 def test_bad_recovery_never_touches_a_users_own_entries(tmp_path, debug_data_root):
-    from train.loop import prepare_data
+    from data.source import prepare_data
 
     home = tmp_path / "home"  # data.root=~/mydata: the cache and recovery live in the home folder
     shutil.copytree(debug_data_root, home / "mydata")

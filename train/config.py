@@ -6,25 +6,10 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from data.dataset import LoaderConfig
-from data.record import RecordConfig
-from data.record_libero import LiberoRecordConfig
+from data.source import DataConfig
 from envs.evaluate import EvalConfig
 from vla.configs import choice
 from vla.model import PolicyConfig
-
-
-class DataSource(StrEnum):
-    builtin = "builtin"  # record the built-in suite with scripted experts if missing
-    libero_scripted = "libero_scripted"  # record LIBERO (data.libero) with its scripted expert if missing
-    lerobot = "lerobot"  # a LeRobotDataset v3 folder
-    libero_hdf5 = "libero_hdf5"  # a folder of LIBERO's original .hdf5 files
-
-
-class CacheMode(StrEnum):
-    auto = "auto"  # in memory when the images take under 40% of free memory, else from disk
-    memory = "memory"
-    disk = "disk"
 
 
 class Strategy(StrEnum):
@@ -37,32 +22,6 @@ class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-@dataclass
-class DataConfig:
-    source: DataSource = DataSource.builtin
-    root: str = "runs/data/builtin"  # dataset folder (recorded here for builtin)
-    cache: str = ""  # zarr cache path; empty: <root>.zarr
-    # A LeRobot or HDF5 source's key map, each empty for the source's defaults (docs/data.md):
-    # our camera -> source key, e.g. data.camera_keys={agentview: image, wrist: wrist_image}
-    camera_keys: dict = field(default_factory=dict)
-    state_key: str = ""  # e.g. data.state_key=state (openpi's port) or observation.state
-    action_key: str = ""  # e.g. data.action_key=actions (openpi's port) or action
-    cache_mode: CacheMode = CacheMode.auto  # where training reads the zarr cache from
-    # A cache built from other data than asked for is refused; true rebuilds it from the source.
-    rebuild_cache: bool = False
-    record: RecordConfig = field(default_factory=RecordConfig)  # source=builtin
-    libero: LiberoRecordConfig = field(default_factory=LiberoRecordConfig)  # source=libero_scripted
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-
-    def __post_init__(self) -> None:
-        self.source = choice(DataSource, self.source, "data.source")
-        self.cache_mode = choice(CacheMode, self.cache_mode, "data.cache_mode")
-
-    @property
-    def cache_path(self) -> str:
-        return self.cache or f"{self.root.rstrip('/')}.zarr"
 
 
 @dataclass

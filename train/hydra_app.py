@@ -29,8 +29,9 @@ from omegaconf import MISSING, OmegaConf
 
 from data.dataset import LoaderConfig
 from data.record import RecordConfig
+from data.source import DataConfig
 from envs.evaluate import EvalConfig
-from train.config import DataConfig, OptimConfig, TrainConfig
+from train.config import OptimConfig, TrainConfig
 from vla.backbone import BackboneConfig
 from vla.model import DecoderType
 

@@ -10,8 +10,6 @@ then stop the run without saving; SIGINT/SIGTERM save a checkpoint and stop.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
 import math
 import os
@@ -25,10 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.cache import ZarrCache, build_cache, cache_source, files_fingerprint, source_differences
+from data.cache import ZarrCache
 from data.dataset import ChunkDataset, Collate, ResumableBatches
+from data.source import DataConfig, prepare_data
 from train.checkpointer import Checkpointer
-from train.config import DataConfig, TrainConfig
+from train.config import TrainConfig
 from train.distributed import init_distributed, shard_policy
 from train.run_dir import Interrupt, RunLock
 from vla.configs import load_json, recover_dir
@@ -39,115 +38,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- data
-def prepare_data(cfg: DataConfig) -> ZarrCache:
-    """Return the zarr cache, recording demonstrations and building the cache when missing.
-
-    A cache is used only if it was built from what `cfg` asks for: the settings that decide its
-    content, and (when the source is there) the source's files; otherwise it is refused, or
-    rebuilt with `data.rebuild_cache=true`. A lone cache (source deleted) is checked on settings."""
-    cache = Path(cfg.cache_path)
-    root = Path(cfg.root)
-    for folder in {root.parent, cache.parent}:  # what a killed recording or cache build left behind
-        recover_dir(folder)
-    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is checked below
-        from data.record import check_recording, record_builtin
-
-        if not (root / "meta" / "info.json").exists():
-            log.info("no demonstrations at %s: recording the built-in suite with scripted experts", root)
-            record_builtin(cfg.record, root)
-        check_recording(cfg.record, root)
-    if cfg.source == "libero_scripted" and (root.exists() or not cache.exists()):
-        from data.record_libero import check_recording, record_libero
-
-        if not (root / "meta" / "info.json").exists():
-            log.info("no demonstrations at %s: recording %s with its scripted expert", root, cfg.libero.suite)
-            record_libero(cfg.libero, root)
-        check_recording(cfg.libero, root)
-    wanted = source_record(cfg)
-    build = not cache.exists()
-    if not build:
-        diff = source_differences(cache_source(cache), wanted)
-        build = bool(diff) and cfg.rebuild_cache and root.exists()
-        if diff and not build:
-            how = (
-                "set data.rebuild_cache=true to rebuild it from the source"
-                if root.exists()
-                else f"the source {root} is gone: delete the cache to record again, or ask for the settings it holds"
-            )
-            raise ValueError(
-                f"the training cache {cache} was not built from the data asked for: {'; '.join(diff[:4])}. "
-                f"Training on it would not train on what this run records; {how}, or set data.cache elsewhere"
-            )
-        if build:
-            log.warning("data.rebuild_cache=true: rebuilding %s (%s)", cache, "; ".join(diff[:4]))
-    if build:
-        build_cache(_episodes(cfg), cache, total_frames=_source_frames(cfg), source=wanted)
-    in_memory = {"auto": None, "memory": True, "disk": False}[cfg.cache_mode]
-    opened = ZarrCache(cache, in_memory=in_memory)
-    where = "memory" if opened.in_memory else "disk"
-    log.info("training data: %s (%.1f GB of images), read from %s", cache, opened.image_bytes / 1e9, where)
-    return opened
-
-
-def source_record(cfg: DataConfig) -> dict:
-    """What decides a cache's content: the source kind, its key maps, a recording's settings,
-    and (when the source folder exists) a fingerprint of its files."""
-    record: dict = {
-        "source": str(cfg.source),
-        "camera_keys": dict(sorted(cfg.camera_keys.items())),
-        "state_key": cfg.state_key,
-        "action_key": cfg.action_key,
-    }
-    if cfg.source == "builtin":
-        from data.record import recording_settings
-
-        record["recording"] = recording_settings(cfg.record)
-    elif cfg.source == "libero_scripted":
-        from data.record_libero import recording_settings
-
-        record["recording"] = recording_settings(cfg.libero)
-    root = Path(cfg.root)
-    if root.exists():
-        patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else ["meta/**/*", "data/**/*", "videos/**/*"]
-        record["files"] = files_fingerprint(root, patterns)
-    return record
-
-
-def _source_frames(cfg: DataConfig) -> int | None:
-    """Frames in a LeRobot source (its meta/info.json), for the cache build's progress bar."""
-    info = Path(cfg.root) / "meta" / "info.json"  # LIBERO's .hdf5 folders have none
-    if not info.is_file():
-        return None
-    try:
-        return int(json.loads(info.read_text())["total_frames"])
-    except (ValueError, KeyError, TypeError):
-        return None  # the reader names what is wrong with the file
-
-
-def _episodes(cfg: DataConfig):
-    from data.readers import LIBERO_LEROBOT_KEYS, LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
-
-    if cfg.source in ("builtin", "lerobot", "libero_scripted"):
-        keys = LIBERO_LEROBOT_KEYS if cfg.source == "libero_scripted" else LeRobotKeys()
-        keys = replace(
-            keys,
-            cameras=dict(cfg.camera_keys) or keys.cameras,
-            state=cfg.state_key or keys.state,
-            action=cfg.action_key or keys.action,
-        )
-        return read_lerobot(cfg.root, keys)
-    files = sorted(Path(cfg.root).glob("*.hdf5"))
-    if not files:
-        raise FileNotFoundError(f"data.root={cfg.root} holds no LIBERO .hdf5 files")
-    if cfg.state_key:
-        raise ValueError(
-            "data.state_key applies to LeRobot sources; LIBERO .hdf5 files concatenate ee_states and gripper_states"
-        )
-    keys = LiberoHDF5Keys()
-    keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
-    return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
-
-
 def policy_config_for(cfg: PolicyConfig, cache: ZarrCache, data: DataConfig | None = None) -> PolicyConfig:
     """The policy config with the data's frame shapes (the checkpoint's camera contract) and,
     for simulated recordings, their rendering mode recorded."""

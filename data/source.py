@@ -1,0 +1,170 @@
+"""Training data from its source: which source a run reads (`DataConfig`), recording
+demonstrations when they are missing, building the zarr cache, and checking that an existing
+cache holds what the run asks for. The training loop only asks for the opened cache
+(`prepare_data`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from data.cache import ZarrCache, build_cache, cache_source, files_fingerprint, source_differences
+from data.dataset import LoaderConfig
+from data.record import RecordConfig
+from data.record_libero import LiberoRecordConfig
+from vla.configs import choice, recover_dir
+
+log = logging.getLogger(__name__)
+
+
+class DataSource(StrEnum):
+    builtin = "builtin"  # record the built-in suite with scripted experts if missing
+    libero_scripted = "libero_scripted"  # record LIBERO (data.libero) with its scripted expert if missing
+    lerobot = "lerobot"  # a LeRobotDataset v3 folder
+    libero_hdf5 = "libero_hdf5"  # a folder of LIBERO's original .hdf5 files
+
+
+class CacheMode(StrEnum):
+    auto = "auto"  # in memory when the images take under 40% of free memory, else from disk
+    memory = "memory"
+    disk = "disk"
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.builtin
+    root: str = "runs/data/builtin"  # dataset folder (recorded here for builtin)
+    cache: str = ""  # zarr cache path; empty: <root>.zarr
+    # A LeRobot or HDF5 source's key map, each empty for the source's defaults (docs/data.md):
+    # our camera -> source key, e.g. data.camera_keys={agentview: image, wrist: wrist_image}
+    camera_keys: dict = field(default_factory=dict)
+    state_key: str = ""  # e.g. data.state_key=state (openpi's port) or observation.state
+    action_key: str = ""  # e.g. data.action_key=actions (openpi's port) or action
+    cache_mode: CacheMode = CacheMode.auto  # where training reads the zarr cache from
+    # A cache built from other data than asked for is refused; true rebuilds it from the source.
+    rebuild_cache: bool = False
+    record: RecordConfig = field(default_factory=RecordConfig)  # source=builtin
+    libero: LiberoRecordConfig = field(default_factory=LiberoRecordConfig)  # source=libero_scripted
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
+    def __post_init__(self) -> None:
+        self.source = choice(DataSource, self.source, "data.source")
+        self.cache_mode = choice(CacheMode, self.cache_mode, "data.cache_mode")
+
+    @property
+    def cache_path(self) -> str:
+        return self.cache or f"{self.root.rstrip('/')}.zarr"
+
+
+def prepare_data(cfg: DataConfig) -> ZarrCache:
+    """Return the zarr cache, recording demonstrations and building the cache when missing.
+
+    A cache is used only if it was built from what `cfg` asks for: the settings that decide its
+    content, and (when the source is there) the source's files; otherwise it is refused, or
+    rebuilt with `data.rebuild_cache=true`. A lone cache (source deleted) is checked on settings."""
+    cache = Path(cfg.cache_path)
+    root = Path(cfg.root)
+    for folder in {root.parent, cache.parent}:  # what a killed recording or cache build left behind
+        recover_dir(folder)
+    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is checked below
+        from data.record import check_recording, record_builtin
+
+        if not (root / "meta" / "info.json").exists():
+            log.info("no demonstrations at %s: recording the built-in suite with scripted experts", root)
+            record_builtin(cfg.record, root)
+        check_recording(cfg.record, root)
+    if cfg.source == "libero_scripted" and (root.exists() or not cache.exists()):
+        from data.record_libero import check_recording, record_libero
+
+        if not (root / "meta" / "info.json").exists():
+            log.info("no demonstrations at %s: recording %s with its scripted expert", root, cfg.libero.suite)
+            record_libero(cfg.libero, root)
+        check_recording(cfg.libero, root)
+    wanted = source_record(cfg)
+    build = not cache.exists()
+    if not build:
+        diff = source_differences(cache_source(cache), wanted)
+        build = bool(diff) and cfg.rebuild_cache and root.exists()
+        if diff and not build:
+            how = (
+                "set data.rebuild_cache=true to rebuild it from the source"
+                if root.exists()
+                else f"the source {root} is gone: delete the cache to record again, or ask for the settings it holds"
+            )
+            raise ValueError(
+                f"the training cache {cache} was not built from the data asked for: {'; '.join(diff[:4])}. "
+                f"Training on it would not train on what this run records; {how}, or set data.cache elsewhere"
+            )
+        if build:
+            log.warning("data.rebuild_cache=true: rebuilding %s (%s)", cache, "; ".join(diff[:4]))
+    if build:
+        build_cache(read_source(cfg), cache, total_frames=source_frames(cfg), source=wanted)
+    in_memory = {"auto": None, "memory": True, "disk": False}[cfg.cache_mode]
+    opened = ZarrCache(cache, in_memory=in_memory)
+    where = "memory" if opened.in_memory else "disk"
+    log.info("training data: %s (%.1f GB of images), read from %s", cache, opened.image_bytes / 1e9, where)
+    return opened
+
+
+def source_record(cfg: DataConfig) -> dict:
+    """What decides a cache's content: the source kind, its key maps, a recording's settings,
+    and (when the source folder exists) a fingerprint of its files."""
+    record: dict = {
+        "source": str(cfg.source),
+        "camera_keys": dict(sorted(cfg.camera_keys.items())),
+        "state_key": cfg.state_key,
+        "action_key": cfg.action_key,
+    }
+    if cfg.source == "builtin":
+        from data.record import recording_settings
+
+        record["recording"] = recording_settings(cfg.record)
+    elif cfg.source == "libero_scripted":
+        from data.record_libero import recording_settings
+
+        record["recording"] = recording_settings(cfg.libero)
+    root = Path(cfg.root)
+    if root.exists():
+        patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else ["meta/**/*", "data/**/*", "videos/**/*"]
+        record["files"] = files_fingerprint(root, patterns)
+    return record
+
+
+def source_frames(cfg: DataConfig) -> int | None:
+    """Frames in a LeRobot source (its meta/info.json), for the cache build's progress bar."""
+    info = Path(cfg.root) / "meta" / "info.json"  # LIBERO's .hdf5 folders have none
+    if not info.is_file():
+        return None
+    try:
+        return int(json.loads(info.read_text())["total_frames"])
+    except (ValueError, KeyError, TypeError):
+        return None  # the reader names what is wrong with the file
+
+
+def read_source(cfg: DataConfig):
+    from data.readers import LIBERO_LEROBOT_KEYS, LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
+
+    if cfg.source in ("builtin", "lerobot", "libero_scripted"):
+        keys = LIBERO_LEROBOT_KEYS if cfg.source == "libero_scripted" else LeRobotKeys()
+        keys = replace(
+            keys,
+            cameras=dict(cfg.camera_keys) or keys.cameras,
+            state=cfg.state_key or keys.state,
+            action=cfg.action_key or keys.action,
+        )
+        return read_lerobot(cfg.root, keys)
+    files = sorted(Path(cfg.root).glob("*.hdf5"))
+    if not files:
+        raise FileNotFoundError(f"data.root={cfg.root} holds no LIBERO .hdf5 files")
+    if cfg.state_key:
+        raise ValueError(
+            "data.state_key applies to LeRobot sources; LIBERO .hdf5 files concatenate ee_states and gripper_states"
+        )
+    keys = LiberoHDF5Keys()
+    keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
+    return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
