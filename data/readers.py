@@ -7,7 +7,14 @@ lerobot's own `LeRobotDataset`; (b) LIBERO's original robomimic-layout HDF5 file
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +22,8 @@ import numpy as np
 
 from data.episode import PERTURBED_KEY, Episode
 from envs.libero import frame_from_robosuite
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,19 +45,44 @@ BRIDGE_LEROBOT_KEYS = LeRobotKeys(cameras={"agentview": "observation.images.imag
 
 
 def read_lerobot(
-    root: str | Path, keys: LeRobotKeys | None = None, repo_id: str = "local/dataset"
+    root: str | Path,
+    keys: LeRobotKeys | None = None,
+    repo_id: str = "local/dataset",
+    scratch_dir: str | Path | None = None,
 ) -> Iterator[Episode]:
-    """Episodes of a local LeRobotDataset v3 folder (image or video storage)."""
+    """Episodes of a local LeRobotDataset v3 folder (image or video storage).
+
+    lerobot reads the parquet files through `datasets`, which first writes an Arrow copy of them
+    (about the data's uncompressed size: 2.9 GB for LIBERO-Object) to its cache, by default
+    ~/.cache/huggingface/datasets, and never removes it. Here that copy goes to a scratch folder
+    `.<root name>.arrow-<pid>-<hex>` in `scratch_dir` (default: beside `root`, where the zarr
+    cache goes too) and is removed once the episodes are read; a killed read's folder is removed
+    by the next read."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.datasets.video_utils import decode_video_frames
 
     keys = keys or LeRobotKeys()
     root = Path(root)
-    check_lerobot_files(root)
+    info = check_lerobot_files(root)
+    scratch = _arrow_scratch(root, scratch_dir)
     try:
-        ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
-    except Exception as e:  # lerobot/datasets/pyarrow raise many types; say where, keep the cause
-        raise ValueError(f"{root}: lerobot cannot open this dataset ({type(e).__name__}: {e})") from e
+        with _datasets_cache_at(scratch):
+            try:
+                ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
+            except Exception as e:  # lerobot/datasets/pyarrow raise many types; say where, keep the cause
+                file = f" (file {e.filename})" if getattr(e, "filename", None) else ""
+                raise ValueError(
+                    f"{root}: lerobot cannot open this dataset{file} ({type(e).__name__}: {e}). Its metadata and the "
+                    f"files the episodes index names were found readable; is it a LeRobotDataset of codebase_version "
+                    f"v3.x (meta/info.json says {info.get('codebase_version')!r})?"
+                ) from e
+        yield from _lerobot_episodes(ds, root, keys)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _lerobot_episodes(ds, root: Path, keys: LeRobotKeys) -> Iterator[Episode]:
+    from lerobot.datasets.video_utils import decode_video_frames
+
     have = set(ds.meta.features)
     wanted = [keys.state, keys.action, *keys.cameras.values()]
     missing = [k for k in wanted if k not in have]
@@ -99,26 +133,198 @@ def read_lerobot(
         ).validate()
 
 
-def check_lerobot_files(root: Path) -> None:
-    """Raise, naming the file, if meta/info.json or any parquet file of the dataset is unreadable
-    (a truncated download or an interrupted copy) before lerobot fails somewhere inside."""
+# ------------------------------------------------------------------ LeRobot dataset files
+_RESTORE = "the download or copy is incomplete or corrupt: copy the dataset again from its source"
+
+
+def check_lerobot_files(root: str | Path) -> dict:
+    """Raise, naming the file and what to do, unless every file lerobot will read is present and
+    readable: meta/info.json (with the types lerobot assumes), meta/stats.json (when present),
+    meta/tasks.parquet, the episodes index (meta/episodes), and each data parquet file and video
+    the index names. lerobot takes a missing file for a dataset not downloaded yet and turns to
+    the hub, and names neither file nor field for a wrong type. Returns info.json's content."""
     import pyarrow.parquet as pq
 
-    info = root / "meta" / "info.json"
-    if not info.is_file():
+    root = Path(root)
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
         raise FileNotFoundError(f"{root} is not a LeRobotDataset (no meta/info.json); record or download it first")
-    try:
-        meta = json.loads(info.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{info} is not valid JSON ({e}): truncated or corrupt; restore it from the source") from e
-    for key in ("features", "fps", "total_episodes"):
-        if key not in meta:
-            raise KeyError(f"{info} has no {key!r}; is this a LeRobotDataset v3 folder?")
+    info = _json_file(info_path)
+    _check_info(info, info_path)
+    stats_path = root / "meta" / "stats.json"
+    if stats_path.exists():
+        _check_stats(_json_file(stats_path), stats_path)
     for f in sorted(root.glob("**/*.parquet")):
         try:
             pq.read_metadata(f)
         except Exception as e:
-            raise ValueError(f"{f} is not a readable parquet file ({e}): truncated or corrupt") from e
+            raise ValueError(f"{f} is not a readable parquet file ({e}): truncated or corrupt; {_RESTORE}") from e
+    if info["total_tasks"] > 0 and not (root / "meta" / "tasks.parquet").is_file():
+        raise FileNotFoundError(
+            f"{root / 'meta' / 'tasks.parquet'} is missing (info.json counts {info['total_tasks']} tasks): {_RESTORE}"
+        )
+    if info["total_episodes"] > 0:
+        _check_episode_files(root, info, info_path)
+    return info
+
+
+def _json_file(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): truncated or corrupt; restore it from the source") from e
+
+
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _check_info(info, path: Path) -> None:
+    """The fields of meta/info.json that lerobot reads, with their types (lerobot's DatasetInfo
+    takes whatever JSON holds and fails later, naming neither file nor field)."""
+    from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_VIDEO_PATH
+
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}; {_RESTORE}")
+    for key in ("codebase_version", "features", "fps", "total_episodes"):
+        if key not in info:
+            raise KeyError(f"{path} has no {key!r}; is this a LeRobotDataset v3 folder?")
+    info.setdefault("total_tasks", 0)
+    info.setdefault("data_path", DEFAULT_DATA_PATH)
+    info.setdefault("video_path", DEFAULT_VIDEO_PATH)
+    checks = {
+        "codebase_version": (lambda v: isinstance(v, str), "a string such as 'v3.0'"),
+        "fps": (lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0, "a number > 0"),
+        "total_episodes": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "total_frames": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "total_tasks": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "chunks_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+        "data_path": (lambda v: isinstance(v, str), "a path template string"),
+        "video_path": (lambda v: v is None or isinstance(v, str), "a path template string or null"),
+        "features": (
+            lambda v: (
+                isinstance(v, dict)
+                and all(
+                    isinstance(f, dict)
+                    and isinstance(f.get("dtype"), str)
+                    and isinstance(f.get("shape"), list)
+                    and all(_is_int(n, 0) for n in f["shape"])
+                    for f in v.values()
+                )
+            ),
+            "an object of {key: {dtype: string, shape: [integers], ...}}",
+        ),
+    }
+    for key, (ok, want) in checks.items():
+        if key in info and not ok(info[key]):
+            raise ValueError(f"{path}: {key}={info[key]!r} is not {want}; {_RESTORE}")
+
+
+def _check_stats(stats, path: Path) -> None:
+    """meta/stats.json: {feature: {statistic: number or nested list of numbers}}. lerobot loads it
+    whether or not it is used; training computes its own statistics (the zarr cache's)."""
+    what = (
+        f"restore it from the source, or delete it (lerobot reads a dataset without {path.name}; "
+        "training computes its own statistics)"
+    )
+    if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+        raise ValueError(f"{path}: expected {{feature: {{statistic: numbers}}}}; {what}")
+    for feature, values in stats.items():
+        for name, v in values.items():
+            try:  # a number or a (nested, rectangular) list of numbers, as lerobot's np.array reads it
+                ok = isinstance(v, (int, float, list)) and not isinstance(v, bool)
+                ok = ok and np.asarray(v, dtype=np.float64).size > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{path}: {feature}.{name}={str(v)[:60]!r} is not a number or array of numbers; {what}"
+                )
+
+
+def _check_episode_files(root: Path, info: dict, info_path: Path) -> None:
+    """The episodes index (meta/episodes/*/*.parquet) covers info.json's episodes, and the data
+    parquet files and videos it names exist."""
+    import pyarrow.parquet as pq
+
+    index = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    if not index:
+        raise FileNotFoundError(f"{root / 'meta' / 'episodes'} holds no episodes index (*/*.parquet): {_RESTORE}")
+    videos = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    columns = ["data/chunk_index", "data/file_index"]
+    columns += [f"videos/{k}/{c}" for k in videos for c in ("chunk_index", "file_index")]
+    wanted: dict[Path, Path] = {}  # file -> the index file that names it
+    rows = 0
+    for f in index:
+        try:
+            table = pq.read_table(f, columns=columns).to_pydict()
+        except Exception as e:  # a column missing from the index
+            raise ValueError(f"{f}: the episodes index lacks what lerobot reads ({e}); {_RESTORE}") from e
+        rows += len(table["data/chunk_index"])
+        for i in range(len(table["data/chunk_index"])):
+            chunk, file = table["data/chunk_index"][i], table["data/file_index"][i]
+            wanted.setdefault(root / info["data_path"].format(chunk_index=chunk, file_index=file), f)
+            for k in videos:
+                chunk, file = table[f"videos/{k}/chunk_index"][i], table[f"videos/{k}/file_index"][i]
+                wanted.setdefault(root / info["video_path"].format(video_key=k, chunk_index=chunk, file_index=file), f)
+    if rows != info["total_episodes"]:
+        raise ValueError(
+            f"{info_path} counts {info['total_episodes']} episodes, the episodes index {root / 'meta' / 'episodes'} "
+            f"lists {rows}: {_RESTORE}"
+        )
+    missing = [(p, by) for p, by in wanted.items() if not p.is_file()]
+    if missing:
+        p, by = missing[0]
+        raise FileNotFoundError(
+            f"{p} is missing (named by {by}{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}): {_RESTORE}"
+        )
+
+
+# The scratch folder of one read: .<dataset folder name>.arrow-<pid>-<hex>
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.arrow-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _arrow_scratch(root: Path, scratch_dir: str | Path | None) -> Path:
+    """A fresh folder for this read's Arrow copy, in `scratch_dir` (default: beside `root`), after
+    removing those that reads of the same dataset killed part-way left there."""
+    root = root.resolve()  # "." has no name
+    base = Path(scratch_dir) if scratch_dir is not None else root.parent
+    if base.is_dir():
+        for old in base.iterdir():
+            m = _SCRATCH.match(old.name)
+            if m and m["name"] == root.name and not _alive(int(m["pid"])):
+                shutil.rmtree(old, ignore_errors=True)
+    folder = base / f".{root.name}.arrow-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as e:  # a read-only place (a shared data folder): the system's temporary folder
+        folder = Path(tempfile.mkdtemp(prefix=f".{root.name}.arrow-{os.getpid()}-"))
+        log.warning("cannot write beside %s (%s); lerobot's Arrow copy of it goes to %s instead", root, e, folder)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _datasets_cache_at(folder: Path) -> Iterator[None]:
+    """Point the `datasets` cache at `folder` while lerobot builds its tables: lerobot passes no
+    cache_dir, and `datasets` reads `config.HF_DATASETS_CACHE` each time it makes a builder."""
+    import datasets.config
+
+    before = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = folder
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_CACHE = before
 
 
 def _hwc_uint8(x) -> np.ndarray:

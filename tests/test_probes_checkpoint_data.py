@@ -12,6 +12,12 @@ Each test below failed on the code before its fix (a parametrised test: at least
   about it, so an edited config loaded.
 - test_sampler_numbers_are_checked / test_sampler_steps_are_bounded_by_the_chunk:
   temperature=nan decoded greedily, inf uniformly, steps had no upper bound.
+- test_missing_lerobot_files_are_named, test_a_missing_video_is_named,
+  test_lerobot_metadata_of_the_wrong_type_is_named: a missing parquet, tasks.parquet or video
+  surfaced as lerobot's attempt to reach the hub; wrong types in info.json or a garbage
+  stats.json named only the dataset root.
+- test_reading_a_dataset_writes_nothing_under_the_home_cache: `datasets` wrote its Arrow copy of
+  the parquet files under ~/.cache/huggingface/datasets (2.9 GB after the libero_object job).
 
 test_older_checkpoint_configs_still_load guards the migrations that the first test must not break
 (it failed before too: the migrated config was not returned, the changed decoding not said).
@@ -21,20 +27,22 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_policy_config, tiny_stats
 
+from data.readers import LIBERO_LEROBOT_KEYS, read_lerobot
 from vla.checkpoint import CheckpointError, check_checkpoint, load_model, save_checkpoint
 from vla.configs import ConfigError, from_dict
 from vla.model import PolicyConfig, VLAModel
 from vla.policy import VLAPolicy
 from vla.sampling import SamplerConfig, masked_diffusion_decode
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -196,3 +204,87 @@ def test_sampler_steps_are_bounded_by_the_chunk(ckpt):
     edit_config(ckpt, lambda p: p["sampler"].update(steps=12, temperature=math.nan))
     with pytest.raises(CheckpointError, match="sampler.temperature=nan"):
         load_model(ckpt)
+
+
+# ----------------------------------------------------------------------------- LeRobot datasets
+@pytest.fixture(scope="module")
+def recorded_port(tmp_path_factory):
+    """A two-episode LeRobotDataset v3 in the LIBERO ports' schema, recorded once per module."""
+    from test_data import _write_port
+
+    return _write_port(tmp_path_factory.mktemp("port") / "port", LIBERO_LEROBOT_KEYS.cameras, 8, episodes=2, t=2)
+
+
+@pytest.fixture
+def port(recorded_port, tmp_path):
+    return shutil.copytree(recorded_port, tmp_path / "port")
+
+
+def read(root: Path) -> list:
+    return list(read_lerobot(root, LIBERO_LEROBOT_KEYS))
+
+
+@pytest.mark.parametrize(
+    "name", ["meta/tasks.parquet", "data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet"]
+)
+def test_missing_lerobot_files_are_named(port, name):
+    assert len(read(port)) == 2
+    (port / name).unlink()
+    # lerobot took each for a dataset not yet downloaded and asked the hub for it (refused offline).
+    with pytest.raises(FileNotFoundError, match=rf"port/{name}( is missing| holds no)|port/meta/episodes holds no"):
+        read(port)
+
+
+def test_a_missing_video_is_named(tmp_path):
+    from test_data import _write_port
+
+    root = _write_port(tmp_path / "port", LIBERO_LEROBOT_KEYS.cameras, 8, episodes=1, t=2, videos=True, size=32)
+    video = sorted((root / "videos").glob("**/*.mp4"))[0]
+    video.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{video} is missing \(named by .*meta/episodes/.*parquet"):
+        read(root)
+
+
+def test_lerobot_metadata_of_the_wrong_type_is_named(port):
+    info_path, stats_path = port / "meta" / "info.json", port / "meta" / "stats.json"
+    info = json.loads(info_path.read_text())
+    for key, value, message in [
+        ("fps", "10", r"info.json: fps='10' is not a number > 0"),
+        ("total_episodes", 3, r"info.json counts 3 episodes, the episodes index .* lists 2"),
+        ("features", {"action": {"dtype": "float32", "shape": "7"}}, r"info.json: features=.* is not an object"),
+        ("total_tasks", None, r"info.json: total_tasks=None is not an integer >= 0"),
+    ]:
+        info_path.write_text(json.dumps({**info, key: value}))
+        with pytest.raises(ValueError, match=message):
+            read(port)
+    info_path.write_text(json.dumps(info))
+    for garbage, message in [
+        ("{not json", r"stats.json is not valid JSON"),
+        (json.dumps({"action": {"mean": "abc"}}), r"stats.json: action.mean='abc' is not a number.*or delete it"),
+        (json.dumps({"action": {"mean": [[1.0], [2.0, 3.0]]}}), r"stats.json: action.mean=.* is not a number"),
+        (json.dumps([1, 2]), r"stats.json: expected \{feature: \{statistic: numbers\}\}"),
+    ]:
+        stats_path.write_text(garbage)
+        with pytest.raises(ValueError, match=message):
+            read(port)
+    stats_path.unlink()  # lerobot reads a dataset without one, and so does read_lerobot
+    assert len(read(port)) == 2
+
+
+def test_reading_a_dataset_writes_nothing_under_the_home_cache(port, tmp_path, monkeypatch):
+    import datasets.config
+
+    # Where `datasets` puts its cache for a user whose HF_HOME, XDG_CACHE_HOME and
+    # HF_DATASETS_CACHE are unset (fixed when it is imported, so set here as it would be).
+    home_cache = tmp_path / "home" / ".cache" / "huggingface" / "datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home_cache)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".port.arrow-{dead.pid}-0badc0de").mkdir()  # left by a read that was killed
+    live = tmp_path / f".port.arrow-{os.getpid()}-0badc0de"  # another read in progress
+    live.mkdir()
+    assert len(read(port)) == 2
+    assert not home_cache.exists() or not any(home_cache.iterdir())
+    assert datasets.config.HF_DATASETS_CACHE == home_cache  # restored for whoever reads next
+    # This read's scratch copy beside the dataset is gone, and so is the killed one's.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "port"]
