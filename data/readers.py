@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import numpy as np
 
 from data.episode import PERTURBED_KEY, Episode
 from envs.libero import frame_from_robosuite
+from vla.configs import recover_dir, scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +51,26 @@ def read_lerobot(
 
     lerobot reads the parquet files through `datasets`, which first writes an Arrow copy of them
     (about the data's uncompressed size: 2.9 GB for LIBERO-Object) to its cache, by default
-    ~/.cache/huggingface/datasets, and never removes it. Here that copy goes to a scratch folder
-    `.<root name>.arrow-<pid>-<hex>` in `scratch_dir` (default: beside `root`, where the zarr
-    cache goes too) and is removed once the episodes are read; a killed read's folder is removed
-    by the next read."""
+    ~/.cache/huggingface/datasets, and never removes it. Here that copy goes to a marked scratch folder
+    `.<root name>.arrow.vla-tmp-<pid>-<hex>` in `scratch_dir` (default: beside `root`, where the
+    zarr cache goes too) and is removed once the episodes are read; a killed read's folder is
+    removed by the next read or run (`recover_dir`)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     keys = keys or LeRobotKeys()
     root = Path(root)
     info = check_lerobot_files(root)
-    scratch = _arrow_scratch(root, scratch_dir)
-    try:
-        with _datasets_cache_at(scratch):
-            try:
-                ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
-            except Exception as e:  # lerobot/datasets/pyarrow raise many types; say where, keep the cause
-                file = f" (file {e.filename})" if getattr(e, "filename", None) else ""
-                raise ValueError(
-                    f"{root}: lerobot cannot open this dataset{file} ({type(e).__name__}: {e}). Its metadata and the "
-                    f"files the episodes index names were found readable; is it a LeRobotDataset of codebase_version "
-                    f"v3.x (meta/info.json says {info.get('codebase_version')!r})?"
-                ) from e
+    with _arrow_scratch(root, scratch_dir) as scratch, _datasets_cache_at(scratch):
+        try:
+            ds = LeRobotDataset(repo_id, root=root, return_uint8=True)
+        except Exception as e:  # lerobot/datasets/pyarrow raise many types; say where, keep the cause
+            file = f" (file {e.filename})" if getattr(e, "filename", None) else ""
+            raise ValueError(
+                f"{root}: lerobot cannot open this dataset{file} ({type(e).__name__}: {e}). Its metadata and the "
+                f"files the episodes index names were found readable; is it a LeRobotDataset of codebase_version "
+                f"v3.x (meta/info.json says {info.get('codebase_version')!r})?"
+            ) from e
         yield from _lerobot_episodes(ds, root, keys)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _lerobot_episodes(ds, root: Path, keys: LeRobotKeys) -> Iterator[Episode]:
@@ -280,37 +273,21 @@ def _check_episode_files(root: Path, info: dict, info_path: Path) -> None:
         )
 
 
-# The scratch folder of one read: .<dataset folder name>.arrow-<pid>-<hex>
-_SCRATCH = re.compile(r"^\.(?P<name>.+)\.arrow-(?P<pid>\d+)-[0-9a-f]{8}$")
-
-
-def _arrow_scratch(root: Path, scratch_dir: str | Path | None) -> Path:
-    """A fresh folder for this read's Arrow copy, in `scratch_dir` (default: beside `root`), after
-    removing those that reads of the same dataset killed part-way left there."""
+@contextmanager
+def _arrow_scratch(root: Path, scratch: str | Path | None) -> Iterator[Path]:
+    """A marked scratch folder for this read's Arrow copy in `scratch` (default: beside `root`);
+    those that killed reads left there are removed first (`recover_dir` removes only folders
+    carrying the project's marker)."""
     root = root.resolve()  # "." has no name
-    base = Path(scratch_dir) if scratch_dir is not None else root.parent
-    if base.is_dir():
-        for old in base.iterdir():
-            m = _SCRATCH.match(old.name)
-            if m and m["name"] == root.name and not _alive(int(m["pid"])):
-                shutil.rmtree(old, ignore_errors=True)
-    folder = base / f".{root.name}.arrow-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        folder.mkdir(parents=True)
-    except OSError as e:  # a read-only place (a shared data folder): the system's temporary folder
-        folder = Path(tempfile.mkdtemp(prefix=f".{root.name}.arrow-{os.getpid()}-"))
-        log.warning("cannot write beside %s (%s); lerobot's Arrow copy of it goes to %s instead", root, e, folder)
-    return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    base = Path(scratch) if scratch is not None else root.parent
+    with ExitStack() as stack:
+        try:
+            recover_dir(base)
+            folder = stack.enter_context(scratch_folder(base, f"{root.name}.arrow"))
+        except OSError as e:  # a read-only place (a shared data folder): the system's temporary folder
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{root.name}.arrow-")))
+            log.warning("cannot write beside %s (%s); lerobot's Arrow copy of it goes to %s instead", root, e, folder)
+        yield folder
 
 
 @contextmanager

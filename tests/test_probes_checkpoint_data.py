@@ -39,7 +39,7 @@ from helpers import tiny_policy_config, tiny_stats
 
 from data.readers import LIBERO_LEROBOT_KEYS, read_lerobot
 from vla.checkpoint import CheckpointError, check_checkpoint, load_model, save_checkpoint
-from vla.configs import ConfigError, from_dict
+from vla.configs import MARKER, ConfigError, from_dict
 from vla.model import PolicyConfig, VLAModel
 from vla.policy import VLAPolicy
 from vla.sampling import SamplerConfig, masked_diffusion_decode
@@ -280,9 +280,10 @@ def test_reading_a_dataset_writes_nothing_under_the_home_cache(port, tmp_path, m
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home_cache)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / f".port.arrow-{dead.pid}-0badc0de").mkdir()  # left by a read that was killed
-    live = tmp_path / f".port.arrow-{os.getpid()}-0badc0de"  # another read in progress
-    live.mkdir()
+    killed, live = (tmp_path / f".port.arrow.vla-tmp-{pid}-0badc0de" for pid in (dead.pid, os.getpid()))
+    for folder, pid in ((killed, dead.pid), (live, os.getpid())):  # a killed read's, another read's
+        folder.mkdir()
+        (folder / MARKER).write_text(json.dumps({"target": "port.arrow", "pid": pid}))
     assert len(read(port)) == 2
     assert not home_cache.exists() or not any(home_cache.iterdir())
     assert datasets.config.HF_DATASETS_CACHE == home_cache  # restored for whoever reads next

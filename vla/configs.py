@@ -197,6 +197,20 @@ def atomic_dir(path: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def scratch_folder(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A marked temporary folder `.NAME.vla-tmp-PID-HEX` in `parent`, removed on exit; one that a
+    killed process left is removed by `recover_dir(parent)` (it holds no complete build)."""
+    parent = Path(parent)
+    folder = parent / f".{name}.vla-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    try:
+        (folder / MARKER).write_text(json.dumps({"target": name, "pid": os.getpid()}))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
