@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import debug_train_config, tiny_policy_config, tiny_stats
 
-from vla.configs import ConfigError, atomic_dir, load_json, recover_dir, save_json
+from vla.configs import MARKER, ConfigError, atomic_dir, load_json, recover_dir, save_json
 from vla.model import VLAModel
 from vla.policy import CheckpointError, VLAPolicy
 from vla.processor import ObservationError
@@ -202,17 +202,27 @@ def test_a_sampler_override_typo_is_named_before_workers_start(policy, tmp_path)
 
 
 # ----------------------------------------------------------------------------- atomic folders
+def staging(folder: Path, name: str, pid: int, hex8: str) -> Path:
+    """A staging folder as `atomic_dir` leaves it when its writer is killed."""
+    p = folder / f".{name}.vla-tmp-{pid}-{hex8}"
+    p.mkdir()
+    (p / MARKER).write_text(json.dumps({"target": name, "pid": pid}))
+    return p
+
+
 def test_a_kill_between_the_two_renames_keeps_the_complete_save(tmp_path):
     pid = dead_pid()
-    (tmp_path / f".latest.old-{pid}-aaaaaaaa").mkdir()  # the previous save, moved aside
-    done = tmp_path / f".latest.done-{pid}-bbbbbbbb"  # the new save, complete
-    done.mkdir()
-    (done / "step").write_text("4")
-    (tmp_path / f".latest.tmp-{pid}-cccccccc").mkdir()  # a half-written one of the same dead writer
-    (tmp_path / f".other.tmp-{os.getpid()}-dddddddd").mkdir()  # a live writer's: left alone
+    swap = staging(tmp_path, "latest", pid, "aaaaaaaa")
+    (swap / "old").mkdir()  # the previous save, moved aside
+    (swap / "new").mkdir()  # the new save, complete
+    (swap / "new" / "step").write_text("4")
+    (swap / "complete").touch()
+    half = staging(tmp_path, "latest", pid, "cccccccc")  # a half-written one of the same dead writer
+    (half / "new").mkdir()
+    live = staging(tmp_path, "other", os.getpid(), "dddddddd")  # a live writer's: left alone
     lines = recover_dir(tmp_path)
     assert (tmp_path / "latest" / "step").read_text() == "4"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{os.getpid()}-dddddddd", "latest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "latest"]
     assert len(lines) == 3 and "restored a complete save" in lines[0]
 
 
@@ -395,19 +405,17 @@ def test_a_killed_save_and_its_temporaries_resume_from_that_save(tmp_path, debug
     previous = shutil.copytree(ckpts / "latest", tmp_path / "step2")
     train(replace(cfg, stop_after=2))  # latest at step 4
     pid = dead_pid()  # a writer killed between its two renames: step 2 moved aside, step 4 complete
-    previous.rename(ckpts / f".latest.old-{pid}-00000000")
-    (ckpts / "latest").rename(ckpts / f".latest.done-{pid}-11111111")
-    (ckpts / f".latest.tmp-{pid}-22222222").mkdir()  # and a half-written one
-    data = debug_data_root.parent  # a killed recording and cache build, and an older version's
-    stale = [data / f".debug.recording-{pid}-33333333", data / f".debug.zarr.building-{pid}-44444444"]
-    legacy = data / ".debug.recording-55555555"
-    for folder in [*stale, legacy]:
-        folder.mkdir()
-    os.utime(legacy, (time.time() - 7200,) * 2)
+    swap = staging(ckpts, "latest", pid, "00000000")
+    previous.rename(swap / "old")
+    (ckpts / "latest").rename(swap / "new")
+    (swap / "complete").touch()
+    (staging(ckpts, "latest", pid, "22222222") / "new").mkdir()  # and a half-written one
+    data = debug_data_root.parent  # a killed recording and cache build
+    stale = [staging(data, "debug", pid, "33333333"), staging(data, "debug.zarr", pid, "44444444")]
     summary = train(replace(cfg, stop_after=1))
     assert summary["step"] == 5  # resumed from step 4, not from 0 or 2
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest"]
-    assert not any(p.exists() for p in [*stale, legacy])
+    assert not any(p.exists() for p in stale)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
