@@ -78,12 +78,33 @@ def test_vla_ablate(checkpoint, tmp_path):
     assert "reused" in again and "one-shot parallel, T=1" in again
 
 
+def test_vla_ablate_labels_the_sampler_each_row_runs(tmp_path):
+    """On a checkpoint that decodes in random order, the max_prob row runs max_prob and the
+    first row says it is random order (rows were labelled as if the library default applied)."""
+    from helpers import tiny_policy_config, tiny_stats
+
+    from train.ablation import VARIANTS, resolved_rows
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+    from vla.sampling import SamplerConfig
+
+    cfg = tiny_policy_config(sampler=SamplerConfig(steps=6, confidence="random"))
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats())).save(tmp_path / "random")
+    labels = {key: label for label, key, _ in resolved_rows(str(ckpt), VARIANTS)}
+    assert labels["default"] == "random order, T=6 (the checkpoint's sampler)"
+    assert labels["max_prob"] == "max_prob, T=6"
+    assert labels["T=2"] == "random order, T=2"
+    assert labels["one-shot"] == "one-shot parallel, T=1"
+    assert labels["hard argmax"] == "random order, T=6, hard argmax"
+    assert labels["residual"] == "random order, T=6 + residual-drop remasking (delta 0.3)"
+
+
 def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
     """--offline decodes at recorded frames and compares with the recorded actions."""
     import json
 
     from data.cache import ZarrCache
-    from envs.ablation import offline_action_error
+    from train.ablation import offline_action_error
 
     cache = f"{debug_data_root}.zarr"
     out = run(
@@ -100,7 +121,7 @@ def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
         str(tmp_path / "off"),
     )
     rows = json.loads((tmp_path / "off" / "offline.json").read_text())
-    assert [r["variant"] for r in rows] == ["max_prob, T=12 (default)", "random order, T=12"]
+    assert [r["variant"] for r in rows] == ["max_prob, T=4 (the checkpoint's sampler)", "random order, T=4"]
     assert all(r["frames"] == 5 and 0 < r["arm_l1"] < 10 and 0 <= r["gripper_sign_agreement"] <= 1 for r in rows)
     assert "arm L1" in out
     opened = ZarrCache(cache, in_memory=False)
@@ -111,7 +132,7 @@ def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
 
 
 def test_paired_difference_counts_discordant_episodes():
-    from envs.ablation import paired_difference
+    from train.ablation import paired_difference
 
     a = {"t/0": True, "t/1": True, "t/2": False, "t/3": False}
     b = {"t/0": True, "t/1": False, "t/2": False, "t/3": True, "t/9": True}  # t/9: not in both rows

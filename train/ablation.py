@@ -1,8 +1,9 @@
 """`vla-ablate`: does the decoding method matter? Success per decoding variant, same seeds.
 
 Evaluates one masked-diffusion checkpoint under each sampler variant (confidence order,
-number of steps, one-shot, temperature, secondary remasking) and, optionally, an
-autoregressive checkpoint trained the same way; prints a markdown table, writes JSON.
+number of steps, one-shot, temperature, secondary remasking: overrides of the checkpoint's own
+sampler, each row labelled by the sampler it resolves to) and, optionally, an autoregressive
+checkpoint trained the same way; prints a markdown table, writes JSON.
 `--offline CACHE` instead compares each variant's decoded actions with the recorded ones on
 frames of a zarr cache: open-loop, seconds per row, a diagnostic rather than a success rate.
 
@@ -23,21 +24,69 @@ from pathlib import Path
 from envs.evaluate import EvalConfig, evaluate
 from vla.configs import atomic_write_text
 
+# Rows: a key (what --only matches, besides the label) and the sampler overrides. Each row runs
+# the checkpoint's own sampler with its overrides, and is labelled by the sampler it resolves
+# to (`describe`), so a row never claims a rule it does not run. The first row is the
+# checkpoint's sampler unchanged; the others are compared with it.
 VARIANTS: list[tuple[str, dict]] = [
-    ("max_prob, T=12 (default)", {}),
-    ("margin, T=12", {"confidence": "margin"}),
-    ("sampled_prob, T=12", {"confidence": "sampled_prob"}),
-    ("random order, T=12", {"confidence": "random"}),
-    ("one-shot parallel, T=1", {"steps": 1}),
-    ("max_prob, T=2", {"steps": 2}),
-    ("max_prob, T=4", {"steps": 4}),
-    ("max_prob, T=8", {"steps": 8}),
-    ("max_prob, T=12, hard argmax (no Gumbel)", {"temperature": 0.0}),
+    ("default", {}),
+    ("margin", {"confidence": "margin"}),
+    ("sampled_prob", {"confidence": "sampled_prob"}),
+    ("random order", {"confidence": "random"}),
+    ("one-shot", {"steps": 1}),
+    ("T=2", {"steps": 2}),
+    ("T=4", {"steps": 4}),
+    ("T=8", {"steps": 8}),
+    ("hard argmax", {"temperature": 0.0}),
     # The autoregressive baseline's order and greediness, with the masked-diffusion model.
-    ("left-to-right order, T=56, hard argmax", {"confidence": "left_to_right", "steps": 56, "temperature": 0.0}),
-    ("max_prob, T=12 + threshold remasking (eta 0.5)", {"remask_threshold": True}),
-    ("max_prob, T=12 + residual-drop remasking (delta 0.3)", {"remask_delta": 0.3}),
+    ("left-to-right", {"confidence": "left_to_right", "steps": 56, "temperature": 0.0}),
+    ("threshold", {"remask_threshold": True}),
+    ("residual", {"remask_delta": 0.3}),
+    ("max_prob", {"confidence": "max_prob"}),
 ]
+
+_ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
+
+
+def describe(sampler) -> str:
+    """A row label that names every setting of `sampler` (a SamplerConfig) that decides decoding
+    and differs from the library's defaults, after the order and the number of passes."""
+    from vla.sampling import SamplerConfig
+
+    base = SamplerConfig()
+    parts = [
+        "one-shot parallel, T=1"
+        if sampler.steps == 1
+        else f"{_ORDER.get(sampler.confidence, sampler.confidence)}, T={sampler.steps}"
+    ]
+    if sampler.temperature == 0:
+        parts.append("hard argmax")
+    elif sampler.temperature != base.temperature:
+        parts.append(f"temperature {sampler.temperature:g}")
+    if sampler.temperature_schedule != base.temperature_schedule and sampler.temperature != 0:
+        parts.append(f"{sampler.temperature_schedule} temperature")
+    if sampler.confidence_noise != base.confidence_noise and sampler.steps > 1:
+        parts.append(f"order noise {sampler.confidence_noise:g}")
+    label = ", ".join(parts)
+    if sampler.remask_threshold:
+        label += f" + threshold remasking (eta {sampler.remask_eta:g})"
+    if sampler.remask_delta is not None:
+        label += f" + residual-drop remasking (delta {sampler.remask_delta:g})"
+    return label
+
+
+def resolved_rows(checkpoint: str, variants: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
+    """(label, key, overrides) per variant: the checkpoint's sampler with the row's
+    overrides, validated, and labelled by what it resolves to."""
+    from envs.evaluate import sampler_with_overrides
+    from vla.checkpoint import check_checkpoint, saved_policy_config
+
+    saved = saved_policy_config(checkpoint, check_checkpoint(checkpoint)).sampler
+    rows = []
+    for key, over in variants:
+        label = describe(sampler_with_overrides(saved, over))
+        rows.append((label + (" (the checkpoint's sampler)" if not over else ""), key, over))
+    return rows
 
 
 def main() -> None:
@@ -69,9 +118,9 @@ def main() -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     # Row folders are named by the variant's place in VARIANTS, so `--only` never renames them.
     runs = [
-        (name, args.checkpoint, over, f"variant_{i:02d}")
-        for i, (name, over) in enumerate(VARIANTS)
-        if not only or any(f in name for f in only)
+        (label, args.checkpoint, over, f"variant_{i:02d}")
+        for i, (label, key, over) in enumerate(resolved_rows(args.checkpoint, VARIANTS))
+        if not only or any(f in label or f in key for f in only)
     ]
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}, "autoregressive"))
