@@ -16,9 +16,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "ddp", "fsdp")
-
-
 def init_distributed(strategy: str, device: torch.device) -> tuple[int, int]:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA); returns (rank, world size)."""
     if strategy == "none":
