@@ -16,7 +16,9 @@ rolling high percentile of measured round trips (a window, so a warm-up spike ag
 
 Merging. `rtc` (default): the actions that will run while the request is in flight (this
 tick's and the next d) are sent as `prefix_actions`; the decoder keeps them and inpaints the
-rest, so the new chunk continues what the robot is doing. `naive`: the new chunk replaces the
+rest, so the new chunk continues what the robot is doing. A policy whose handshake says it takes
+no prefix actions (an autoregressive decoder cannot inpaint) makes the agent refuse to arm, or
+use the merge mode `on_no_prefix` names instead. `naive`: the new chunk replaces the
 plan from the current tick on. `ensemble`: ACT's temporal ensembling, an exponentially weighted
 mean of every chunk covering a tick (older first). `sync`: the openpi client's way, the robot
 holds while each chunk is computed and then runs its first `execute_steps` actions (pauses, but
@@ -38,6 +40,7 @@ No torch here (a test imports this package in a process that has no torch).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections import Counter, deque
@@ -49,6 +52,8 @@ import numpy as np
 from deploy.client import Connected, Disconnected, ServerError
 from deploy.protocol import Observation, Reply
 from deploy.safety import SafetyConfig, SafetyFilter, UnsafeAction
+
+log = logging.getLogger("vla.robot")
 
 
 class Mode(StrEnum):
@@ -70,6 +75,9 @@ class Merge(StrEnum):
 class AgentConfig:
     instruction: str = ""  # empty: the robot adapter's own (the simulator's task)
     merge: Merge = Merge.rtc
+    # merge=rtc with a policy that takes no prefix_actions: "refuse" to arm, or the merge mode
+    # to use instead (naive, ensemble or sync)
+    on_no_prefix: str = "refuse"
     execute_steps: int = 4  # want a new chunk once this many actions of the current one have run
     margin_steps: int = 1
     delay_window: int = 20  # round trips in the delay estimate
@@ -89,9 +97,28 @@ class AgentConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
+        if self.merge not in set(Merge):
+            raise ValueError(f"agent.merge must be one of {[m.value for m in Merge]}, got {self.merge!r}")
         self.merge = Merge(self.merge)
-        if self.execute_steps < 1 or self.margin_steps < 0 or self.delay_window < 1:
-            raise ValueError("agent: need execute_steps >= 1, margin_steps >= 0, delay_window >= 1")
+        fallbacks = [m.value for m in Merge if m != Merge.rtc]
+        if self.on_no_prefix not in ("refuse", *fallbacks):
+            raise ValueError(f"agent.on_no_prefix must be 'refuse' or one of {fallbacks}, got {self.on_no_prefix!r}")
+        rules = {
+            "execute_steps": (self.execute_steps >= 1, ">= 1"),
+            "margin_steps": (self.margin_steps >= 0, ">= 0"),
+            "delay_window": (self.delay_window >= 1, ">= 1"),
+            "delay_percentile": (0 <= self.delay_percentile <= 100, "in [0, 100]"),
+            "initial_delay_s": (self.initial_delay_s >= 0, ">= 0"),
+            "reply_timeout_s": (self.reply_timeout_s > 0, "> 0"),
+            "seam_limit": (self.seam_limit >= 0, ">= 0 (0: off)"),
+            "ensemble_decay": (self.ensemble_decay >= 0, ">= 0"),
+            "stale_observation_s": (self.stale_observation_s > 0, "> 0"),
+            "frozen_frames": (self.frozen_frames >= 0, ">= 0 (0: off)"),
+            "log_ticks": (self.log_ticks >= 1, ">= 1"),
+        }
+        for name, (ok, rule) in rules.items():
+            if not ok:  # a NaN fails every rule
+                raise ValueError(f"agent.{name} must be {rule}, got {getattr(self, name)!r}")
         if not 0 < self.hold_after_s < self.safe_stop_after_s:
             raise ValueError(
                 f"agent: need 0 < hold_after_s ({self.hold_after_s}) < safe_stop_after_s ({self.safe_stop_after_s})"
@@ -139,6 +166,18 @@ class RobotAgent:
         bad = spec.mismatches(cfg.expect)
         if bad:
             raise ValueError("refusing to arm: the policy does not fit this robot: " + "; ".join(bad))
+        if cfg.merge == Merge.rtc and not spec.takes_prefix_actions:
+            why = (
+                f"agent.merge=rtc sends prefix_actions, which the policy {spec.model_id} does not take "
+                "(inpainting needs a diffusion decoder)"
+            )
+            if cfg.on_no_prefix == "refuse":
+                raise ValueError(
+                    f"refusing to arm: {why}; set agent.merge=naive, ensemble or sync "
+                    "(sync reproduces evaluation), or agent.on_no_prefix=<one of them> to fall back to it"
+                )
+            log.warning("%s: merging with agent.on_no_prefix=%s instead", why, cfg.on_no_prefix)
+            cfg = replace(cfg, merge=Merge(cfg.on_no_prefix))
         robot.check_spec(spec)
         self.cfg, self.client, self.robot, self.spec = cfg, client, robot, spec
         self.clock = clock or MonotonicClock()
@@ -170,6 +209,7 @@ class RobotAgent:
         self.last_merged_seq = -1
         self.in_flight: int | None = None  # the seq awaiting its reply (sent at: `_sent`)
         self.last_fresh = self.clock.now()
+        self.last_server_error = ""  # since the last fresh chunk: said when the ladder stops the robot
         self.last_executed: np.ndarray | None = None
         self.hold_latch = ""
         self._frames: dict[str, tuple[bytes, int]] = {}
@@ -250,6 +290,7 @@ class RobotAgent:
                 self._on_reply(ev, now)
             elif isinstance(ev, ServerError):
                 self.events[f"server_error:{ev.error.code}"] += 1
+                self.last_server_error = f"{ev.error.code}: {ev.error}"
                 if ev.error.seq == self.in_flight:
                     self.in_flight = None
             elif isinstance(ev, Disconnected):
@@ -314,6 +355,7 @@ class RobotAgent:
     def _merged(self, r: Reply, now: float, s: int) -> None:
         self.last_merged_seq = r.seq
         self.last_fresh = now
+        self.last_server_error = ""
         self.chunk_start = s
         self.hold_latch = ""
         self.events["merged"] += 1
@@ -330,7 +372,8 @@ class RobotAgent:
             return
         since = now - self.last_fresh
         if since >= self.cfg.safe_stop_after_s:
-            self.safe_stop(f"no fresh chunk for {since:.2f} s")
+            last = f" (the server's last error: {self.last_server_error})" if self.last_server_error else ""
+            self.safe_stop(f"no fresh chunk for {since:.2f} s{last}")
         elif self.hold_latch or self._planned() == 0 or since >= self.cfg.hold_after_s or self.safety.escalate:
             if self.safety.escalate and not self.hold_latch:
                 self.hold_latch = "safety filter clamped too often"

@@ -41,6 +41,7 @@ def noop_spec(image: int, fps: float = 50.0) -> PolicySpec:
         action_space="delta_eef_libero",
         fps=fps,
         chunk_size=8,
+        takes_prefix_actions=True,  # NoopPolicy keeps them
         binary_dims=[6],
         action_low=[-1.0] * 7,
         action_high=[1.0] * 7,
@@ -66,6 +67,7 @@ class DelayedPolicy:
 
     def __init__(self, policy, delay_ms: float) -> None:
         self.policy, self.spec, self.delay = policy, policy.spec, delay_ms / 1e3
+        self.state_bounds = getattr(policy, "state_bounds", None)  # the server checks states against them
 
     def reset(self, seed: int) -> None:
         self.policy.reset(seed)

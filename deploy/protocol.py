@@ -13,7 +13,11 @@ each observation with one reply or one error, in order.
 
 `prefix_actions` are the actions the robot will execute while this inference runs (real-time
 chunking): the reply's first k actions equal them and the rest are decoded to continue them.
-An error is a text frame so that openpi's client raises it as a `RuntimeError`.
+Only a policy whose spec says `takes_prefix_actions` accepts them (inpainting needs the diffusion
+decoder), and only within the action range of the spec (what the action tokenizer represents:
+[action_low, action_high] for a continuous dim, [-1, 1] for a binary one); anything else is
+refused, never clipped. Numbers are checked after the cast to float32 (a float64 1e39 is Inf
+there). An error is a text frame so that openpi's client raises it as a `RuntimeError`.
 
 No torch here: the robot side imports this module.
 """
@@ -21,12 +25,18 @@ No torch here: the robot side imports this module.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 PROTOCOL = "vla-deploy/1"
 OBSERVATION_KEYS = frozenset({"images", "state", "instruction", "seq", "epoch", "prefix_actions", "reset"})
+# How a robot reads an action; the adapters (deploy/robots.py, deploy/lerobot_arm.py) each take one.
+ACTION_SPACES = {
+    "delta_eef_libero": "7-D delta end effector in [-1, 1], -1 opens the gripper (the built-in suite, LIBERO)",
+    "joint_pos": "absolute joint goal positions in the robot's units (lerobot arms, SO-101)",
+}
 
 
 class ProtocolError(ValueError):
@@ -57,14 +67,33 @@ class PolicySpec:
     action_space: str  # e.g. "delta_eef_libero": how the robot reads an action
     fps: float
     chunk_size: int
+    takes_prefix_actions: bool  # the policy inpaints `prefix_actions` (diffusion decoder); False: refused
     protocol: str = PROTOCOL
     binary_dims: list[int] = field(default_factory=list)  # action dims decoded as open/close (gripper)
     action_low: list[float] = field(default_factory=list)  # the action tokenizer's range per dim
     action_high: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}")
+        if type(self.chunk_size) is not int or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
+        if type(self.takes_prefix_actions) is not bool:
+            raise ValueError(f"takes_prefix_actions must be a bool, got {self.takes_prefix_actions!r}")
+
     @property
     def state_dim(self) -> int:
         return len(self.state_names)
+
+    def prefix_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The prefix actions the policy accepts, float64 (D,) low and high (see the module
+        docstring); None when the spec gives no action range."""
+        if not self.action_low:
+            return None
+        low, high = np.asarray(self.action_low, np.float64), np.asarray(self.action_high, np.float64)
+        slack = 1e-6 * (high - low)  # float32 rounding of a decoded edge value (as VLAPolicy.action_bounds)
+        binary = np.isin(np.arange(len(low)), self.binary_dims)
+        return np.where(binary, -1.0, low - slack), np.where(binary, 1.0, high + slack)
 
     @property
     def action_dim(self) -> int:
@@ -86,9 +115,7 @@ class PolicySpec:
         try:
             spec = cls(**{k: msg[k] for k in names})
             cams = {str(c): [int(h), int(w)] for c, (h, w) in spec.cameras.items()}
-            return cls(
-                **{**spec.to_wire(), "cameras": cams, "fps": float(spec.fps), "chunk_size": int(spec.chunk_size)}
-            )
+            return cls(**{**spec.to_wire(), "cameras": cams, "fps": float(spec.fps)})
         except (TypeError, ValueError) as e:
             raise ProtocolError("bad_handshake", f"server metadata is malformed: {e}") from None
 
@@ -149,9 +176,35 @@ def _counter(msg: dict, key: str) -> int:
     return v
 
 
-def check_observation(msg, spec: PolicySpec) -> Observation:
+def _outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[str, int, float] | None:
+    """The first entry of `values` (..., D) outside [low, high] (D,): its index text, dim and value."""
+    out = np.argwhere(~((values >= low) & (values <= high)))  # NaN counts as outside
+    if not len(out):
+        return None
+    index = tuple(int(i) for i in out[0])
+    return ", ".join(map(str, index)), index[-1], float(values[index])
+
+
+def _float32(a: np.ndarray, field: str, code: str, names: list[str]) -> np.ndarray:
+    """`a` cast to float32, refusing NaN and Inf after the cast (a float64 1e39 becomes Inf there)."""
+    with np.errstate(over="ignore"):
+        a32 = a.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(a32))
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        raise ProtocolError(
+            code,
+            f"{field}[{', '.join(map(str, index))}] ({names[index[-1]]}) = {float(a[index]):.6g} is not a finite float32 "
+            f"(NaN, Inf, or beyond +-{float(np.finfo(np.float32).max):.3g})",
+        )
+    return a32
+
+
+def check_observation(msg, spec: PolicySpec, state_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Observation:
     """A decoded message -> `Observation`, checked against the policy's cameras, frame sizes,
-    state width and chunk; any deviation is a `ProtocolError` naming the field."""
+    state width, chunk and action range; any deviation is a `ProtocolError` naming the field.
+    `state_bounds` (low, high) (S,): the states the policy accepts (the server's
+    `state_margin` around the training states); None: no range check."""
     if not isinstance(msg, dict) or not all(isinstance(k, str) for k in msg):
         raise ProtocolError("bad_observation", "an observation must be a map with string keys")
     seq = msg.get("seq") if type(msg.get("seq")) is int else None
@@ -182,12 +235,25 @@ def check_observation(msg, spec: PolicySpec) -> Observation:
         if not isinstance(state, np.ndarray) or state.dtype.kind != "f" or state.shape != (spec.state_dim,):
             got = f"{state.dtype} {state.shape}" if isinstance(state, np.ndarray) else type(state).__name__
             raise ProtocolError("bad_state", f"state must be float ({spec.state_dim},) {spec.state_names}, got {got}")
-        if not np.isfinite(state).all():
-            raise ProtocolError("bad_state", "state contains NaN or Inf")
+        state = _float32(state, "state", "bad_state", spec.state_names)
+        if state_bounds is not None and (bad := _outside(state, *state_bounds)) is not None:
+            index, d, v = bad
+            raise ProtocolError(
+                "bad_state",
+                f"state[{index}] ({spec.state_names[d]}) = {v:.6g} is outside [{state_bounds[0][d]:.6g}, "
+                f"{state_bounds[1][d]:.6g}], the range of the training states widened by the server's state_margin: "
+                "a state in other units, or from another robot?",
+            )
         text = msg["instruction"]
         if not isinstance(text, str) or not text.strip():
             raise ProtocolError("bad_instruction", f"instruction must be a non-empty string, got {type(text).__name__}")
         prefix = msg.get("prefix_actions")
+        if prefix is not None and not spec.takes_prefix_actions:
+            raise ProtocolError(
+                "bad_prefix",
+                "this policy does not take prefix_actions (real-time chunking inpaints them, which needs the "
+                "diffusion decoder): leave them out (agent.merge=naive, ensemble or sync)",
+            )
         if prefix is not None:
             if (
                 not isinstance(prefix, np.ndarray)
@@ -201,16 +267,23 @@ def check_observation(msg, spec: PolicySpec) -> Observation:
                     "bad_prefix",
                     f"prefix_actions must be float (k, {spec.action_dim}) with 0 < k < {spec.chunk_size}, got {got}",
                 )
-            if not np.isfinite(prefix).all():
-                raise ProtocolError("bad_prefix", "prefix_actions contain NaN or Inf")
-            prefix = prefix.astype(np.float32)
+            prefix = _float32(prefix, "prefix_actions", "bad_prefix", spec.action_names)
+            bounds = spec.prefix_bounds()
+            if bounds is not None and (bad := _outside(prefix, *bounds)) is not None:
+                index, d, v = bad
+                raise ProtocolError(
+                    "bad_prefix",
+                    f"prefix_actions[{index}] ({spec.action_names[d]}) = {v:.6g} is outside [{bounds[0][d]:.6g}, "
+                    f"{bounds[1][d]:.6g}], the range the policy's action tokenizer represents (it would be clipped): "
+                    "send the actions the policy decoded",
+                )
         reset = msg.get("reset", False)
         if not isinstance(reset, bool):
             raise ProtocolError("bad_observation", f"reset must be a bool, got {type(reset).__name__}")
     except ProtocolError as e:
         e.seq = seq
         raise
-    return Observation(dict(images), state.astype(np.float32), text, seq, epoch, prefix, reset)
+    return Observation(dict(images), state, text, seq, epoch, prefix, reset)
 
 
 @dataclass

@@ -8,7 +8,9 @@ Every message is decoded strictly and checked against the checkpoint before infe
 one gets an error reply and the session goes on. A frame over `max_message_bytes` is refused by
 the WebSocket layer (close code 1009) before it is read. The server binds 127.0.0.1 unless told
 otherwise, and any other address needs a token (openpi's `Authorization: Api-Key <token>`).
-`GET /healthz` answers 503 until the warm-up inferences are done, then 200.
+`GET /healthz` answers 503 until the warm-up inferences are done, then 200. The server pings
+the client every `ping_interval_s`; one that does not answer within `ping_timeout_s` (frozen,
+or its network gone) is dropped, which frees the session for a reconnecting robot.
 
 Torch is imported only by `CheckpointPolicy`; the rest serves any object with `spec`,
 `reset(seed)` and `infer(Observation) -> (H, D)`.
@@ -22,6 +24,7 @@ import http
 import ipaddress
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -33,7 +36,15 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from deploy.protocol import Observation, PolicySpec, ProtocolError, check_observation, error_text, make_reply
+from deploy.protocol import (
+    ACTION_SPACES,
+    Observation,
+    PolicySpec,
+    ProtocolError,
+    check_observation,
+    error_text,
+    make_reply,
+)
 from deploy.wire import MAX_OBSERVATION_BYTES, WireError, decode, encode
 
 log = logging.getLogger("vla.serve")
@@ -61,6 +72,17 @@ class ServeConfig:
     # empty / 0 take them from the data the checkpoint was trained on.
     fps: float = 0.0
     action_space: str = ""
+    # A state beyond the training states' [min, max] by more than this many times their width is
+    # refused (`bad_state`, and by `VLAPolicy.infer`): one width on each side admits every recorded
+    # state and anything near it, and refuses a state in other units (degrees for radians,
+    # millimetres for metres) or from another robot. inf: no range check.
+    state_margin: float = 1.0
+    # Liveness: a client that leaves a ping unanswered for ping_timeout_s is dropped (and its
+    # closing handshake given as long), so a frozen robot process frees the session within
+    # ping_interval_s + 2 x ping_timeout_s (the WebSocket library's defaults, 20 + 20 + 10 s,
+    # held it for about 50 s, during which a reconnecting robot gets 409).
+    ping_interval_s: float = 1.0
+    ping_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -69,6 +91,21 @@ class ServeConfig:
             raise ValueError(f"warmup must be >= 1 (the server is ready only after warm-up), got {self.warmup}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        if not (self.fps == 0 or (math.isfinite(self.fps) and self.fps > 0)):
+            raise ValueError(
+                f"fps must be > 0 (the robot's control rate), or 0 to take the checkpoint's; got {self.fps}"
+            )
+        if self.action_space not in ("", *ACTION_SPACES):
+            raise ValueError(
+                f"action_space must be one of {list(ACTION_SPACES)} (or empty: the checkpoint's), got {self.action_space!r}"
+            )
+        if not self.state_margin >= 0:
+            raise ValueError(f"state_margin must be >= 0 (inf: no state range check), got {self.state_margin}")
+        for name in ("ping_interval_s", "ping_timeout_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {getattr(self, name)}")
 
     def resolved_token(self) -> str:
         return self.token or os.environ.get(TOKEN_ENV, "")
@@ -92,9 +129,10 @@ _EMBODIMENTS = {
 
 
 def spec_from_checkpoint(
-    path: str | Path, cfg, tokenizer: dict, fps: float = 0.0, action_space: str = ""
+    path: str | Path, cfg, tokenizer: dict, takes_prefix_actions: bool, fps: float = 0.0, action_space: str = ""
 ) -> PolicySpec:
-    """The handshake spec of a checkpoint folder (its PolicyConfig `cfg`, action tokenizer state)."""
+    """The handshake spec of a checkpoint folder (its PolicyConfig `cfg`, action tokenizer state,
+    and whether the policy inpaints prefix actions: `VLAPolicy.takes_fixed_actions`)."""
     path = Path(path)
     train_cfg = json.loads((path / "train_config.json").read_text()) if (path / "train_config.json").is_file() else {}
     source = train_cfg.get("data", {}).get("source", "")
@@ -136,6 +174,7 @@ def spec_from_checkpoint(
         action_space=action_space,
         fps=float(fps),
         chunk_size=cfg.chunk_size,
+        takes_prefix_actions=takes_prefix_actions,
         binary_dims=[int(d) for d in tokenizer.get("binary_dims", [])],
         action_low=[float(x) for x in tokenizer["low"]],
         action_high=[float(x) for x in tokenizer["high"]],
@@ -152,9 +191,16 @@ class CheckpointPolicy:
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.policy = VLAPolicy.load(cfg.checkpoint, cfg.device)
+        self.policy = VLAPolicy.load(cfg.checkpoint, cfg.device, state_margin=cfg.state_margin)
         tokenizer = json.loads((Path(cfg.checkpoint) / "action_tokenizer.json").read_text())
-        self.spec = spec_from_checkpoint(cfg.checkpoint, self.policy.cfg, tokenizer, cfg.fps, cfg.action_space)
+        self.spec = spec_from_checkpoint(
+            cfg.checkpoint, self.policy.cfg, tokenizer, self.policy.takes_fixed_actions, cfg.fps, cfg.action_space
+        )
+
+    @property
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The states the policy accepts (the server refuses others before inference)."""
+        return self.policy.state_bounds
 
     def reset(self, seed: int) -> None:
         self.policy.reset(seed)
@@ -163,9 +209,16 @@ class CheckpointPolicy:
         return self.policy.infer(obs.policy_input(), fixed_actions=obs.prefix_actions)
 
 
-def warmup_observation(spec: PolicySpec) -> Observation:
+def warmup_observation(spec: PolicySpec, state_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Observation:
+    """Blank frames and a state the policy accepts: the middle of `state_bounds` (the middle of
+    the training states' range; zero may lie outside it), zero where unbounded."""
     images = {c: np.zeros((h, w, 3), np.uint8) for c, (h, w) in spec.cameras.items()}
-    return Observation(images, np.zeros(spec.state_dim, np.float32), "warm up", 0, 0)
+    state = np.zeros(spec.state_dim)
+    if state_bounds is not None:
+        with np.errstate(invalid="ignore"):  # inf - inf where state_margin is inf
+            middle = (state_bounds[0] + state_bounds[1]) / 2
+        state = np.where(np.isfinite(middle), middle, 0.0)
+    return Observation(images, state.astype(np.float32), "warm up", 0, 0)
 
 
 # ------------------------------------------------------------------------------ the server
@@ -178,6 +231,8 @@ class PolicyServer:
                 "(clients send it as `Authorization: Api-Key <token>`), or bind host=127.0.0.1"
             )
         self.policy, self.cfg, self.spec, self._token = policy, cfg, policy.spec, token
+        # the states the policy accepts, checked with the rest of the protocol (None: any finite state)
+        self._state_bounds = getattr(policy, "state_bounds", None)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="infer")  # one inference at a time
         self._session: ServerConnection | None = None
         self._epoch: int | None = None
@@ -231,7 +286,7 @@ class PolicyServer:
         try:
             if isinstance(message, str):
                 raise WireError("bad_message", "expected a binary msgpack frame, got a text frame")
-            obs = check_observation(decode(message, self.cfg.max_message_bytes), self.spec)
+            obs = check_observation(decode(message, self.cfg.max_message_bytes), self.spec, self._state_bounds)
         except (WireError, ProtocolError) as e:
             self.stats["errors"] += 1
             return error_text(e.code, str(e), getattr(e, "seq", None))
@@ -239,11 +294,16 @@ class PolicyServer:
             actions, ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._infer, obs)
         except Exception as e:  # noqa: BLE001  (a reply, never a traceback, goes to the client)
             self.stats["errors"] += 1
-            # NonFiniteError: the VLA policy's own check (vla.sampling; matched by name, no torch import)
-            non_finite = isinstance(e, NonFiniteOutput) or type(e).__name__ == "NonFiniteError"
+            # NonFiniteError, ObservationError: the VLA policy's own checks (vla.sampling,
+            # vla.processor; matched by name, no torch import)
+            name = type(e).__name__
+            if name == "ObservationError":  # the protocol checks passed it, the policy's did not
+                log.warning("seq %d refused by the policy: %s", obs.seq, e)
+                return error_text("bad_observation", str(e)[:1000], obs.seq)
+            non_finite = isinstance(e, NonFiniteOutput) or name == "NonFiniteError"
             code = "non_finite_output" if non_finite else "inference_failed"
             log.exception("inference failed for seq %d", obs.seq)
-            return error_text(code, f"{type(e).__name__}: {e}"[:300], obs.seq)
+            return error_text(code, f"{name}: {e}"[:300], obs.seq)
         self.stats["replies"] += 1
         return encode(make_reply(actions, obs, ms))
 
@@ -263,7 +323,7 @@ class PolicyServer:
         return actions, ms
 
     def _warm_up(self) -> None:
-        obs = warmup_observation(self.spec)
+        obs = warmup_observation(self.spec, self._state_bounds)
         for _ in range(self.cfg.warmup):
             self._infer(obs)
         self._epoch = None
@@ -280,6 +340,11 @@ class PolicyServer:
             max_size=self.cfg.max_message_bytes,
             compression=None,
             max_queue=4,
+            ping_interval=self.cfg.ping_interval_s,
+            ping_timeout=self.cfg.ping_timeout_s,
+            # a peer that misses a ping answers no closing handshake either: cut it after as long
+            # (the library's 10 s default would hold the session that much longer)
+            close_timeout=self.cfg.ping_timeout_s,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("serving %s on ws://%s:%d", self.spec.model_id, self.cfg.host, self.port)

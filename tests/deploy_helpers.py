@@ -24,6 +24,7 @@ def spec(image: int = 16, fps: float = 20.0, **kw) -> PolicySpec:
         action_space="delta_eef_libero",
         fps=fps,
         chunk_size=H,
+        takes_prefix_actions=True,  # FakePolicy keeps them
         binary_dims=[6],
         action_low=[-1.0] * D,
         action_high=[1.0] * D,

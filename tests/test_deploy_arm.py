@@ -239,6 +239,9 @@ def test_so101_page_end_to_end(tmp_path):
     clock = MonotonicClock()
     mock = MockArm(MockArmConfig(id="t", calibration_dir=tmp_path))
     mock.connect()
+    # start where the recording was (the server refuses states far outside it): the middle of its range
+    low, high = policy.state_bounds
+    mock.q = {j: float(v) for j, v in zip(SO101_JOINTS, (low + high) / 2, strict=True)}
     try:
         client = PolicyClient(f"ws://127.0.0.1:{port}")
         client.connect()

@@ -26,6 +26,7 @@ from deploy.server import TOKEN_ENV, ServeConfig
 
 log = logging.getLogger(__name__)
 _HYDRA = {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None}
+ROBOTS = ("sim", "arm")
 
 
 @dataclass
@@ -41,6 +42,30 @@ class RobotAppConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     arm: ArmConfig = field(default_factory=ArmConfig)
 
+    def __post_init__(self) -> None:
+        if self.robot not in ROBOTS:
+            raise ValueError(f"robot must be one of {list(ROBOTS)}, got {self.robot!r}")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.max_steps < 0:
+            raise ValueError(
+                f"max_steps must be >= 0 (0: the sim task's own limit, or 1200 on an arm), got {self.max_steps}"
+            )
+
+
+# Maps whose keys the user chooses (`'agent.expect={fps: 30}'`, `'arm.cameras={front: {...}}'`):
+# set without hydra's `+`, as `vla-train`'s data.camera_keys (train/hydra_app.py).
+FREE_FORM_MAPS = ("agent.expect", "arm.cameras", "arm.camera_map")
+
+
+def schema_with_free_form_maps(cls, paths) -> object:
+    """`cls` as a structured config whose maps at `paths` (dotted) take new keys: hydra composes in
+    struct mode, which refuses a key the schema does not list, so these nodes are taken out of it."""
+    schema = OmegaConf.structured(cls)
+    for path in paths:
+        OmegaConf.set_struct(OmegaConf.select(schema, path), False)
+    return schema
+
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
@@ -49,7 +74,7 @@ def register_configs() -> None:
         name="vla_serve",
         node={"defaults": ["serve_schema", {"override hydra/job_logging": "stdout"}, "_self_"], "hydra": _HYDRA},
     )
-    cs.store(name="robot_schema", node=RobotAppConfig)
+    cs.store(name="robot_schema", node=schema_with_free_form_maps(RobotAppConfig, FREE_FORM_MAPS))
     cs.store(
         name="vla_robot",
         node={"defaults": ["robot_schema", {"override hydra/job_logging": "stdout"}, "_self_"], "hydra": _HYDRA},
@@ -91,13 +116,11 @@ def _robot(cfg) -> None:
         (h, w), *_ = spec.cameras.values()
         robot = SimRobot(app.sim_task, h, clock, seed=app.seed)
         max_steps = app.max_steps or robot.env.unwrapped.task.max_episode_steps
-    elif app.robot == "arm":
+    else:  # "arm" (RobotAppConfig checks `robot`)
         from deploy.lerobot_arm import LeRobotArm
 
         robot = LeRobotArm.from_config(app.arm, clock)
         max_steps = app.max_steps or 1200
-    else:
-        raise ValueError(f"robot must be sim or arm, got {app.robot!r}")
     agent = RobotAgent(app.agent, client, robot, clock)
     rows = []
     try:

@@ -7,11 +7,14 @@ checkpoint, and the decoding RNG; checkpoint I/O lives in `vla.checkpoint`.
     chunk = policy.infer(observation)          # (H, D) un-normalised, or (B, H, D) for a batch
 
 Observation contract: see `vla.processor`. `infer` raises `ObservationError` naming the field for
-an observation outside it, and `NonFiniteError` rather than return a chunk derived from NaN.
+an observation outside it (including fixed actions the action tokenizer cannot represent, and,
+with a finite `state_margin`, a state far outside the training states), and `NonFiniteError`
+rather than return a chunk derived from NaN.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,13 +34,23 @@ from vla.sampling import NonFiniteError, SamplerConfig
 
 
 class VLAPolicy:
-    def __init__(self, model: VLAModel) -> None:
+    """`state_margin`: `infer` refuses a state beyond the training states' [min, max] by more than
+    this many times their width (`ObservationError` naming the dimension and the allowed range).
+    Default inf, no check: evaluation in simulation drives a policy into states the demonstrations
+    never reached and must score those episodes, not stop at them, and its states come from the
+    recording's own simulator (no other units, no other robot). A robot's can: the policy server
+    passes its `state_margin` (1 by default: every recorded state and one width around it)."""
+
+    def __init__(self, model: VLAModel, state_margin: float = math.inf) -> None:
+        if not state_margin >= 0:  # also refuses NaN
+            raise ValueError(f"state_margin must be >= 0 (inf: no range check), got {state_margin}")
         self.model = model.eval()
+        self.state_margin = float(state_margin)
         self.reset()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
-        return cls(load_model(path, device))
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", state_margin: float = math.inf) -> VLAPolicy:
+        return cls(load_model(path, device), state_margin)
 
     check_checkpoint = staticmethod(check_checkpoint)
 
@@ -62,9 +75,35 @@ class VLAPolicy:
         self.generator = torch.Generator(device=self.model.device)
         self.generator.manual_seed(seed)
 
+    @property
+    def takes_fixed_actions(self) -> bool:
+        """Whether `infer(fixed_actions=...)` works: inpainting needs the masked-diffusion decoder
+        (either architecture); the autoregressive one decodes left to right from nothing."""
+        return self.cfg.decoder_type == "diffusion"
+
+    @property
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The states `infer` accepts, float64 (S,) low and high; None: no check (an infinite
+        `state_margin`, or a checkpoint that records no range)."""
+        if self.state_margin == math.inf:
+            return None
+        return self.processor.state_bounds(self.state_margin)
+
+    @property
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed actions `infer` accepts, float64 (D,) low and high: what the action tokenizer
+        represents. A continuous dim: its [low, high] (to float32 rounding), outside which it clips;
+        a binary dim: [-1, 1] (it decodes to -1 / +1 and encodes by sign)."""
+        tok = self.model.action_tokenizer
+        low = tok.low.double().numpy()
+        high = low + tok.span.double().numpy()
+        slack = 1e-6 * (high - low)  # the float32 rounding of a decoded edge bin's centre, with room
+        binary = tok.binary.numpy()
+        return np.where(binary, -1.0, low - slack), np.where(binary, 1.0, high + slack)
+
     def preprocess(self, observation: dict) -> tuple[dict, bool]:
         """Raw observation (single or batched) -> the network's inputs, and whether it was single."""
-        return self.processor(observation)
+        return self.processor(observation, None if self.state_margin == math.inf else self.state_margin)
 
     @torch.no_grad()
     def infer(self, observation: dict, fixed_actions: np.ndarray | None = None) -> np.ndarray:
@@ -75,7 +114,9 @@ class VLAPolicy:
         fixed = None
         if fixed_actions is not None:
             batch = inputs["state"].shape[0]
-            fixed = self.processor.fixed_actions(fixed_actions, single, batch, self.cfg.chunk_size, self.cfg.action_dim)
+            fixed = self.processor.fixed_actions(
+                fixed_actions, single, batch, self.cfg.chunk_size, self.cfg.action_dim, self.action_bounds
+            )
         tokens = self.model.predict_tokens(inputs, generator=self.generator, fixed_actions=fixed)
         actions = self.model.action_tokenizer.decode(tokens).cpu().numpy()
         if not np.isfinite(actions).all():

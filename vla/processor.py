@@ -7,7 +7,9 @@ frame shapes seen in training are the checkpoint's (`PolicyConfig`); both the tr
 Raw observation contract (one sample; a batch has a leading B on every array and a list of
 instructions):
     {"images": {camera: uint8 (H, W, 3)}, "state": float (S,), "instruction": str}
-Every violation raises, naming the field and the expected and received shapes.
+Every violation raises, naming the field and the expected and received shapes. With a
+`state_margin` (`VLAPolicy.infer` passes one) a state far outside the recorded training states
+raises too: a finite state in the wrong units would otherwise yield an ordinary-looking chunk.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ class ObservationError(ValueError):
     """An observation that does not match the policy's contract; the message names the field."""
 
 
+def first_outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[tuple[int, ...], float] | None:
+    """The index and value of the first entry of `values` (..., D) outside [low, high] (D,), or None.
+    (deploy/protocol.py has its own: the robot side imports no torch, hence not this module.)"""
+    out = np.argwhere((values < low) | (values > high))
+    if not len(out):
+        return None
+    index = tuple(int(i) for i in out[0])
+    return index, float(values[index])
+
+
+def _index(index: tuple[int, ...]) -> str:
+    return ", ".join(map(str, index))
+
+
 def check_instruction(text: object, where: str = "instruction") -> str:
     if not isinstance(text, str):
         raise ObservationError(f"observation {where}: expected a string, got {type(text).__name__}")
@@ -65,16 +81,24 @@ class ObservationProcessor:
     state_mean: torch.Tensor | None = None  # (S,) float32; None: the state passes unnormalised
     state_std: torch.Tensor | None = None  # (S,) float32, near-constant dimensions at 1
     prompter: Callable | None = None  # the VLM's own text and image processing (`VLMPrompter`)
+    # (min, max) float64 (S,) of the training states (stats.json state.min / state.max); None: not
+    # recorded (stats written by another tool), and then no range check
+    state_extent: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_config(cls, cfg, stats: dict | None = None, prompter: Callable | None = None) -> ObservationProcessor:
         """From a `PolicyConfig` (duck-typed to keep this module free of the model), the data's
         normalisation statistics and the backbone's prompter."""
-        mean = std = None
+        mean = std = extent = None
         if stats is not None:
             mean = torch.tensor(stat(stats, "state", "mean", cfg.state_dim), dtype=torch.float32)
             s = stat(stats, "state", "std", cfg.state_dim)
             std = torch.tensor(np.where(s > 1e-6, s, 1.0), dtype=torch.float32)
+            if {"min", "max"} <= set(stats["state"]):
+                extent = (stat(stats, "state", "min", cfg.state_dim), stat(stats, "state", "max", cfg.state_dim))
+                if (extent[0] > extent[1]).any():
+                    dims = np.flatnonzero(extent[0] > extent[1]).tolist()
+                    raise ValueError(f"normalisation stats state.min exceeds state.max in dims {dims}")
         return cls(
             cameras=tuple(cfg.cameras),
             image_size=cfg.image_size,
@@ -84,7 +108,19 @@ class ObservationProcessor:
             state_mean=mean,
             state_std=std,
             prompter=prompter,
+            state_extent=extent,
         )
+
+    def state_bounds(self, margin: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The states `check` accepts with `margin` (float64 (S,) low, high): the recorded [min, max]
+        widened on each side by `margin` times the dimension's width. The width is at least the
+        normaliser's std, which is 1 for a dimension that never varied (so a constant joint admits
+        deviations of `margin` units rather than none). None: no range recorded."""
+        if self.state_extent is None:
+            return None
+        lo, hi = self.state_extent
+        width = np.maximum(hi - lo, self.state_std.double().numpy())
+        return lo - margin * width, hi + margin * width
 
     # ------------------------------------------------------------------ model inputs
     def model_inputs(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> dict:
@@ -113,14 +149,17 @@ class ObservationProcessor:
         return center_crop(x, self.crop_area, self.image_size)
 
     # ------------------------------------------------------------------ raw observations
-    def __call__(self, observation: Mapping) -> tuple[dict, bool]:
+    def __call__(self, observation: Mapping, state_margin: float | None = None) -> tuple[dict, bool]:
         """Raw observation -> (the network's inputs, whether it was a single observation)."""
-        frames, state, instructions, single = self.check(observation)
+        frames, state, instructions, single = self.check(observation, state_margin)
         return self.model_inputs(self.images(torch.from_numpy(frames)), torch.from_numpy(state), instructions), single
 
-    def check(self, observation: Mapping) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+    def check(
+        self, observation: Mapping, state_margin: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
         """Validate a raw observation; returns frames uint8 (B, N, H, W, 3), state float32 (B, S),
-        instructions, and whether it was a single (unbatched) observation."""
+        instructions, and whether it was a single (unbatched) observation. With `state_margin`, a
+        state outside `state_bounds(state_margin)` is refused."""
         if not isinstance(observation, Mapping):
             raise ObservationError(f"observation must be a dict, got {type(observation).__name__}")
         missing = [k for k in ("images", "state", "instruction") if k not in observation]
@@ -146,7 +185,7 @@ class ObservationProcessor:
         frames = np.stack([a[None] if single else a for a in arrays], axis=1)  # (B, N, H, W, 3)
         return (
             frames,
-            self._state(observation["state"], single, batch),
+            self._state(observation["state"], single, batch, state_margin),
             self._instructions(observation["instruction"], single, batch),
             single,
         )
@@ -172,7 +211,7 @@ class ObservationProcessor:
             )
         return a
 
-    def _state(self, value, single: bool, batch: int) -> np.ndarray:
+    def _state(self, value, single: bool, batch: int, margin: float | None = None) -> np.ndarray:
         try:
             s = np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -182,7 +221,18 @@ class ObservationProcessor:
             kind = "a single observation" if single else f"a batch of {batch}"
             raise ObservationError(f"observation['state']: expected shape {want} for {kind}, got {s.shape}")
         if not np.isfinite(s).all():
-            raise ObservationError("observation['state'] contains NaN or Inf")
+            raise ObservationError("observation['state'] contains NaN or Inf (after the cast to float32)")
+        bounds = None if margin is None else self.state_bounds(margin)
+        if bounds is not None and (bad := first_outside(s, *bounds)) is not None:
+            index, v = bad
+            d = index[-1]
+            lo, hi = self.state_extent
+            raise ObservationError(
+                f"observation['state'][{_index(index)}] = {v:.6g} is outside [{bounds[0][d]:.6g}, {bounds[1][d]:.6g}]: "
+                f"the training states' range of dimension {d}, [{lo[d]:.6g}, {hi[d]:.6g}], widened by "
+                f"state_margin={margin:g} times its width on each side. A state in other units, or from "
+                "another robot? If it is right, raise state_margin (VLAPolicy(state_margin=...), vla-serve state_margin=...)"
+            )
         return s[None] if single else s
 
     def _instructions(self, value, single: bool, batch: int) -> list[str]:
@@ -197,8 +247,18 @@ class ObservationProcessor:
             raise ObservationError(f"observation['instruction']: {len(value)} instructions for a batch of {batch}")
         return [check_instruction(t, f"instruction[{i}]") for i, t in enumerate(value)]
 
-    def fixed_actions(self, value, single: bool, batch: int, chunk_size: int, action_dim: int) -> torch.Tensor:
-        """Inpainting prefix: (k, D) for a single observation, (B, k, D) for a batch, 0 < k < H."""
+    def fixed_actions(
+        self,
+        value,
+        single: bool,
+        batch: int,
+        chunk_size: int,
+        action_dim: int,
+        bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> torch.Tensor:
+        """Inpainting prefix: (k, D) for a single observation, (B, k, D) for a batch, 0 < k < H.
+        `bounds` (low, high) (D,): the values the action tokenizer represents; any other is
+        refused (the tokenizer would clip it, and the chunk would continue another action)."""
         a = np.asarray(value, dtype=np.float32)
         a = a[None] if single and a.ndim == 2 else a
         if a.ndim != 3 or a.shape[0] != batch or a.shape[2] != action_dim or not 0 < a.shape[1] < chunk_size:
@@ -207,5 +267,13 @@ class ObservationProcessor:
                 f"fixed_actions: expected {want} with 0 < k < {chunk_size}, got shape {np.shape(value)}"
             )
         if not np.isfinite(a).all():
-            raise ObservationError("fixed_actions contain NaN or Inf")
+            raise ObservationError("fixed_actions contain NaN or Inf (after the cast to float32)")
+        if bounds is not None and (bad := first_outside(a[0] if single else a, *bounds)) is not None:
+            index, v = bad
+            d = index[-1]
+            raise ObservationError(
+                f"fixed_actions[{_index(index)}] = {v:.6g} is outside [{bounds[0][d]:.6g}, {bounds[1][d]:.6g}], the "
+                f"range of action dimension {d} the action tokenizer represents (it would be clipped): pass the "
+                "actions the policy decoded, in the data's units"
+            )
         return torch.from_numpy(a)
