@@ -4,15 +4,22 @@ Episodes are spread over worker processes (each loads the checkpoint once). The 
 queried for a chunk of H actions, the first `execute_steps` are executed, then it re-plans.
 Suites with official initial states (LIBERO) start episode e of a task from state
 `init_states[e]`; the built-in suite draws its layout from seed `seed + e`. Everything a
-worker would trip over (suite, tasks, initial states, the checkpoint's cameras and widths) is
-checked before the pool starts.
+worker would trip over (suite, tasks, initial states, the checkpoint's files, weights, cameras,
+widths and the suite it was trained for) is checked before the pool starts; what a worker still
+fails on comes back as its own error, not as BrokenProcessPool. SIGINT or SIGTERM stops the
+workers at once; finished episodes stay in episodes.partial.jsonl for a re-run to reuse.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.configs import atomic_write_text
+from envs.libero import SUITES as LIBERO_SUITES
+from vla.configs import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +114,37 @@ def sampler_with_overrides(sampler, overrides: dict):
     return from_dict(type(sampler), {**to_dict(sampler), **overrides}, "eval.sampler_overrides")
 
 
-def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str) -> None:
-    import torch
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when the evaluation process dies, even by SIGKILL,
+    rather than leave it running with the policy loaded. (Strictly, when the thread that
+    spawned it ends: the one running `evaluate`, which outlives its pool.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
 
-    from vla.policy import VLAPolicy
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
-    torch.set_num_threads(threads)
-    policy = VLAPolicy.load(checkpoint)
-    policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
+
+def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str, parent: int) -> None:
+    # The parent alone decides when evaluation stops (Ctrl-C reaches the whole process group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    try:
+        import torch
+
+        from vla.policy import VLAPolicy
+
+        torch.set_num_threads(threads)
+        policy = VLAPolicy.load(checkpoint)
+        policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
+    except Exception as e:
+        # Raised by every episode instead: an initializer's exception breaks the pool, and the
+        # parent would see only BrokenProcessPool, the cause in this worker's log.
+        _WORKER["error"] = e
+        return
     _WORKER["policy"] = policy
     _WORKER["render_mode"] = render_mode
     _WORKER["envs"] = {}
@@ -122,6 +153,8 @@ def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_
 def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
     from envs.registry import make_env
 
+    if "error" in _WORKER:
+        raise _WORKER["error"]
     suite, task, seed, init_state, execute_steps, record = job
     policy = _WORKER["policy"]
     env = _WORKER["envs"].get(task)
@@ -176,6 +209,98 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
             trained,
         )
     return tasks, states, str(mode)
+
+
+# The suites each `vla-train` data source records or reads (data.source in the
+# train_config.json that training saves in every checkpoint). A LeRobot dataset may hold any
+# robot, so its checkpoints are checked by widths and cameras only.
+SOURCE_SUITES = {"builtin": ("builtin",), "libero_scripted": LIBERO_SUITES, "libero_hdf5": LIBERO_SUITES}
+
+
+def check_trained_for(checkpoint: str | Path, suite: str, policy_cfg) -> None:
+    """Refuse a suite other than the one the checkpoint's data came from. The built-in suite and
+    LIBERO share action and state widths and camera names, so `check_compatible` lets such a
+    policy through, onto scenes, views and a state frame it never saw."""
+    path = Path(checkpoint) / "train_config.json"
+    saved = load_json(path) if path.is_file() else {}
+    data = saved.get("data") if isinstance(saved, dict) else None
+    source = data.get("source", "") if isinstance(data, dict) else ""
+    fits = SOURCE_SUITES.get(source)
+    if fits is not None and suite not in fits:
+        raise ValueError(
+            f"{checkpoint} was trained on data.source={source} ({path}), which comes from "
+            f"{'the built-in suite' if source == 'builtin' else 'LIBERO'}, but eval.suite={suite!r} is "
+            f"{'the built-in suite' if suite == 'builtin' else 'a LIBERO suite'}: the widths and camera names "
+            "match, the scenes, views and state frame do not, so its success would mean nothing. Evaluate it "
+            f"with eval.suite={fits[0] if len(fits) == 1 else 'one of ' + str(list(fits))}, or train a policy "
+            f"on {suite}'s data"
+        )
+    if policy_cfg.render_mode and suite not in LIBERO_SUITES:
+        raise ValueError(
+            f"{checkpoint} was trained on LIBERO frames rendered in {policy_cfg.render_mode} mode "
+            f"(policy.render_mode in its config.json), but eval.suite={suite!r} is not a LIBERO suite; "
+            f"evaluate it with eval.suite set to one of {list(LIBERO_SUITES)}"
+        )
+
+
+def check_weights(checkpoint: str | Path) -> None:
+    """Raise `CheckpointError`, naming the file, if the weights cannot be read or hold NaN or
+    Inf (what every worker's load would refuse). One tensor at a time: the parent never holds
+    the model."""
+    import torch
+    from safetensors import safe_open
+
+    from vla.checkpoint import CheckpointError
+
+    weights = Path(checkpoint) / "model.safetensors"
+    bad, count = [], 0
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                count += 1
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad.append(name)
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise CheckpointError(f"{weights} cannot be read ({e}); the file is truncated or corrupt") from e
+    if bad:
+        raise CheckpointError(
+            f"{weights}: {len(bad)} of {count} tensors hold NaN or Inf (first: {bad[:3]}); this checkpoint "
+            "comes from a diverged run and would act on garbage: evaluate an earlier one (checkpoints/step_*)"
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While open, SIGTERM raises SystemExit(143) in the main thread, so that the evaluation
+    stops its workers on the way out; the default action would end this process at once and
+    leave them running. (SIGINT already raises KeyboardInterrupt.) A handler the caller
+    installed (training's: stop after this step) is left in charge: it does not end the process."""
+    if (
+        threading.current_thread() is not threading.main_thread()  # only it can handle signals
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now rather than wait for their running episodes (minutes on
+    LIBERO), whose results would be discarded. Nothing is lost: workers write no files but the
+    mesh cache's, which they replace atomically; the parent writes videos and episode lines.
+    `pool.shutdown` reaps them."""
+    # No public API for this before Python 3.14 (`kill_workers`).
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        p.kill()
 
 
 PARTIAL_FILE = "episodes.partial.jsonl"
@@ -233,6 +358,8 @@ def evaluate(
     # Checked here, not buried under the worker pool's BrokenProcessPool.
     meta = VLAPolicy.check_checkpoint(checkpoint)
     policy_cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+    check_weights(checkpoint)
+    check_trained_for(checkpoint, cfg.suite, policy_cfg)
     sampler_with_overrides(policy_cfg.sampler, dict(cfg.sampler_overrides))
     tasks, states, render_mode = plan_episodes(cfg, policy_cfg)
     checkpoint = str(checkpoint)
@@ -262,19 +389,17 @@ def evaluate(
         log.info("resuming an evaluation: %d of %d episodes already run in %s", len(found), len(jobs), partial)
     if not found:  # a fresh file: the header, then one line per finished episode
         atomic_write_text(partial, json.dumps(header) + "\n")
-    ctx = mp.get_context("spawn")
     t0 = time.time()
-    with (
-        ProcessPoolExecutor(
-            max(1, cfg.workers),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode),
-        ) as pool,
-        open(partial, "a") as log_file,
-    ):
-        futures = {pool.submit(_run_episode, job): job for job in todo}
-        try:
+    pool = ProcessPoolExecutor(
+        max(1, cfg.workers),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode, os.getpid()),
+    )
+    try:
+        # Workers start at the first submit, inside the handler: none can outlive a SIGTERM.
+        with _sigterm_raises(), open(partial, "a") as log_file:
+            futures = {pool.submit(_run_episode, job): job for job in todo}
             with tqdm(total=len(jobs), initial=len(found), desc=desc, disable=not progress) as bar:
                 for future in as_completed(futures):
                     res = future.result()
@@ -288,10 +413,19 @@ def evaluate(
                     log_file.flush()
                     found[futures[future]] = res
                     bar.update()
-        except BaseException:
-            for future in futures:  # do not wait for the queued episodes on the way out
-                future.cancel()
-            raise
+    except BaseException as e:
+        _stop_workers(pool)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            log.warning(
+                "evaluation interrupted: %d of %d episodes are kept in %s; run the same command again "
+                "to run only the rest",
+                len(found),
+                len(jobs),
+                partial,
+            )
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     episodes = [found[job] for job in jobs]  # job order, however the workers finished
     per_task = {task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks}
     results = {
