@@ -72,11 +72,12 @@ class ServeConfig:
     # empty / 0 take them from the data the checkpoint was trained on.
     fps: float = 0.0
     action_space: str = ""
-    # A state beyond the training states' [min, max] by more than this many times their width is
-    # refused (`bad_state`, and by `VLAPolicy.infer`): one width on each side admits every recorded
-    # state and anything near it, and refuses a state in other units (degrees for radians,
-    # millimetres for metres) or from another robot. inf: no range check.
-    state_margin: float = 1.0
+    # A state beyond the training states' [min, max] by more than this many times the dimension's
+    # scale (recorded width, magnitude or 1) is refused (`bad_state`, and by `VLAPolicy.infer`):
+    # a state in other units, garbage, or another robot's. inf: no range check.
+    state_margin: float = 10.0  # vla.policy.STATE_MARGIN (not imported: the server module imports no torch)
+    # Serve a checkpoint that has no manifest.json (its files cannot be verified), with a warning.
+    allow_unverified: bool = False
     # Liveness: a client that leaves a ping unanswered for ping_timeout_s is dropped (and its
     # closing handshake given as long), so a frozen robot process frees the session within
     # ping_interval_s + 2 x ping_timeout_s (the WebSocket library's defaults, 20 + 20 + 10 s,
@@ -191,7 +192,9 @@ class CheckpointPolicy:
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.policy = VLAPolicy.load(cfg.checkpoint, cfg.device, state_margin=cfg.state_margin)
+        self.policy = VLAPolicy.load(
+            cfg.checkpoint, cfg.device, state_margin=cfg.state_margin, allow_unverified=cfg.allow_unverified
+        )
         tokenizer = json.loads((Path(cfg.checkpoint) / "action_tokenizer.json").read_text())
         self.spec = spec_from_checkpoint(
             cfg.checkpoint, self.policy.cfg, tokenizer, self.policy.takes_fixed_actions, cfg.fps, cfg.action_space

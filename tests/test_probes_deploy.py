@@ -5,8 +5,7 @@ item, each of which failed on the code before its fix (a8e1fbb):
    'arm.cameras={...}'` failed composition (hydra's struct mode wanted a `+`).
 2. `test_a_state_far_outside_the_recorded_range_is_refused`: a state of -1e6 (1e20 with the
    unified decoder) gave an ordinary chunk from `infer`, and a reply from the server. (`infer`
-   checks with a finite `state_margin`, which the server passes, 1 by default; `VLAPolicy`'s own
-   default is inf, no check, for evaluation in simulation: see its docstring.)
+   and the server check with `state_margin`, 10 scales of each dimension by default.)
 3. `test_the_handshake_says_whether_the_policy_takes_prefix_actions`: the handshake had no such
    field; an autoregressive policy behind `merge=rtc` answered `inference_failed` to every
    request that carried a prefix, and the agent armed anyway.
@@ -188,32 +187,33 @@ def test_a_state_far_outside_the_recorded_range_is_refused(tmp_path, arch, absur
     try:
         kind, err = ask(port, wire_observation(served.spec, far.astype(np.float32)))
         assert kind == "error" and err.code == "bad_state", (kind, err)
-        assert "state[3] (state_3)" in str(err) and "outside [-1, 2]" in str(err)
+        assert "state[3] (state_3)" in str(err) and "outside [-10, 11]" in str(err)
         kind, reply = ask(port, wire_observation(served.spec, STATE_MAX.astype(np.float32)))
         assert kind == "reply" and reply.actions.shape == (8, 7)
     finally:
         thread.stop()
-    # and so does the policy it serves (state_margin 1, the server's default), in `infer`
+    # and so does the policy it serves (state_margin 10, the default of both), in `infer`
     policy = served.policy
-    assert policy.state_margin == 1.0
+    assert policy.state_margin == VLAPolicy.load(ckpt).state_margin == ServeConfig(checkpoint="-").state_margin == 10
     obs = {"images": observation(spec()).images, "instruction": "pick up the cube"}
-    with pytest.raises(ObservationError, match=r"observation\['state'\]\[3\] = [-0-9.e+]+ is outside \[-1, 2\]"):
+    with pytest.raises(ObservationError, match=r"observation\['state'\]\[3\] = [-0-9.e+]+ is outside \[-10, 11\]"):
         policy.infer({**obs, "state": far.astype(np.float32)})
-    # every recorded state, and one a recorded width beyond each end, is taken
-    for state in (STATE_MIN, STATE_MAX, (STATE_MIN + STATE_MAX) / 2, STATE_MIN - (STATE_MAX - STATE_MIN)):
+    # every recorded state, and one 9 scales (here 1 or 2: width, magnitude or 1) beyond, is taken:
+    # a failing policy in closed loop leaves the demonstrations' range by far more than their width
+    for state in (STATE_MIN, STATE_MAX, (STATE_MIN + STATE_MAX) / 2, STATE_MIN - 9):
         assert policy.infer({**obs, "state": state.astype(np.float32)}).shape == (8, 7)
-    # a dimension that never varied (dim 1, always 2.0) is one normaliser unit (std floor 1) wide
+    # a dimension that never varied (dim 1, always 2.0) has its magnitude, 2, as scale
     near = STATE_MAX.copy()
-    near[1] = 2.0 + 0.9
+    near[1] = 2.0 + 19.9
     policy.infer({**obs, "state": near.astype(np.float32)})
-    near[1] = 2.0 + 1.1
-    with pytest.raises(ObservationError, match=r"\[1\] = 3.1 is outside \[1, 3\]"):
+    near[1] = 2.0 + 20.1
+    with pytest.raises(ObservationError, match=r"\[1\] = 22.1 is outside \[-18, 22\]"):
         policy.infer({**obs, "state": near.astype(np.float32)})
     # the margin is vla-serve's to set, and the policy's
-    wide = STATE_MAX + 2.5 * (STATE_MAX - STATE_MIN)
-    with pytest.raises(ObservationError, match="state_margin=1"):
+    wide = STATE_MAX + 12
+    with pytest.raises(ObservationError, match="state_margin=10"):
         policy.infer({**obs, "state": wide.astype(np.float32)})
-    assert VLAPolicy.load(ckpt, state_margin=3.0).infer({**obs, "state": wide.astype(np.float32)}).shape == (8, 7)
+    assert VLAPolicy.load(ckpt, state_margin=30.0).infer({**obs, "state": wide.astype(np.float32)}).shape == (8, 7)
     served = CheckpointPolicy(
         ServeConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero", state_margin=3.0)
     )

@@ -7,8 +7,8 @@ checkpoint, and the decoding RNG; checkpoint I/O lives in `vla.checkpoint`.
     chunk = policy.infer(observation)          # (H, D) un-normalised, or (B, H, D) for a batch
 
 Observation contract: see `vla.processor`. `infer` raises `ObservationError` naming the field for
-an observation outside it (including fixed actions the action tokenizer cannot represent, and,
-with a finite `state_margin`, a state far outside the training states), and `NonFiniteError`
+an observation outside it (including fixed actions the action tokenizer cannot represent, and
+a state far outside the training states: `state_margin`), and `NonFiniteError`
 rather than return a chunk derived from NaN.
 """
 
@@ -32,16 +32,17 @@ from vla.model import PolicyConfig, VLAModel  # noqa: F401  (PolicyConfig re-exp
 from vla.processor import ObservationProcessor
 from vla.sampling import NonFiniteError, SamplerConfig
 
+STATE_MARGIN = 10.0  # VLAPolicy's and vla-serve's default range check on the state
+
 
 class VLAPolicy:
     """`state_margin`: `infer` refuses a state beyond the training states' [min, max] by more than
-    this many times their width (`ObservationError` naming the dimension and the allowed range).
-    Default inf, no check: evaluation in simulation drives a policy into states the demonstrations
-    never reached and must score those episodes, not stop at them, and its states come from the
-    recording's own simulator (no other units, no other robot). A robot's can: the policy server
-    passes its `state_margin` (1 by default: every recorded state and one width around it)."""
+    this many times the dimension's scale (`ObservationProcessor.state_bounds`: its recorded
+    width, magnitude or 1, whichever is largest), with an `ObservationError` naming the dimension
+    and the allowed range. The default, 10, refuses states in other units or garbage and admits
+    what a policy reaches in closed loop; inf turns the check off."""
 
-    def __init__(self, model: VLAModel, state_margin: float = math.inf) -> None:
+    def __init__(self, model: VLAModel, state_margin: float = STATE_MARGIN) -> None:
         if not state_margin >= 0:  # also refuses NaN
             raise ValueError(f"state_margin must be >= 0 (inf: no range check), got {state_margin}")
         self.model = model.eval()
@@ -49,8 +50,16 @@ class VLAPolicy:
         self.reset()
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", state_margin: float = math.inf) -> VLAPolicy:
-        return cls(load_model(path, device), state_margin)
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        state_margin: float = STATE_MARGIN,
+        allow_unverified: bool = False,
+    ) -> VLAPolicy:
+        """`allow_unverified`: load a checkpoint that has no manifest.json (saved by hand, or by a
+        version before manifests), with a warning; otherwise that is a `CheckpointError`."""
+        return cls(load_model(path, device, allow_unverified=allow_unverified), state_margin)
 
     check_checkpoint = staticmethod(check_checkpoint)
 

@@ -113,14 +113,18 @@ class ObservationProcessor:
 
     def state_bounds(self, margin: float) -> tuple[np.ndarray, np.ndarray] | None:
         """The states `check` accepts with `margin` (float64 (S,) low, high): the recorded [min, max]
-        widened on each side by `margin` times the dimension's width. The width is at least the
-        normaliser's std, which is 1 for a dimension that never varied (so a constant joint admits
-        deviations of `margin` units rather than none). None: no range recorded."""
+        widened on each side by `margin` times the dimension's scale, the largest of its recorded
+        width, its largest recorded magnitude and 1 (a unit of the data: metre, radian).
+
+        A guard against gross errors (other units, garbage, another robot's state), not an
+        out-of-distribution test: a policy in closed loop reaches states the demonstrations never
+        did (an orientation the expert held within 0.02 rad turns by a radian under a failing
+        policy), and those must be scored, not refused. None: no range recorded."""
         if self.state_extent is None:
             return None
         lo, hi = self.state_extent
-        width = np.maximum(hi - lo, self.state_std.double().numpy())
-        return lo - margin * width, hi + margin * width
+        scale = np.maximum.reduce([hi - lo, np.abs(lo), np.abs(hi), np.ones_like(lo)])
+        return lo - margin * scale, hi + margin * scale
 
     # ------------------------------------------------------------------ model inputs
     def model_inputs(self, images: torch.Tensor, state: torch.Tensor, instructions: list[str]) -> dict:
@@ -230,7 +234,7 @@ class ObservationProcessor:
             raise ObservationError(
                 f"observation['state'][{_index(index)}] = {v:.6g} is outside [{bounds[0][d]:.6g}, {bounds[1][d]:.6g}]: "
                 f"the training states' range of dimension {d}, [{lo[d]:.6g}, {hi[d]:.6g}], widened by "
-                f"state_margin={margin:g} times its width on each side. A state in other units, or from "
+                f"state_margin={margin:g} times its scale on each side. A state in other units, or from "
                 "another robot? If it is right, raise state_margin (VLAPolicy(state_margin=...), vla-serve state_margin=...)"
             )
         return s[None] if single else s
