@@ -18,6 +18,7 @@ from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from data.record_libero import LiberoRecordConfig
 from vla.configs import choice, recover_dir
+from vla.embodiment import Embodiment
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +169,40 @@ def read_source(cfg: DataConfig):
     keys = LiberoHDF5Keys()
     keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
     return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
+
+
+def embodiment_of(cfg: DataConfig) -> Embodiment:
+    """What the source's data was recorded on: the simulated suites' own robots, or a LeRobot
+    dataset's meta/info.json (robot_type, fps, the state and action features' names; its action
+    convention is not recorded there: set policy.embodiment.action_space). Unknown fields stay empty."""
+    if cfg.source == "builtin":
+        from data.record import FPS
+        from envs.tabletop import ACTION_NAMES, STATE_NAMES
+
+        return Embodiment("tabletop", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
+    if cfg.source in ("libero_scripted", "libero_hdf5"):
+        from data.record_libero import FPS
+        from envs.libero import ACTION_NAMES, STATE_NAMES
+
+        return Embodiment("libero", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
+    info_path = Path(cfg.root) / "meta" / "info.json"
+    if not info_path.is_file():  # a lone cache: the source that would say is gone
+        return Embodiment()
+    from data.readers import LeRobotKeys
+
+    info = json.loads(info_path.read_text())  # the reader has checked its types
+    keys = LeRobotKeys()
+    features = info.get("features", {})
+
+    def names(key: str) -> list[str]:
+        found = features.get(key, {}).get("names")
+        if isinstance(found, dict) and len(found) == 1:  # lerobot's {"motors": [...]} form
+            found = next(iter(found.values()))
+        return [str(n) for n in found] if isinstance(found, list) else []
+
+    return Embodiment(
+        robot=str(info.get("robot_type") or ""),
+        state_names=names(cfg.state_key or keys.state),
+        action_names=names(cfg.action_key or keys.action),
+        fps=float(info.get("fps") or 0.0),
+    )

@@ -32,11 +32,6 @@ import numpy as np
 
 PROTOCOL = "vla-deploy/1"
 OBSERVATION_KEYS = frozenset({"images", "state", "instruction", "seq", "epoch", "prefix_actions", "reset"})
-# How a robot reads an action; the adapters (deploy/robots.py, deploy/lerobot_arm.py) each take one.
-ACTION_SPACES = {
-    "delta_eef_libero": "7-D delta end effector in [-1, 1], -1 opens the gripper (the built-in suite, LIBERO)",
-    "joint_pos": "absolute joint goal positions in the robot's units (lerobot arms, SO-101)",
-}
 
 
 class ProtocolError(ValueError):

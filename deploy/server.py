@@ -22,7 +22,6 @@ import asyncio
 import hmac
 import http
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -30,14 +29,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from deploy.protocol import (
-    ACTION_SPACES,
     Observation,
     PolicySpec,
     ProtocolError,
@@ -46,6 +43,7 @@ from deploy.protocol import (
     make_reply,
 )
 from deploy.wire import MAX_OBSERVATION_BYTES, WireError, decode, encode
+from vla.embodiment import ACTION_SPACES
 
 log = logging.getLogger("vla.serve")
 
@@ -122,53 +120,31 @@ def is_loopback(host: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ the checkpoint
-# What the built-in data sources mean, for checkpoints that do not record it themselves.
-_EMBODIMENTS = {
-    "builtin": ("envs.tabletop", "delta_eef_libero", 20.0),
-    "libero_scripted": ("envs.libero", "delta_eef_libero", 20.0),
-}
-
-
-def spec_from_checkpoint(
-    path: str | Path, cfg, tokenizer: dict, takes_prefix_actions: bool, fps: float = 0.0, action_space: str = ""
-) -> PolicySpec:
-    """The handshake spec of a checkpoint folder (its PolicyConfig `cfg`, action tokenizer state,
-    and whether the policy inpaints prefix actions: `VLAPolicy.takes_fixed_actions`)."""
-    path = Path(path)
-    train_cfg = json.loads((path / "train_config.json").read_text()) if (path / "train_config.json").is_file() else {}
-    source = train_cfg.get("data", {}).get("source", "")
-    if source in _EMBODIMENTS:
-        module, space, rate = _EMBODIMENTS[source]
-        import importlib
-
-        os.environ.setdefault("MUJOCO_GL", "egl")  # the names' module imports mujoco: headless, as envs.registry
-        env = importlib.import_module(module)
-        state_names, action_names = list(env.STATE_NAMES), list(env.ACTION_NAMES)
-    else:
-        space, rate = "", 0.0
-        state_names = [f"state_{i}" for i in range(cfg.state_dim)]
-        action_names = [f"action_{i}" for i in range(cfg.action_dim)]
-    fps, action_space = fps or rate, action_space or space
+def spec_from_checkpoint(ckpt, takes_prefix_actions: bool, fps: float = 0.0, action_space: str = "") -> PolicySpec:
+    """The handshake spec of a `vla.checkpoint.Checkpoint`: its embodiment, cameras, chunk and
+    action range, and whether the policy inpaints prefix actions (`VLAPolicy.takes_fixed_actions`).
+    `fps` / `action_space` fill in what a checkpoint's embodiment does not record."""
+    cfg = ckpt.policy_config
+    emb = cfg.embodiment
+    fps, action_space = fps or emb.fps, action_space or emb.action_space
     if not fps or not action_space:
         raise ValueError(
-            f"{path}: the checkpoint's data (source {source!r}) does not say its control rate or action space; "
-            "set fps=... and action_space=... (for example action_space=delta_eef_libero)"
-        )
-    if len(state_names) != cfg.state_dim or len(action_names) != cfg.action_dim:
-        raise ValueError(
-            f"{path}: {source} names {len(state_names)}/{len(action_names)} state/action dims, the policy has {cfg.state_dim}/{cfg.action_dim}"
+            f"{ckpt.path}: the checkpoint's embodiment (policy.embodiment in config.json: robot {emb.robot!r}) does "
+            "not record its control rate or action convention; train with policy.embodiment.fps=... and "
+            "policy.embodiment.action_space=..., or give vla-serve fps=... action_space=... "
+            f"(one of {sorted(ACTION_SPACES)})"
         )
     missing = [c for c in cfg.cameras if c not in cfg.camera_shapes]
     if missing:
         raise ValueError(
-            f"{path}: the checkpoint records no frame size for cameras {missing}; retrain or re-save it with policy.camera_shapes"
+            f"{ckpt.path}: the checkpoint records no frame size for cameras {missing}; retrain or re-save it with policy.camera_shapes"
         )
-    run = path.resolve().parent.parent.name
-    hashes = json.loads((path / "manifest.json").read_text())["files"]  # verified at load
+    state_names, action_names = emb.names(cfg.state_dim, cfg.action_dim)
+    tokenizer = ckpt.tokenizer_state()
     return PolicySpec(
-        model_id=f"{run}/{path.resolve().name}",
-        weights_sha256=hashes["model.safetensors"]["sha256"],
-        stats_sha256=hashes["stats.json"]["sha256"],
+        model_id=f"{ckpt.path.resolve().parent.parent.name}/{ckpt.path.resolve().name}",
+        weights_sha256=ckpt.sha256("model.safetensors"),
+        stats_sha256=ckpt.sha256("stats.json"),
         cameras={c: list(cfg.camera_shapes[c]) for c in cfg.cameras},
         state_names=state_names,
         action_names=action_names,
@@ -188,17 +164,14 @@ class CheckpointPolicy:
     def __init__(self, cfg: ServeConfig) -> None:
         import torch
 
+        from vla.checkpoint import Checkpoint
         from vla.policy import VLAPolicy
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.policy = VLAPolicy.load(
-            cfg.checkpoint, cfg.device, state_margin=cfg.state_margin, allow_unverified=cfg.allow_unverified
-        )
-        tokenizer = json.loads((Path(cfg.checkpoint) / "action_tokenizer.json").read_text())
-        self.spec = spec_from_checkpoint(
-            cfg.checkpoint, self.policy.cfg, tokenizer, self.policy.takes_fixed_actions, cfg.fps, cfg.action_space
-        )
+        ckpt = Checkpoint(cfg.checkpoint, cfg.allow_unverified)
+        self.policy = VLAPolicy(ckpt.load_model(cfg.device), state_margin=cfg.state_margin)
+        self.spec = spec_from_checkpoint(ckpt, self.policy.takes_fixed_actions, cfg.fps, cfg.action_space)
 
     @property
     def state_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from envs.libero import SUITES as LIBERO_SUITES
-from vla.configs import atomic_write_text, load_json
+from envs.registry import SUITES, get_suite
+from vla.configs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str, parent: int) -> None:
+def _init_worker(
+    checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str, parent: int, allow_unverified: bool
+) -> None:
     # The parent alone decides when evaluation stops (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
@@ -138,7 +141,7 @@ def _init_worker(checkpoint: str, sampler_overrides: dict, threads: int, render_
         from vla.policy import VLAPolicy
 
         torch.set_num_threads(threads)
-        policy = VLAPolicy.load(checkpoint)
+        policy = VLAPolicy.load(checkpoint, allow_unverified=allow_unverified)
         policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, sampler_overrides))
     except Exception as e:
         # Raised by every episode instead: an initializer's exception breaks the pool, and the
@@ -211,29 +214,21 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     return tasks, states, str(mode)
 
 
-# The suites each `vla-train` data source records or reads (data.source in the
-# train_config.json that training saves in every checkpoint). A LeRobot dataset may hold any
-# robot, so its checkpoints are checked by widths and cameras only.
-SOURCE_SUITES = {"builtin": ("builtin",), "libero_scripted": LIBERO_SUITES, "libero_hdf5": LIBERO_SUITES}
-
-
 def check_trained_for(checkpoint: str | Path, suite: str, policy_cfg) -> None:
-    """Refuse a suite other than the one the checkpoint's data came from. The built-in suite and
-    LIBERO share action and state widths and camera names, so `check_compatible` lets such a
-    policy through, onto scenes, views and a state frame it never saw."""
-    path = Path(checkpoint) / "train_config.json"
-    saved = load_json(path) if path.is_file() else {}
-    data = saved.get("data") if isinstance(saved, dict) else None
-    source = data.get("source", "") if isinstance(data, dict) else ""
-    fits = SOURCE_SUITES.get(source)
-    if fits is not None and suite not in fits:
+    """Refuse a suite whose robot is not the one the checkpoint's data came from (its
+    embodiment). The built-in suite and LIBERO share action and state widths and camera names,
+    so `check_compatible` lets such a policy through, onto scenes, views and a state frame it
+    never saw. A policy of an unknown robot (a LeRobot dataset's) is checked by widths only."""
+    robot = policy_cfg.embodiment.robot
+    wanted = get_suite(suite).robot
+    known = {s.robot for s in SUITES.values()}
+    if robot in known and robot != wanted:
+        fits = sorted(name for name, s in SUITES.items() if s.robot == robot)
         raise ValueError(
-            f"{checkpoint} was trained on data.source={source} ({path}), which comes from "
-            f"{'the built-in suite' if source == 'builtin' else 'LIBERO'}, but eval.suite={suite!r} is "
-            f"{'the built-in suite' if suite == 'builtin' else 'a LIBERO suite'}: the widths and camera names "
-            "match, the scenes, views and state frame do not, so its success would mean nothing. Evaluate it "
-            f"with eval.suite={fits[0] if len(fits) == 1 else 'one of ' + str(list(fits))}, or train a policy "
-            f"on {suite}'s data"
+            f"{checkpoint} was trained on the {robot!r} robot's data (policy.embodiment in its config.json), but "
+            f"eval.suite={suite!r} evaluates the {wanted!r} robot: the widths and camera names match, the scenes, "
+            "views and state frame do not, so its success would mean nothing. Evaluate it with eval.suite="
+            f"{fits[0] if len(fits) == 1 else 'one of ' + str(fits)}, or train a policy on {suite}'s data"
         )
     if policy_cfg.render_mode and suite not in LIBERO_SUITES:
         raise ValueError(
@@ -329,19 +324,17 @@ def _finished_episodes(path: Path, header: dict) -> dict[tuple, dict]:
     return done
 
 
-def _weights_id(checkpoint: str) -> str:
-    """The sha256 of the checkpoint's weights (from its manifest), else its path."""
-    manifest = Path(checkpoint) / "manifest.json"
-    try:
-        return json.loads(manifest.read_text())["files"]["model.safetensors"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return str(Path(checkpoint).resolve())
-
-
 def evaluate(
-    checkpoint: str | Path, cfg: EvalConfig, out_dir: str | Path, progress: bool = True, desc: str = "evaluating"
+    checkpoint,
+    cfg: EvalConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    desc: str = "evaluating",
+    allow_unverified: bool = False,
 ) -> dict:
-    """Run the suite; write results.json and videos under out_dir; return the results dict.
+    """Run the suite with the policy of `checkpoint` (a folder, or a `vla.checkpoint.Checkpoint`);
+    write results.json and videos under out_dir; return the results dict. `allow_unverified`:
+    evaluate a checkpoint folder without manifest.json.
 
     Each finished episode is appended to `out_dir/episodes.partial.jsonl` as it arrives, so an
     interrupted evaluation run again into the same folder with the same weights, sampler,
@@ -352,12 +345,12 @@ def evaluate(
 
     from tqdm import tqdm
 
-    from vla.configs import from_dict
-    from vla.policy import PolicyConfig, VLAPolicy
+    from vla.checkpoint import Checkpoint
 
     # Checked here, not buried under the worker pool's BrokenProcessPool.
-    meta = VLAPolicy.check_checkpoint(checkpoint)
-    policy_cfg = from_dict(PolicyConfig, meta["policy"], "policy")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint, allow_unverified)
+    checkpoint, allow_unverified = ckpt.path, ckpt.allow_unverified
+    policy_cfg = ckpt.policy_config
     check_weights(checkpoint)
     check_trained_for(checkpoint, cfg.suite, policy_cfg)
     sampler_with_overrides(policy_cfg.sampler, dict(cfg.sampler_overrides))
@@ -370,7 +363,7 @@ def evaluate(
         for e, state in enumerate(states)
     ]
     header = {
-        "weights_sha256": _weights_id(checkpoint),
+        "weights_sha256": ckpt.sha256("model.safetensors"),
         "suite": cfg.suite,
         "sampler_overrides": dict(cfg.sampler_overrides),
         "render_mode": render_mode,
@@ -394,7 +387,14 @@ def evaluate(
         max(1, cfg.workers),
         mp_context=mp.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(checkpoint, dict(cfg.sampler_overrides), cfg.threads_per_worker, render_mode, os.getpid()),
+        initargs=(
+            checkpoint,
+            dict(cfg.sampler_overrides),
+            cfg.threads_per_worker,
+            render_mode,
+            os.getpid(),
+            allow_unverified,
+        ),
     )
     try:
         # Workers start at the first submit, inside the handler: none can outlive a SIGTERM.

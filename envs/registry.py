@@ -15,6 +15,7 @@ _REGISTERED = False
 
 @dataclass(frozen=True)
 class Suite:
+    robot: str  # the embodiment's robot (`vla.embodiment.Embodiment.robot`) whose policies it evaluates
     tasks: Callable[[], list[str]]
     make: Callable[..., gym.Env]  # (task, image_size, render_mode) -> env
     spaces: Callable[[int], tuple]  # image_size -> (observation space, action space), without building an env
@@ -76,11 +77,11 @@ def _libero(suite: str) -> Suite:
 
         return spaces(image_size)
 
-    return Suite(tasks, make, spaces, official_states=True)
+    return Suite("libero", tasks, make, spaces, official_states=True)
 
 
 SUITES: dict[str, Suite] = {
-    "builtin": Suite(_builtin_tasks, _make_builtin, _builtin_spaces, official_states=False),
+    "builtin": Suite("tabletop", _builtin_tasks, _make_builtin, _builtin_spaces, official_states=False),
     **{name: _libero(name) for name in LIBERO_SUITES},
 }
 

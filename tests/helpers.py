@@ -11,7 +11,7 @@ def tiny_policy_config(**overrides):
     from vla.action_tokenizer import ActionTokenizerConfig
     from vla.backbone import BackboneConfig
     from vla.decoder import DecoderConfig
-    from vla.policy import PolicyConfig
+    from vla.model import PolicyConfig
 
     cfg = PolicyConfig(
         chunk_size=4,

@@ -91,7 +91,7 @@ def test_sim_robot_completes_a_task_through_server_and_agent():
 def test_a_checkpoint_drives_the_sim_robot(tmp_path):
     """A test-sized VLA checkpoint, served by `CheckpointPolicy` as `vla-serve` serves one."""
     _tiny_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="fps=... and action_space"):
+    with pytest.raises(ValueError, match="does not record its control rate or action convention"):
         CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt")))
     policy = CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt"), fps=20, action_space="delta_eef_libero"))
     assert policy.spec.weights_sha256 and policy.spec.cameras == {"agentview": [32, 32], "wrist": [32, 32]}

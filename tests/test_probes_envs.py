@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from helpers import tiny_policy_config, tiny_stats
 
+from vla.embodiment import Embodiment
+
 OBJECT_TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +75,9 @@ def test_every_public_libero_entry_sets_up_first_and_never_prompts(tmp_path, ent
 def _tiny_checkpoint(path: Path, train_config: dict | None = None, **overrides) -> Path:
     """A tiny policy with the widths and cameras of both suites (7-D action, 8-D state,
     agentview and wrist at 32 px); `train_config` is saved as vla-train saves it."""
+    from vla.checkpoint import save_checkpoint
     from vla.configs import save_json
     from vla.model import VLAModel
-    from vla.policy import save_checkpoint
 
     cfg = tiny_policy_config(
         action_dim=7,
@@ -147,14 +149,14 @@ def test_a_worker_that_cannot_load_the_policy_raises_the_real_error(tmp_path):
     ("saved", "suite", "message"),
     [
         (
-            {"train_config": {"data": {"source": "builtin"}}},
+            {"embodiment": Embodiment(robot="tabletop")},
             "libero_object",
-            r"trained on data\.source=builtin .* eval\.suite='libero_object'.* eval\.suite=builtin",
+            r"trained on the 'tabletop' robot's data .* eval\.suite='libero_object'.* eval\.suite=builtin",
         ),
         (
-            {"train_config": {"data": {"source": "libero_scripted"}}},
+            {"embodiment": Embodiment(robot="libero")},
             "builtin",
-            r"trained on data\.source=libero_scripted .* eval\.suite='builtin'",
+            r"trained on the 'libero' robot's data .* eval\.suite='builtin'",
         ),
         ({"render_mode": "fast"}, "builtin", r"LIBERO frames rendered in fast mode .* eval\.suite='builtin'"),
     ],

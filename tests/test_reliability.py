@@ -16,9 +16,10 @@ import pytest
 import torch
 from helpers import debug_train_config, tiny_policy_config, tiny_stats
 
+from vla.checkpoint import CheckpointError
 from vla.configs import MARKER, ConfigError, atomic_dir, load_json, recover_dir, save_json
 from vla.model import VLAModel
-from vla.policy import CheckpointError, VLAPolicy
+from vla.policy import VLAPolicy
 from vla.processor import ObservationError
 from vla.sampling import NonFiniteError
 

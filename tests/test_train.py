@@ -88,13 +88,13 @@ def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
 
 
 def test_eval_inherits_the_checkpoints_eval_settings_unless_overridden(tmp_path):
+    from types import SimpleNamespace
+
     from envs.evaluate import EvalConfig
     from train.hydra_app import overridden_eval_keys, resolve_eval_config
-    from vla.configs import save_json
 
-    ckpt = tmp_path / "ckpt"
     saved = {"execute_steps": 4, "episodes_per_task": 20, "tasks": ["lift_red"], "gone_field": 1}
-    save_json(ckpt / "train_config.json", {"eval": saved})
+    ckpt = SimpleNamespace(path=tmp_path / "ckpt", train_config={"eval": saved})  # what Checkpoint reads
     keys = overridden_eval_keys(["checkpoint=x", "eval.episodes_per_task=5", "+eval.sampler_overrides.steps=1"])
     assert keys == {"episodes_per_task", "sampler_overrides"}
     assert "execute_steps" in overridden_eval_keys(["eval={execute_steps:2}"])  # the whole group
@@ -106,7 +106,8 @@ def test_eval_inherits_the_checkpoints_eval_settings_unless_overridden(tmp_path)
     # Explicitly asking for the default (whole chunk) beats the checkpoint's 4.
     cfg, _ = resolve_eval_config(EvalConfig(), ckpt, overridden_eval_keys(["eval.execute_steps=0"]))
     assert cfg.execute_steps == 0
-    assert resolve_eval_config(cli, tmp_path / "bare", keys) == (cli, {})  # no train_config.json
+    bare = SimpleNamespace(path=tmp_path / "bare", train_config={})  # saved outside training
+    assert resolve_eval_config(cli, bare, keys) == (cli, {})
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])

@@ -79,9 +79,9 @@ def resolved_rows(checkpoint: str, variants: list[tuple[str, dict]]) -> list[tup
     """(label, key, overrides) per variant: the checkpoint's sampler with the row's
     overrides, validated, and labelled by what it resolves to."""
     from envs.evaluate import sampler_with_overrides
-    from vla.checkpoint import check_checkpoint, saved_policy_config
+    from vla.checkpoint import Checkpoint
 
-    saved = saved_policy_config(checkpoint, check_checkpoint(checkpoint)).sampler
+    saved = Checkpoint(checkpoint).policy_config.sampler
     rows = []
     for key, over in variants:
         label = describe(sampler_with_overrides(saved, over))

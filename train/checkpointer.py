@@ -23,8 +23,8 @@ from train.distributed import (
 from train.run_dir import existing_checkpoints
 from train.state import load_training_state, save_training_state
 from vla.action_tokenizer import ActionTokenizer
-from vla.checkpoint import CheckpointError, check_checkpoint, save_checkpoint, saved_policy_config, verify_manifest
-from vla.configs import atomic_dir, load_json, save_json, to_dict
+from vla.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from vla.configs import atomic_dir, save_json, to_dict
 from vla.model import PolicyConfig, VLAModel
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Checkpointer:
         self.cfg = cfg
         self.rank = rank
         self.trained_on: dict | None = None  # the data this run trains on (training_data.json)
+        self._opened: Checkpoint | None = None  # latest, as check_resumable verified it
 
     @property
     def latest(self) -> Path:
@@ -129,14 +130,13 @@ class Checkpointer:
 
     def check_resumable(self, policy_cfg: PolicyConfig, model: VLAModel) -> None:
         """Refuse to resume under another policy config, other run settings, or on other data."""
-        verify_manifest(self.latest)
-        if saved_policy_config(self.latest) != policy_cfg:
+        latest = self._opened = Checkpoint(self.latest)  # files verified against the manifest, config migrated
+        if latest.policy_config != policy_cfg:
             raise ValueError(
                 f"{self.latest} was trained with a different policy config; resume=false in a new run_dir "
                 f"starts over, or point run_dir elsewhere"
             )
-        saved_file = self.latest / "train_config.json"
-        saved = load_json(saved_file) if saved_file.is_file() else {}
+        saved = latest.train_config
         now = to_dict(self.cfg)
         keys = ["seed", "data.loader.batch_size", *(f"optim.{k}" for k in now["optim"])]
         changed = [
@@ -149,8 +149,8 @@ class Checkpointer:
                 "as it was configured; restore these settings, or start a new run in another run_dir"
             )
         # Both sides through the same code, so that keys an older version wrote do not count.
-        saved_tok = ActionTokenizer.from_state_dict(load_json(self.latest / "action_tokenizer.json")).state_dict()
-        changed = _differences("stats", load_json(self.latest / "stats.json"), to_dict_json(model.stats))
+        saved_tok = ActionTokenizer.from_state_dict(latest.tokenizer_state()).state_dict()
+        changed = _differences("stats", latest.stats(), to_dict_json(model.stats))
         changed += _differences("action_tokenizer", saved_tok, model.action_tokenizer.state_dict())
         if changed:
             raise ValueError(
@@ -159,9 +159,13 @@ class Checkpointer:
                 "data.root at the original data, or start a new run (another run_dir)"
             )
 
+    def load_weights(self, model: VLAModel) -> None:
+        """The weights of `latest` as check_resumable verified it (with EMA, the EMA weights)."""
+        self._opened.load_weights(model)
+
     def resume(self, model: VLAModel, optimizer, scheduler, ema: dict | None) -> int:
         """Load the optimiser, scheduler, RNG and (with EMA) raw weights; returns the step."""
-        step, optim_state, raw = load_training_state(self.latest / "training_state", scheduler)
+        step, optim_state, raw = load_training_state(self._opened.training_state, scheduler)  # check_resumable's
         load_full_optimizer_state(model, optimizer, optim_state)
         if ema is not None:
             missing = sorted(set(ema) - set(raw))
@@ -179,10 +183,10 @@ def _damage(path: Path) -> str | None:
     if not path.is_dir():
         return f"{path} is missing"
     try:
-        check_checkpoint(path)
+        ckpt = Checkpoint(path)
     except (CheckpointError, OSError) as e:
         return str(e)
-    if not (path / "training_state").is_dir():
+    if not ckpt.training_state.is_dir():
         return f"{path} has no training_state (it was not saved by a training run)"
     return None
 

@@ -16,6 +16,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+
 def init_distributed(strategy: str, device: torch.device) -> tuple[int, int]:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA); returns (rank, world size)."""
     if strategy == "none":

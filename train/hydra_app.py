@@ -163,6 +163,7 @@ EXPERIMENTS = {
 class EvalAppConfig:
     checkpoint: str = "???"
     out_dir: str = ""  # empty: <checkpoint>/../../eval/<suite>
+    allow_unverified: bool = False  # evaluate a checkpoint without manifest.json (with a warning)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -246,32 +247,33 @@ def overridden_eval_keys(overrides: list[str]) -> set[str]:
     return keys
 
 
-def resolve_eval_config(cli: EvalConfig, checkpoint: Path, overridden: set[str]) -> tuple[EvalConfig, dict]:
-    """The checkpoint's training-time eval settings, with the fields named on the command line
-    taken from `cli`. Returns the config and the inherited settings that differ from `cli`."""
-    from vla.configs import from_dict, load_json, to_dict
+def resolve_eval_config(cli: EvalConfig, checkpoint, overridden: set[str]) -> tuple[EvalConfig, dict]:
+    """The training-time eval settings of `checkpoint` (a `vla.checkpoint.Checkpoint`), with the
+    fields named on the command line taken from `cli`. Returns the config and the inherited
+    settings that differ from `cli`."""
+    from vla.configs import from_dict, to_dict
 
-    path = checkpoint / "train_config.json"
-    if not path.is_file():  # a policy saved outside `vla-train`: command line and defaults only
+    saved = checkpoint.train_config.get("eval", {})  # a policy saved outside `vla-train`: none
+    if not saved:
         return cli, {}
-    saved = load_json(path).get("eval", {})
     current = to_dict(cli)  # keys an older checkpoint saved but this version lacks are ignored
     merged = {**current, **{k: v for k, v in saved.items() if k in current and k not in overridden}}
-    resolved = from_dict(EvalConfig, merged, where=f"{path} eval")
+    resolved = from_dict(EvalConfig, merged, where=f"{checkpoint.path / 'train_config.json'} eval")
     inherited = {k: v for k, v in to_dict(resolved).items() if v != getattr(cli, k)}
     return resolved, inherited
 
 
 def _eval(cfg) -> None:
     from envs.evaluate import evaluate, format_table
+    from vla.checkpoint import Checkpoint
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)
-    ckpt = Path(app.checkpoint)
+    ckpt = Checkpoint(app.checkpoint, app.allow_unverified)
     eval_cfg, inherited = resolve_eval_config(app.eval, ckpt, overridden_eval_keys(HydraConfig.get().overrides.task))
     if inherited:
         shown = ", ".join(f"eval.{k}={v}" for k, v in sorted(inherited.items()))
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
-    out = Path(app.out_dir) if app.out_dir else ckpt.parent.parent / "eval" / eval_cfg.suite
+    out = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval" / eval_cfg.suite
     res = evaluate(ckpt, eval_cfg, out)
     print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
     print(format_table(res))

@@ -15,17 +15,16 @@ import math
 import os
 import signal
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.cache import ZarrCache
 from data.dataset import ChunkDataset, Collate, ResumableBatches
-from data.source import DataConfig, prepare_data
+from data.source import DataConfig, embodiment_of, prepare_data
 from train.checkpointer import Checkpointer
 from train.config import TrainConfig
 from train.distributed import init_distributed, shard_policy
@@ -39,13 +38,22 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------- data
 def policy_config_for(cfg: PolicyConfig, cache: ZarrCache, data: DataConfig | None = None) -> PolicyConfig:
-    """The policy config with the data's frame shapes (the checkpoint's camera contract) and,
-    for simulated recordings, their rendering mode recorded."""
+    """The policy config with what the checkpoint must say of its data: the frame shapes (its
+    camera contract), the embodiment (fields the config leaves empty come from the data source)
+    and, for simulated recordings, their rendering mode."""
     shapes = {c: [int(n) for n in cache.images[c].shape[1:3]] for c in cfg.cameras if c in cache.images}
     if cfg.camera_shapes and cfg.camera_shapes != shapes:
         raise ValueError(f"policy.camera_shapes={cfg.camera_shapes} but the data's frames are {shapes}")
     render_mode = data.libero.render_mode if data is not None and data.source == "libero_scripted" else cfg.render_mode
-    return replace(cfg, camera_shapes=shapes, render_mode=render_mode)
+    embodiment = cfg.embodiment
+    if data is not None:
+        found = embodiment_of(data)
+        given = {f.name: getattr(embodiment, f.name) for f in fields(embodiment) if getattr(embodiment, f.name)}
+        for name, value in given.items():
+            if getattr(found, name) and getattr(found, name) != value:
+                log.warning("policy.embodiment.%s=%r overrides the data's %r", name, value, getattr(found, name))
+        embodiment = replace(found, **given)
+    return replace(cfg, camera_shapes=shapes, render_mode=render_mode, embodiment=embodiment)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -122,7 +130,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
     if resuming:  # weights before sharding; with EMA these are the EMA weights, raw ones follow
         ckpt.check_resumable(policy_cfg, policy)
-        safetensors.torch.load_model(policy, str(ckpt.latest / "model.safetensors"))
+        ckpt.load_weights(policy)
     model = _wrap(cfg, policy, device, world)
     params = [p for p in policy.parameters() if p.requires_grad]
     # The fused kernel (CPU and CUDA): one kernel per step instead of a loop over tensors.

@@ -1,13 +1,20 @@
 """Checkpoint folders: save, verify, load. Self-describing and pickle-free.
 
 config.json            format, version, the resolved PolicyConfig (cameras, frame shapes,
-                       crop, rotation, sampler) and extras (training step)
+                       crop, sampler, embodiment) and extras (training step)
 model.safetensors      weights (a tied parameter once, under its first name)
 action_tokenizer.json  bounds, bins, binary dimensions
 stats.json             state/action normalisation statistics
 backbone/              the HF config and processor: the architecture rebuilds offline
 training_state/        optimiser, scheduler, RNG (written by training only)
+train_config.json      the run config (written by training only)
+training_data.json     what the run trained on: cache, episodes, recorded source (training only)
 manifest.json          sha256 and size of every other file, written last and checked at load
+
+`Checkpoint` is the one reader of this layout: training, evaluation, the ablation tool and the
+policy server read a checkpoint through it. Version 2 records the embodiment (robot, state and
+action names, action convention, control rate); version 1 checkpoints get it from the data
+source their train_config.json names (`saved_policy_config`, the one migration path).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from vla.sampling import NonFiniteError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "vla-policy"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the policy config records its embodiment
 MANIFEST = "manifest.json"
 _VERIFIED_FILES = ("config.json", "model.safetensors", "action_tokenizer.json", "stats.json")
 
@@ -40,6 +47,26 @@ _ADDED_POLICY_FIELDS = {
     "render_mode": "",  # 292c6e7: rendering mode unknown (what "" means)
     "decoder_arch": "expert",  # 0527b2c: the action expert was the only architecture
 }
+# Checkpoints before the embodiment was recorded (CHECKPOINT_VERSION 1) say what their data was
+# only through train_config.json's data.source; these are the embodiments those sources meant
+# then (envs/tabletop.py and envs/libero.py at version 1, 20 Hz recordings). Others are unknown.
+_V1_EMBODIMENTS = {
+    "builtin": {
+        "robot": "tabletop",
+        "state_names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"],
+        "action_names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+        "action_space": "delta_eef_libero",
+        "fps": 20.0,
+    },
+    "libero": {
+        "robot": "libero",
+        "state_names": ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"],
+        "action_names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+        "action_space": "delta_eef_libero",
+        "fps": 20.0,
+    },
+}
+_V1_SOURCES = {"builtin": "builtin", "libero_scripted": "libero", "libero_hdf5": "libero"}
 _ADDED_SAMPLER_FIELDS = {
     # 358f02c: remasking is judged in a probe pass of this fraction of the committed slots. The
     # older in-place judgement no longer exists, so no value reproduces it; 0.5 is the fraction
@@ -139,6 +166,8 @@ def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyCon
         }
     if isinstance(saved, dict):
         saved = {**_ADDED_POLICY_FIELDS, **saved}
+        if "embodiment" not in saved:
+            saved["embodiment"] = _v1_embodiment(path, saved)
         sampler = saved.get("sampler")
         if isinstance(sampler, dict):
             if "remask_probe" not in sampler and (sampler.get("remask_threshold") or sampler.get("remask_delta")):
@@ -161,6 +190,20 @@ def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyCon
         raise CheckpointError(f"{path / 'config.json'}: {e}") from e
 
 
+def _v1_embodiment(path: Path, policy: dict) -> dict:
+    """The embodiment of a checkpoint saved before it was recorded, from the data source its
+    train_config.json names (unknown without one, or when the widths do not fit)."""
+    train_cfg = path / "train_config.json"
+    try:
+        source = load_json(train_cfg).get("data", {}).get("source", "") if train_cfg.is_file() else ""
+    except (ValueError, AttributeError):
+        source = ""
+    known = _V1_EMBODIMENTS.get(_V1_SOURCES.get(source, ""))
+    if known is None or (policy.get("state_dim"), policy.get("action_dim")) != (8, 7):
+        return {"robot": "", "state_names": [], "action_names": [], "action_space": "", "fps": 0.0}
+    return dict(known)
+
+
 def _missing_keys(cls: type, data, where: str) -> list[str]:
     """Dotted names of the fields of dataclass `cls`, nested ones too, that `data` lacks (values
     of the wrong type are left to `from_dict`, which names them)."""
@@ -181,13 +224,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", allow_unver
     """The network of a checkpoint folder, verified (files, config, finite weights); see
     `check_checkpoint` for `allow_unverified`."""
     path = Path(path)
-    cfg = from_dict(PolicyConfig, check_checkpoint(path, allow_unverified)["policy"], "policy")
+    return _build_model(
+        path, from_dict(PolicyConfig, check_checkpoint(path, allow_unverified)["policy"], "policy"), device
+    )
+
+
+def _build_model(path: Path, cfg: PolicyConfig, device: str | torch.device) -> VLAModel:
+    """The network of a checked checkpoint folder with policy config `cfg`."""
     vlm = model_from_saved_config(path / "backbone")
     try:
         stats, tok = load_json(path / "stats.json"), load_json(path / "action_tokenizer.json")
         model = VLAModel(cfg, stats, vlm=vlm, tokenizer_state=tok)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: stats.json or action_tokenizer.json do not fit the config: {e}") from e
+    load_weights(path, model)
+    return model.to(device).eval()
+
+
+def load_weights(path: Path, model: VLAModel) -> None:
+    """Load a checkpoint folder's weights into `model`: finite, and every parameter of the
+    model's config present (`CheckpointError` naming the file otherwise)."""
     weights = path / "model.safetensors"
     try:
         tensors = safetensors.torch.load_file(str(weights))
@@ -208,7 +264,64 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", allow_unver
             f"{weights} does not match the saved config: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model.to(device).eval()
+
+
+class Checkpoint:
+    """A checkpoint folder, checked when opened (files against the manifest, a whole and valid
+    policy config, migrated from older versions) and read on demand. The only code that knows
+    the folder's layout; `allow_unverified` as for `check_checkpoint`."""
+
+    def __init__(self, path: str | Path, allow_unverified: bool = False) -> None:
+        self.path = Path(path)
+        self.allow_unverified = allow_unverified
+        self.meta = check_checkpoint(self.path, allow_unverified)
+        self.policy_config: PolicyConfig = from_dict(PolicyConfig, self.meta["policy"], "policy")
+
+    @property
+    def step(self) -> int | None:
+        """The training step it was saved at (None: saved outside training)."""
+        return self.meta.get("step")
+
+    @property
+    def train_config(self) -> dict:
+        """The run config it was trained with, as saved ({} for a policy saved outside training)."""
+        path = self.path / "train_config.json"
+        try:
+            return load_json(path) if path.is_file() else {}
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+
+    @property
+    def training_data(self) -> dict | None:
+        path = self.path / "training_data.json"
+        return load_json(path) if path.is_file() else None
+
+    def stats(self) -> dict:
+        return load_json(self.path / "stats.json")
+
+    def tokenizer_state(self) -> dict:
+        return load_json(self.path / "action_tokenizer.json")
+
+    @property
+    def training_state(self) -> Path:
+        return self.path / "training_state"
+
+    def sha256(self, name: str) -> str:
+        """A file's sha256: from the manifest (verified when opened), else computed."""
+        manifest = self.path / MANIFEST
+        if manifest.is_file():
+            entry = load_json(manifest)["files"].get(name)
+            if entry is not None:
+                return entry["sha256"]
+        return file_sha256(self.path / name)
+
+    def load_model(self, device: str | torch.device = "cpu") -> VLAModel:
+        """The network (finite weights that match the config: `CheckpointError` otherwise)."""
+        return _build_model(self.path, self.policy_config, device)
+
+    def load_weights(self, model: VLAModel) -> None:
+        """Its weights into an already built `model` (resuming training)."""
+        load_weights(self.path, model)
 
 
 def verify_manifest(path: Path, allow_unverified: bool = False) -> None:

@@ -21,6 +21,7 @@ from vla.action_tokenizer import ActionTokenizer, ActionTokenizerConfig
 from vla.backbone import BackboneConfig, VLMBackbone, build_tiny_vlm, load_pretrained_vlm
 from vla.configs import choice
 from vla.decoder import ActionDecoder, DecoderConfig
+from vla.embodiment import Embodiment
 from vla.processor import ObservationProcessor, stat
 from vla.sampling import DecodeTrace, SamplerConfig, autoregressive_decode, masked_diffusion_decode
 from vla.unified import FrozenPrefixCache, UnifiedDecoder, slot_mask
@@ -51,6 +52,9 @@ class PolicyConfig:
     # How the training frames were rendered, for simulated data ("libero" or "fast" for LIBERO
     # recordings; empty when unknown). Evaluation renders the same way unless told otherwise.
     render_mode: str = ""
+    # What the policy acts on (robot, state/action names, action convention, control rate),
+    # recorded by training from its data; empty fields are unknown.
+    embodiment: Embodiment = field(default_factory=Embodiment)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
@@ -67,6 +71,7 @@ class PolicyConfig:
         if not 0.1 <= self.crop_area <= 1.0:
             raise ValueError(f"policy.crop_area must be in [0.1, 1], got {self.crop_area}")
         self.camera_shapes = _checked_camera_shapes(self.camera_shapes, self.cameras)
+        self.embodiment.check_widths(self.state_dim, self.action_dim)
         if self.decoder_type == "diffusion":  # the autoregressive decoder has no refinement steps
             self.sampler.check_steps(self.chunk_size * self.action_dim, "policy.sampler")
 

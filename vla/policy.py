@@ -21,14 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla.checkpoint import (  # noqa: F401  (re-exported: the public checkpoint API)
-    CheckpointError,
-    check_checkpoint,
-    load_model,
-    save_checkpoint,
-    verify_manifest,
-)
-from vla.model import PolicyConfig, VLAModel  # noqa: F401  (PolicyConfig re-exported)
+from vla.checkpoint import Checkpoint, save_checkpoint
+from vla.model import PolicyConfig, VLAModel
 from vla.processor import ObservationProcessor
 from vla.sampling import NonFiniteError, SamplerConfig
 
@@ -59,9 +53,7 @@ class VLAPolicy:
     ) -> VLAPolicy:
         """`allow_unverified`: load a checkpoint that has no manifest.json (saved by hand, or by a
         version before manifests), with a warning; otherwise that is a `CheckpointError`."""
-        return cls(load_model(path, device, allow_unverified=allow_unverified), state_margin)
-
-    check_checkpoint = staticmethod(check_checkpoint)
+        return cls(Checkpoint(path, allow_unverified).load_model(device), state_margin)
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(self.model, path)
