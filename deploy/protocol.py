@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vla.contract import ObservationError, check_instruction, first_outside
+
 PROTOCOL = "vla-deploy/1"
 OBSERVATION_KEYS = frozenset({"images", "state", "instruction", "seq", "epoch", "prefix_actions", "reset"})
 
@@ -173,11 +175,11 @@ def _counter(msg: dict, key: str) -> int:
 
 def _outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[str, int, float] | None:
     """The first entry of `values` (..., D) outside [low, high] (D,): its index text, dim and value."""
-    out = np.argwhere(~((values >= low) & (values <= high)))  # NaN counts as outside
-    if not len(out):
+    found = first_outside(values, low, high)
+    if found is None:
         return None
-    index = tuple(int(i) for i in out[0])
-    return ", ".join(map(str, index)), index[-1], float(values[index])
+    index, value = found
+    return ", ".join(map(str, index)), index[-1], value
 
 
 def _float32(a: np.ndarray, field: str, code: str, names: list[str]) -> np.ndarray:
@@ -239,9 +241,10 @@ def check_observation(msg, spec: PolicySpec, state_bounds: tuple[np.ndarray, np.
                 f"{state_bounds[1][d]:.6g}], the range of the training states widened by the server's state_margin: "
                 "a state in other units, or from another robot?",
             )
-        text = msg["instruction"]
-        if not isinstance(text, str) or not text.strip():
-            raise ProtocolError("bad_instruction", f"instruction must be a non-empty string, got {type(text).__name__}")
+        try:  # the policy's own rule (vla.contract), so the model never refuses what passed here
+            text = check_instruction(msg["instruction"])
+        except ObservationError as e:
+            raise ProtocolError("bad_instruction", str(e)) from None
         prefix = msg.get("prefix_actions")
         if prefix is not None and not spec.takes_prefix_actions:
             raise ProtocolError(

@@ -43,13 +43,10 @@ from deploy.protocol import (
     make_reply,
 )
 from deploy.wire import MAX_OBSERVATION_BYTES, WireError, decode, encode
+from vla.contract import NonFiniteError, ObservationError
 from vla.embodiment import ACTION_SPACES
 
 log = logging.getLogger("vla.serve")
-
-
-class NonFiniteOutput(ValueError):
-    """A policy's chunk with NaN or Inf: answered as an error, never sent as actions."""
 
 
 TOKEN_ENV = "VLA_SERVE_TOKEN"
@@ -270,16 +267,12 @@ class PolicyServer:
             actions, ms = await asyncio.get_running_loop().run_in_executor(self._pool, self._infer, obs)
         except Exception as e:  # noqa: BLE001  (a reply, never a traceback, goes to the client)
             self.stats["errors"] += 1
-            # NonFiniteError, ObservationError: the VLA policy's own checks (vla.sampling,
-            # vla.processor; matched by name, no torch import)
-            name = type(e).__name__
-            if name == "ObservationError":  # the protocol checks passed it, the policy's did not
+            if isinstance(e, ObservationError):  # the protocol checks passed it, the policy's did not
                 log.warning("seq %d refused by the policy: %s", obs.seq, e)
                 return error_text("bad_observation", str(e)[:1000], obs.seq)
-            non_finite = isinstance(e, NonFiniteOutput) or name == "NonFiniteError"
-            code = "non_finite_output" if non_finite else "inference_failed"
+            code = "non_finite_output" if isinstance(e, NonFiniteError) else "inference_failed"
             log.exception("inference failed for seq %d", obs.seq)
-            return error_text(code, f"{name}: {e}"[:300], obs.seq)
+            return error_text(code, f"{type(e).__name__}: {e}"[:300], obs.seq)
         self.stats["replies"] += 1
         return encode(make_reply(actions, obs, ms))
 
@@ -295,7 +288,7 @@ class PolicyServer:
                 f"the policy returned actions of shape {actions.shape}, not {(self.spec.chunk_size, self.spec.action_dim)}"
             )
         if not np.isfinite(actions).all():
-            raise NonFiniteOutput("the policy returned NaN or Inf actions")
+            raise NonFiniteError("the policy returned NaN or Inf actions")
         return actions, ms
 
     def _warm_up(self) -> None:

@@ -42,7 +42,7 @@ from deploy.client import HandshakeError, PolicyClient, ServerError
 from deploy.protocol import PolicySpec, ProtocolError, check_observation, check_reply, parse_error
 from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
 from deploy.wire import decode, encode
-from vla.processor import ObservationError
+from vla.contract import ObservationError
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = {"vla-train": "vla_train", "vla-eval": "vla_eval", "vla-serve": "vla_serve", "vla-robot": "vla_robot"}

@@ -17,8 +17,8 @@ from helpers import debug_train_config
 
 from vla.checkpoint import CheckpointError
 from vla.configs import MARKER, load_json, recover_dir
+from vla.contract import NonFiniteError
 from vla.model import VLAModel
-from vla.sampling import NonFiniteError
 
 
 def dead_pid() -> int:

@@ -18,10 +18,9 @@ from helpers import debug_train_config, tiny_policy_config, tiny_stats
 
 from vla.checkpoint import CheckpointError
 from vla.configs import MARKER, ConfigError, atomic_dir, load_json, recover_dir, save_json
+from vla.contract import NonFiniteError, ObservationError
 from vla.model import VLAModel
 from vla.policy import VLAPolicy
-from vla.processor import ObservationError
-from vla.sampling import NonFiniteError
 
 
 def observation(size=32, **over):

@@ -30,8 +30,8 @@ from train.config import TrainConfig
 from train.distributed import init_distributed, shard_policy
 from train.run_dir import Interrupt, RunLock
 from vla.configs import load_json, recover_dir
+from vla.contract import NonFiniteError
 from vla.model import PolicyConfig, VLAModel
-from vla.sampling import NonFiniteError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import torch
 
 from vla.backbone import model_from_saved_config
 from vla.configs import ConfigError, atomic_dir, file_sha256, from_dict, load_json, save_json, to_dict
+from vla.contract import NonFiniteError
 from vla.model import PolicyConfig, VLAModel
-from vla.sampling import NonFiniteError
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from vla.checkpoint import Checkpoint, save_checkpoint
+from vla.contract import NonFiniteError
 from vla.model import PolicyConfig, VLAModel
 from vla.processor import ObservationProcessor
-from vla.sampling import NonFiniteError, SamplerConfig
+from vla.sampling import SamplerConfig
 
 STATE_MARGIN = 10.0  # VLAPolicy's and vla-serve's default range check on the state
 

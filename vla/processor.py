@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vla.contract import ObservationError, check_instruction, first_outside
 from vla.image_transforms import center_crop, color_jitter, random_crop, to_float
-
-# LIBERO and Bridge instructions are under 200 characters; a cap keeps a runaway string from
-# costing seconds and gigabytes in the tokenizer.
-MAX_INSTRUCTION_CHARS = 1000
 
 
 def stat(stats: dict, key: str, name: str, width: int) -> np.ndarray:
@@ -40,34 +37,8 @@ def stat(stats: dict, key: str, name: str, width: int) -> np.ndarray:
     return value
 
 
-class ObservationError(ValueError):
-    """An observation that does not match the policy's contract; the message names the field."""
-
-
-def first_outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[tuple[int, ...], float] | None:
-    """The index and value of the first entry of `values` (..., D) outside [low, high] (D,), or None.
-    (deploy/protocol.py has its own: the robot side imports no torch, hence not this module.)"""
-    out = np.argwhere((values < low) | (values > high))
-    if not len(out):
-        return None
-    index = tuple(int(i) for i in out[0])
-    return index, float(values[index])
-
-
 def _index(index: tuple[int, ...]) -> str:
     return ", ".join(map(str, index))
-
-
-def check_instruction(text: object, where: str = "instruction") -> str:
-    if not isinstance(text, str):
-        raise ObservationError(f"observation {where}: expected a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ObservationError(f"observation {where}: empty instruction")
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        raise ObservationError(
-            f"observation {where}: {len(text)} characters, more than the {MAX_INSTRUCTION_CHARS} allowed"
-        )
-    return text
 
 
 @dataclass(frozen=True, eq=False)

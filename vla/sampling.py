@@ -15,6 +15,7 @@ from enum import StrEnum
 import torch
 
 from vla.configs import choice
+from vla.contract import NonFiniteError
 
 
 def _margin(logp, cand_logp, generator):
@@ -46,11 +47,6 @@ Confidence = StrEnum("Confidence", {name: name for name in CONFIDENCE_RULES})
 class Schedule(StrEnum):
     linear = "linear"
     constant = "constant"
-
-
-class NonFiniteError(RuntimeError):
-    """The model produced NaN or Inf (diverged weights, an out-of-range input): no action may be
-    derived from it. The deploy node turns this into HOLD."""
 
 
 def checked_logits(logits: torch.Tensor, where: str) -> torch.Tensor:
