@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.episode import PERTURBED_KEY, Episode
-from envs.libero import frame_from_robosuite
+from envs.libero.conventions import frame_from_robosuite
 from vla.configs import recover_dir, scratch_folder
 
 log = logging.getLogger(__name__)

@@ -53,8 +53,8 @@ class RecordConfig:
 
 def features(image_size: int, use_videos: bool) -> dict:
     """The LeRobot schema of a recording: the built-in suite's own observation and action spaces
-    (`envs.tabletop.spaces`), plus the per-frame fault flag."""
-    from envs.tabletop import ACTION_NAMES, CAMERAS, STATE_NAMES, spaces
+    (`envs.tabletop.env.spaces`), plus the per-frame fault flag."""
+    from envs.tabletop.env import ACTION_NAMES, CAMERAS, STATE_NAMES, spaces
 
     observation, action = spaces(image_size)
     kind = "video" if use_videos else "image"
@@ -87,8 +87,8 @@ def lerobot_frame(images: dict, state, action, perturbed: bool, task: str) -> di
 
 def _rollout(args: tuple[str, int, int, float, float]) -> tuple[str, list[dict], bool]:
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before mujoco is imported
-    from envs.experts import run_expert_episode
-    from envs.tabletop import TabletopEnv
+    from envs.tabletop.env import TabletopEnv
+    from envs.tabletop.experts import run_expert_episode
 
     task, seed, image_size, noise, faults = args
     env = TabletopEnv(task, image_size=image_size)
@@ -124,7 +124,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     from datasets.utils import logging as hf_datasets_logging
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from envs.tabletop import CAMERAS
+    from envs.tabletop.env import CAMERAS
 
     root = Path(root)
     if (root / "meta" / "info.json").exists():

@@ -38,7 +38,7 @@ PORT_KEYS = {
     "state": "observation.state",
     "action": "action",
 }
-EXPERTS = {"libero_object": "envs.libero_experts:LiberoObjectExpert"}
+EXPERTS = {"libero_object": "envs.libero.experts:LiberoObjectExpert"}
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LiberoRecordConfig:
     tasks: list[str] = field(default_factory=list)  # empty: every task of the suite
     episodes_per_task: int = 40
     image_size: int = 128
-    render_mode: str = "fast"  # "fast" or "libero" (envs.libero.RenderMode)
+    render_mode: str = "fast"  # "fast" or "libero" (envs.libero.conventions.RenderMode)
     noise: float = 0.1  # DART: std of noise on the executed translation (labels stay clean)
     faults: float = 0.03  # per-step chance of a 3-8 step push of the hand or inverted gripper
     # Metres added on each side of every placement region (0: the task's own distribution, which
@@ -78,7 +78,7 @@ def recording_settings(cfg: LiberoRecordConfig) -> dict:
 
 
 def features(image_size: int) -> dict:
-    from envs.libero import ACTION_NAMES, STATE_NAMES, spaces
+    from envs.libero.conventions import ACTION_NAMES, STATE_NAMES, spaces
 
     observation, action = spaces(image_size)
     out = {
@@ -103,8 +103,8 @@ _WORKER: dict = {}
 
 def _episode(job: tuple) -> tuple[str, bool]:
     """Record one episode into its part file; returns (part path, success)."""
-    from envs.experts import run_expert_episode
-    from envs.libero import LiberoEnv
+    from envs.libero.env import LiberoEnv
+    from envs.tabletop.experts import run_expert_episode
 
     suite, task, seed, image_size, render_mode, widen, noise, faults, part = job
     env = _WORKER.get(task)
@@ -133,7 +133,7 @@ def _episode(job: tuple) -> tuple[str, bool]:
 
 
 def _init_worker() -> None:
-    from envs.libero import setup
+    from envs.libero.env import setup
 
     setup()
 
@@ -143,7 +143,7 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
     from datasets.utils import logging as hf_datasets_logging
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from envs.libero import setup, suite_tasks
+    from envs.libero.env import setup, suite_tasks
 
     setup()
     root = Path(root)
@@ -247,7 +247,7 @@ _INSTRUCTIONS: dict = {}
 
 def _instruction(suite: str, task: str) -> str:
     if (suite, task) not in _INSTRUCTIONS:
-        from envs.libero import _task
+        from envs.libero.env import _task
 
         _INSTRUCTIONS[(suite, task)] = _task(suite, task).language
     return _INSTRUCTIONS[(suite, task)]

@@ -177,12 +177,12 @@ def embodiment_of(cfg: DataConfig) -> Embodiment:
     convention is not recorded there: set policy.embodiment.action_space). Unknown fields stay empty."""
     if cfg.source == "builtin":
         from data.record import FPS
-        from envs.tabletop import ACTION_NAMES, STATE_NAMES
+        from envs.tabletop.env import ACTION_NAMES, STATE_NAMES
 
         return Embodiment("tabletop", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
     if cfg.source in ("libero_scripted", "libero_hdf5"):
         from data.record_libero import FPS
-        from envs.libero import ACTION_NAMES, STATE_NAMES
+        from envs.libero.conventions import ACTION_NAMES, STATE_NAMES
 
         return Embodiment("libero", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
     info_path = Path(cfg.root) / "meta" / "info.json"

@@ -23,7 +23,7 @@ def _rate(step, n: int) -> float:
 
 
 def builtin(steps: int, image_size: int) -> None:
-    from envs.tabletop import TASKS, TabletopEnv
+    from envs.tabletop.env import TASKS, TabletopEnv
 
     print(f"{'task':<16}{'steps/s':>9}{'physics only':>14}")
     for task in TASKS:
@@ -42,7 +42,8 @@ def builtin(steps: int, image_size: int) -> None:
 
 
 def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
-    from envs.libero import LiberoEnv, RenderMode, suite_tasks
+    from envs.libero.conventions import RenderMode
+    from envs.libero.env import LiberoEnv, suite_tasks
 
     task = suite_tasks(suite)[task_index]
     print(f"{suite} task {task_index} ({task}), hold-still actions from official initial state 0")

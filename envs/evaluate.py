@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.libero import SUITES as LIBERO_SUITES
+from envs.libero.conventions import SUITES as LIBERO_SUITES
 from envs.registry import SUITES, get_suite
 from vla.configs import atomic_write_text
 
@@ -191,7 +191,8 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
         if cfg.init_states:
             raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
         return tasks, [None] * cfg.episodes_per_task, ""
-    from envs.libero import RenderMode, init_states
+    from envs.libero.conventions import RenderMode
+    from envs.libero.env import init_states
 
     states = list(cfg.init_states) or list(range(cfg.episodes_per_task))
     for task in tasks:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
-from envs.libero import SUITES as LIBERO_SUITES
+from envs.libero.conventions import SUITES as LIBERO_SUITES
 
 _REGISTERED = False
 
@@ -23,7 +23,7 @@ class Suite:
 
 
 def _builtin_tasks() -> list[str]:
-    from envs.tabletop import TASKS
+    from envs.tabletop.env import TASKS
 
     return list(TASKS)
 
@@ -33,12 +33,12 @@ def register_builtin() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from envs.tabletop import TASKS
+    from envs.tabletop.env import TASKS
 
     for name, spec in TASKS.items():
         gym.register(
             id=f"vla/Tabletop-{name}-v0",
-            entry_point="envs.tabletop:TabletopEnv",
+            entry_point="envs.tabletop.env:TabletopEnv",
             kwargs={"task": name},
             max_episode_steps=spec.max_episode_steps,
         )
@@ -56,24 +56,25 @@ def _make_builtin(task: str, image_size: int, render_mode: str | None = None) ->
 
 
 def _builtin_spaces(image_size: int):
-    from envs.tabletop import spaces
+    from envs.tabletop.env import spaces
 
     return spaces(image_size)
 
 
 def _libero(suite: str) -> Suite:
     def tasks() -> list[str]:
-        from envs.libero import suite_tasks
+        from envs.libero.env import suite_tasks
 
         return suite_tasks(suite)
 
     def make(task: str, image_size: int, render_mode: str | None = None) -> gym.Env:
-        from envs.libero import LiberoEnv, RenderMode
+        from envs.libero.conventions import RenderMode
+        from envs.libero.env import LiberoEnv
 
         return LiberoEnv(suite, task, image_size=image_size, render_mode=render_mode or RenderMode.libero)
 
     def spaces(image_size: int):
-        from envs.libero import spaces
+        from envs.libero.conventions import spaces
 
         return spaces(image_size)
 

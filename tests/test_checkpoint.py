@@ -27,7 +27,7 @@ TABLETOP = {
 
 
 def test_a_version_1_checkpoint_gets_its_embodiment_from_its_data_source():
-    from envs.tabletop import ACTION_NAMES, STATE_NAMES
+    from envs.tabletop.env import ACTION_NAMES, STATE_NAMES
     from vla.configs import to_dict
 
     ckpt = Checkpoint(V1)

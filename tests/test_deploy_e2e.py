@@ -35,8 +35,8 @@ class ExpertPolicy:
     def infer(self, obs) -> np.ndarray:
         import mujoco
 
-        from envs.experts import ScriptedExpert
         from envs.registry import make_env
+        from envs.tabletop.experts import ScriptedExpert
 
         if self.robot.episode < 0:  # the server's warm-up, before the robot's first episode
             return np.zeros((self.spec.chunk_size, self.spec.action_dim), np.float32)

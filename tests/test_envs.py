@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from envs.experts import ScriptedExpert, run_expert_episode
 from envs.registry import make_env, suite_tasks
-from envs.tabletop import LAYOUT, PLACE_CUBE_XY, REGION_HALF, TASKS, TabletopEnv
+from envs.tabletop.env import LAYOUT, PLACE_CUBE_XY, REGION_HALF, TASKS, TabletopEnv
+from envs.tabletop.experts import ScriptedExpert, run_expert_episode
 
 TASK_NAMES = suite_tasks("builtin")
 

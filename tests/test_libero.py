@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from helpers import tiny_policy_config, tiny_stats
 
-from envs import libero
+from envs.libero import conventions
+from envs.libero import env as libero
 
 OBJECT_TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 
@@ -44,7 +45,7 @@ def test_every_suite_builds_resets_steps_and_renders(suite, capsys):
 def test_setup_writes_the_config_itself_and_never_prompts(tmp_path):
     """A fresh machine (no ~/.libero, no stdin): importing LIBERO through setup() must not ask."""
     code = (
-        "from envs import libero; libero.setup(); "
+        "from envs.libero import env as libero; libero.setup(); "
         "from libero.libero import get_libero_path; print(get_libero_path('bddl_files'))"
     )
     env = {**os.environ, "HOME": str(tmp_path), "VLA_CACHE": str(tmp_path / "cache")}
@@ -81,8 +82,8 @@ def test_orientation_is_the_ports_and_matches_libero_own_frames():
         obs, _ = ours.reset(options={"init_state": 3})
         theirs.reset()
         raw = theirs.set_init_state(ours.init_states[3])
-        for cam, name in libero.CAMERAS.items():
-            np.testing.assert_array_equal(obs[cam], libero.frame_from_robosuite(raw[f"{name}_image"]))
+        for cam, name in conventions.CAMERAS.items():
+            np.testing.assert_array_equal(obs[cam], conventions.frame_from_robosuite(raw[f"{name}_image"]))
         # ... which is the true view (mujoco.Renderer) mirrored left-right
         assert not np.array_equal(obs["agentview"], raw["agentview_image"])
         np.testing.assert_allclose(obs["state"][:3], raw["robot0_eef_pos"], atol=1e-6)
@@ -181,7 +182,7 @@ class _InlinePool:
 
 
 def test_expert_solves_an_official_initial_state():
-    from envs.libero_experts import LiberoObjectExpert
+    from envs.libero.experts import LiberoObjectExpert
 
     env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)
     expert = LiberoObjectExpert(env)
@@ -320,7 +321,7 @@ def test_render_mode_mismatch_warns(tmp_path, caplog):
 
 
 def test_fast_mode_simplifies_meshes_once_into_the_cache(tmp_path, monkeypatch):
-    from envs.libero_render import Cameras
+    from envs.libero.render import Cameras
 
     monkeypatch.setenv("VLA_CACHE", str(tmp_path))
     env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)

@@ -47,8 +47,8 @@ def _fresh_env(home: Path) -> dict:
 # Each runs as the first LIBERO call of a fresh process.
 _ENTRIES = {
     "make_env": f"from envs.registry import make_env; make_env('libero_object', {OBJECT_TASK!r}, 32).close()",
-    "LiberoEnv": f"from envs.libero import LiberoEnv; LiberoEnv('libero_object', {OBJECT_TASK!r}, 32).close()",
-    "init_states": f"from envs.libero import init_states; print(len(init_states('libero_object', {OBJECT_TASK!r})))",
+    "LiberoEnv": f"from envs.libero.env import LiberoEnv; LiberoEnv('libero_object', {OBJECT_TASK!r}, 32).close()",
+    "init_states": f"from envs.libero.env import init_states; print(len(init_states('libero_object', {OBJECT_TASK!r})))",
     "suite_tasks": "from envs.registry import suite_tasks; print(len(suite_tasks('libero_object')))",
 }
 

@@ -237,7 +237,7 @@ def test_atomic_dir_leaves_no_temporaries(tmp_path):
 
 # ----------------------------------------------------------------------------- environment
 def test_the_builtin_env_refuses_to_step_after_the_episode_ended():
-    from envs.tabletop import TASKS, TabletopEnv
+    from envs.tabletop.env import TASKS, TabletopEnv
 
     env = TabletopEnv("lift_red", image_size=16)
     try:

@@ -140,7 +140,7 @@ EXPERIMENTS = {
         }
     ),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
-    # here, not in the generic defaults (image orientation is the ports' own, see envs/libero.py).
+    # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(
         {
             "run_dir": "runs/libero",

@@ -119,7 +119,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
         cache = prepare_data(cfg.data)
 
     if cfg.eval.suite == "libero":  # the LIBERO suite whose tasks the data holds
-        from envs.libero import suite_for_instructions
+        from envs.libero.env import suite_for_instructions
 
         cfg = replace(cfg, eval=replace(cfg.eval, suite=suite_for_instructions(cache.tasks)))
         ckpt.cfg = cfg

@@ -49,7 +49,7 @@ _ADDED_POLICY_FIELDS = {
 }
 # Checkpoints before the embodiment was recorded (CHECKPOINT_VERSION 1) say what their data was
 # only through train_config.json's data.source; these are the embodiments those sources meant
-# then (envs/tabletop.py and envs/libero.py at version 1, 20 Hz recordings). Others are unknown.
+# then (envs/tabletop/env.py and envs/libero/env.py at version 1, 20 Hz recordings). Others are unknown.
 _V1_EMBODIMENTS = {
     "builtin": {
         "robot": "tabletop",
@@ -155,7 +155,7 @@ def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyCon
         if saved["rotate_180"]:
             raise CheckpointError(
                 f"{path / 'config.json'}: policy.rotate_180=true (the model turned its frames); image orientation is "
-                "now fixed by the readers and environments (envs/libero.py), so this checkpoint would see its "
+                "now fixed by the readers and environments (envs/libero/env.py), so this checkpoint would see its "
                 "frames upside down: retrain it"
             )
         saved = {k: v for k, v in saved.items() if k != "rotate_180"}

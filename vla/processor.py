@@ -117,7 +117,7 @@ class ObservationProcessor:
         """uint8 (B, N, H, W, 3) -> float (B, N, 3, size, size) in [0, 1]: rotation, then the
         centre crop (inference) or a random crop of the same area plus colour jitter (training).
         Frames arrive in the data's orientation: readers and environments normalise it (for
-        LIBERO, `envs.libero.frame_from_*`), the model never turns them."""
+        LIBERO, `envs.libero.conventions.frame_from_*`), the model never turns them."""
         x = to_float(frames)
         if augment:
             return color_jitter(random_crop(x, self.crop_area, self.image_size, generator), jitter, generator)

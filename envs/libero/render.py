@@ -1,7 +1,7 @@
 """LIBERO camera rendering: the policy's two cameras drawn with `mujoco.Renderer` from a
 render-only copy of the simulator's model, in LIBERO's own look or in the fast mode (shadows,
 reflections and multisampling off, meshes simplified once into a content-keyed cache).
-Orientation is `envs.libero.frame_from_renderer`, the single definition."""
+Orientation is `envs.libero.conventions.frame_from_renderer`, the single definition."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.libero import CAMERAS, RenderMode, config_dir, frame_from_renderer
+from envs.libero.conventions import CAMERAS, RenderMode, config_dir, frame_from_renderer
 
 
 def _simplified(vert: np.ndarray, face: np.ndarray, target: int, cache: Path) -> tuple[np.ndarray, ...]:

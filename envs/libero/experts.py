@@ -2,7 +2,7 @@
 
 It reads the simulator's privileged state (target and basket poses, the target's extent) and
 acts through the same 7-D delta end-effector action as a policy. Like the built-in suite's
-expert (envs/experts.py) it is a state-feedback law: approach through a funnel above the grasp
+expert (envs/tabletop/experts.py) it is a state-feedback law: approach through a funnel above the grasp
 point, close when lined up, and once the fingers are stopped apart by the object, rise, carry
 over the basket at a height that clears its rim, lower, open. A missed grasp (fingers closed
 on nothing) re-opens and the funnel starts again; a dropped object is approached again.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from envs.tabletop import mat_to_rotvec
+from envs.tabletop.env import mat_to_rotvec
 
 POS_UNIT = 0.05  # metres per unit translation action (OSC_POSE delta)
 ROT_UNIT = 0.5  # radians per unit rotation action
@@ -146,7 +146,7 @@ class LiberoObjectExpert:
 def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int]:
     """Run the expert without cameras from official initial state `index` (widen None) or from
     a fresh placement drawn with seed `index`, its regions widened by `widen` metres."""
-    from envs.libero import LiberoEnv
+    from envs.libero.env import LiberoEnv
 
     suite, task, index, widen = job
     env = LiberoEnv(suite, task, cameras=False, placement_widen=widen or 0.0)
@@ -167,7 +167,7 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
 
 
 def main() -> None:
-    """`python -m envs.libero_experts`: the expert's success from the official initial states
+    """`python -m envs.libero.experts`: the expert's success from the official initial states
     (or, with --widen, from fresh placements in regions widened by that many metres), per task."""
     import argparse
     import multiprocessing as mp
@@ -176,7 +176,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from envs.libero import suite_tasks
+    from envs.libero.env import suite_tasks
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--suite", default="libero_object")

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.scene import CUBE_HALF, FINGER_TRAVEL
-from envs.tabletop import POS_SCALE, ROT_SCALE, TabletopEnv, mat_to_rotvec
+from envs.tabletop.env import POS_SCALE, ROT_SCALE, TabletopEnv, mat_to_rotvec
+from envs.tabletop.scene import CUBE_HALF, FINGER_TRAVEL
 
 # Each step moves the target by this fraction of the remaining error (capped by the action
 # range): smooth labels; gains at or above 1 give bang-bang, overshooting labels.

@@ -15,7 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
+from envs.tabletop.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
 
 CONTROL_HZ = 20
 POS_SCALE = 0.03  # metres per unit action per control step
