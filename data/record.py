@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.episode import PERTURBED_KEY
+from envs import headless
 from vla.configs import atomic_dir, load_json, save_json, to_dict
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def lerobot_frame(images: dict, state, action, perturbed: bool, task: str) -> di
 
 
 def _rollout(args: tuple[str, int, int, float, float]) -> tuple[str, list[dict], bool]:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, before mujoco is imported
+    headless()  # before mujoco's rendering is imported
     from envs.tabletop.env import TabletopEnv
     from envs.tabletop.experts import run_expert_episode
 

@@ -14,15 +14,12 @@ chunk is requested when the plan would run out within the estimated delay plus a
 when `execute_steps` of the current chunk will have run by the time it arrives. The delay is a
 rolling high percentile of measured round trips (a window, so a warm-up spike ages out).
 
-Merging. `rtc` (default): the actions that will run while the request is in flight (this
-tick's and the next d) are sent as `prefix_actions`; the decoder keeps them and inpaints the
-rest, so the new chunk continues what the robot is doing. A policy whose handshake says it takes
-no prefix actions (an autoregressive decoder cannot inpaint) makes the agent refuse to arm, or
-use the merge mode `on_no_prefix` names instead. `naive`: the new chunk replaces the
-plan from the current tick on. `ensemble`: ACT's temporal ensembling, an exponentially weighted
-mean of every chunk covering a tick (older first). `sync`: the openpi client's way, the robot
-holds while each chunk is computed and then runs its first `execute_steps` actions (pauses, but
-no latency: a policy trained without latency sees what evaluation showed it). A reply is dropped when it is from another
+Merging (`deploy.merge`, one class per mode): `rtc` (default) sends the actions that will run
+while the request is in flight as `prefix_actions` for the decoder to keep; `naive` replaces
+the plan from the current tick on; `ensemble` blends every chunk covering a tick; `sync` holds
+while each chunk is computed. A policy whose handshake says it takes no prefix actions (an
+autoregressive decoder cannot inpaint) makes the agent refuse to arm under `rtc`, or use the
+merge mode `on_no_prefix` names instead. A reply is dropped when it is from another
 episode epoch, older than or equal to one already merged, or so late that none of it applies. A
 seam check compares the first new action with the last executed one (continuous dims, as a
 fraction of each range): above `seam_limit` the old plan is kept and the event counted.
@@ -32,14 +29,15 @@ unreachable: keep executing); HOLD (no planned action, `hold_after_s` without a 
 non-finite chunk, or the safety filter clamping too often: the adapter holds); SAFE_STOP
 (`safe_stop_after_s` without a fresh chunk, stale or frozen observations, a driver fault or
 e-stop, a server whose spec changed): the adapter stops, and only `arm()` leaves it. On a
-reconnect the plan and any unsent request are dropped, never replayed.
+reconnect the plan and any unsent request are dropped, never replayed. Observations pass the
+watchdog (`deploy.watchdog`: fresh, finite, cameras not frozen); the robot is any
+`deploy.robots.Robot`.
 
 No torch here (a test imports this package in a process that has no torch).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -50,8 +48,11 @@ from enum import StrEnum
 import numpy as np
 
 from deploy.client import Connected, Disconnected, ServerError
+from deploy.merge import MERGE_MODES, Plan
 from deploy.protocol import Observation, Reply
+from deploy.robots import Robot
 from deploy.safety import SafetyConfig, SafetyFilter, UnsafeAction
+from deploy.watchdog import ObservationWatchdog
 
 log = logging.getLogger("vla.robot")
 
@@ -152,14 +153,8 @@ class DelayEstimator:
         return float(np.percentile(self.samples, self.percentile)) if self.samples else self.initial
 
 
-@dataclass
-class _Chunk:
-    start: int  # the tick its first action is for
-    actions: np.ndarray  # (H, D)
-
-
 class RobotAgent:
-    def __init__(self, cfg: AgentConfig, client, robot, clock=None) -> None:
+    def __init__(self, cfg: AgentConfig, client, robot: Robot, clock=None) -> None:
         spec = client.spec
         if spec is None:
             raise RuntimeError("connect the client first (client.connect())")
@@ -183,11 +178,15 @@ class RobotAgent:
         self.clock = clock or MonotonicClock()
         self.period = 1.0 / spec.fps
         safety = cfg.safety
-        box = getattr(robot, "workspace", None)
+        box = robot.workspace
         if not safety.workspace_low and box is not None:  # the adapter's own box, unless configured
             safety = replace(safety, workspace_low=list(box[0]), workspace_high=list(box[1]))
         self.safety = SafetyFilter(safety, spec, spec.fps)
         self.delay = DelayEstimator(cfg.delay_window, cfg.delay_percentile, cfg.initial_delay_s)
+        self.merging = MERGE_MODES[cfg.merge](cfg.execute_steps, cfg.margin_steps, cfg.ensemble_decay)
+        self.watchdog = ObservationWatchdog(
+            spec.state_dim, cfg.stale_observation_s, cfg.frozen_frames, robot.deterministic_frames
+        )
         span = np.asarray(spec.action_high) - np.asarray(spec.action_low)
         self._seam_scale = np.where(np.isin(np.arange(spec.action_dim), spec.binary_dims), 0.0, 1.0 / span)
         self.mode = Mode.DISARMED
@@ -203,8 +202,7 @@ class RobotAgent:
     # -------------------------------------------------------------- episodes
     def _reset_episode(self) -> None:
         self.k = 0
-        self.plan: dict[int, np.ndarray] = {}
-        self.chunks: list[_Chunk] = []  # ensemble
+        self.plan = Plan()
         self.chunk_start = 0
         self.last_merged_seq = -1
         self.in_flight: int | None = None  # the seq awaiting its reply (sent at: `_sent`)
@@ -212,8 +210,7 @@ class RobotAgent:
         self.last_server_error = ""  # since the last fresh chunk: said when the ladder stops the robot
         self.last_executed: np.ndarray | None = None
         self.hold_latch = ""
-        self._frames: dict[str, tuple[bytes, int]] = {}
-        self._prev_state: np.ndarray | None = None
+        self.watchdog.reset()
         self._first_request = True
 
     def arm(self) -> None:
@@ -236,7 +233,6 @@ class RobotAgent:
             self.events["safe_stop"] += 1
         self.mode, self.reason = Mode.SAFE_STOP, reason
         self.plan.clear()
-        self.chunks.clear()
 
     def estop(self) -> None:
         self.safe_stop("e-stop")
@@ -253,7 +249,7 @@ class RobotAgent:
             else:
                 try:
                     obs = self.robot.observe()
-                    self._check_observation(obs, now)
+                    self.watchdog.check(obs, now)
                 except (RuntimeError, ValueError, OSError) as e:
                     self.safe_stop(f"observation failed: {e}")
                     obs = None
@@ -266,23 +262,6 @@ class RobotAgent:
         self.log.append(row)
         self.k += 1
         return row
-
-    def _check_observation(self, obs, now: float) -> None:
-        if now - obs.stamp > self.cfg.stale_observation_s:
-            raise ValueError(f"observation is {now - obs.stamp:.3f} s old (limit {self.cfg.stale_observation_s} s)")
-        state = np.asarray(obs.state)
-        if state.shape != (self.spec.state_dim,) or not np.isfinite(state).all():
-            raise ValueError(f"robot state must be {self.spec.state_dim} finite values, got {state.tolist()}")
-        moved = self._prev_state is not None and not np.allclose(state, self._prev_state, atol=1e-6)
-        self._prev_state = state.copy()
-        if self.cfg.frozen_frames and not getattr(self.robot, "deterministic_frames", False):
-            for cam, frame in obs.images.items():
-                h = hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
-                prev, n = self._frames.get(cam, (b"", 0))
-                n = (n + 1 if moved else n) if h == prev else 0
-                self._frames[cam] = (h, n)
-                if n >= self.cfg.frozen_frames:
-                    raise ValueError(f"camera {cam!r} is frozen: the same frame for {n} ticks while the robot moved")
 
     def _take_events(self, now: float) -> None:
         for ev in self.client.poll():
@@ -297,7 +276,6 @@ class RobotAgent:
                 self.events["disconnected"] += 1
                 self.in_flight = None
                 self.plan.clear()  # flushed: the plan came from a session that is gone
-                self.chunks.clear()
             elif isinstance(ev, Connected):
                 self.events["reconnected"] += 1
                 if not ev.same:
@@ -325,32 +303,22 @@ class RobotAgent:
         except UnsafeAction:
             self.events["non_finite_chunk"] += 1
             self.plan.clear()
-            self.chunks.clear()
             self.hold_latch = "non-finite chunk"
             self.last_merged_seq = r.seq
             return
-        if self.cfg.merge == Merge.sync:  # the robot held still since the observation: run from action 0
-            self._merged(r, now, s)
-            self.plan = {self.k + i: r.actions[i] for i in range(min(self.cfg.execute_steps, len(r.actions)))}
-            return
-        first = self.k - s  # the chunk's action for this tick
-        if first >= len(r.actions):
-            self.events["dropped_late"] += 1
-            return
-        if self.cfg.seam_limit and self.last_executed is not None and self.plan.get(self.k) is not None:
-            jump = np.max(np.abs(r.actions[first] - self.last_executed) * self._seam_scale)
-            if jump > self.cfg.seam_limit:
-                self.events["seam_rejected"] += 1
-                self.last_merged_seq = r.seq
+        if not self.merging.holds_during_inference:  # the robot moved on since the observation
+            first = self.k - s  # the chunk's action for this tick
+            if first >= len(r.actions):
+                self.events["dropped_late"] += 1
                 return
+            if self.cfg.seam_limit and self.last_executed is not None and self.plan.actions.get(self.k) is not None:
+                jump = np.max(np.abs(r.actions[first] - self.last_executed) * self._seam_scale)
+                if jump > self.cfg.seam_limit:
+                    self.events["seam_rejected"] += 1
+                    self.last_merged_seq = r.seq
+                    return
         self._merged(r, now, s)
-        if self.cfg.merge == Merge.ensemble:
-            self.chunks = [c for c in self.chunks if c.start + len(c.actions) > self.k] + [_Chunk(s, r.actions)]
-            self.plan = {t: None for t in range(self.k, s + len(r.actions))}
-        else:
-            self.plan = {s + i: r.actions[i] for i in range(first, len(r.actions))}  # from this tick on
-            if self.cfg.merge == Merge.rtc:  # the frozen prefix is what the robot already committed to
-                self.plan.update({t: a for t, a in self._prefix.get(r.seq, {}).items() if t >= self.k})
+        self.merging.merge(self.plan, r.actions, s, self.k, self._prefix.get(r.seq, {}))
 
     def _merged(self, r: Reply, now: float, s: int) -> None:
         self.last_merged_seq = r.seq
@@ -362,10 +330,7 @@ class RobotAgent:
 
     def _planned(self) -> int:
         """Planned actions from this tick on."""
-        n = 0
-        while self.k + n in self.plan:
-            n += 1
-        return n
+        return self.plan.planned(self.k)
 
     def _set_mode(self, now: float) -> None:
         if self.mode in (Mode.SAFE_STOP, Mode.DISARMED):
@@ -380,7 +345,6 @@ class RobotAgent:
                 self.events["clamp_escalation"] += 1
                 self.safety.clear_window()  # counted once: a fresh chunk starts a new window
                 self.plan.clear()
-                self.chunks.clear()
             self.mode = Mode.HOLD
             self.reason = self.hold_latch or (
                 "plan empty" if self._planned() == 0 else f"{since:.2f} s without a fresh chunk"
@@ -403,18 +367,10 @@ class RobotAgent:
             return
         d = self._delay_steps()
         planned = self._planned()
-        ran = self.k - self.chunk_start
-        if self.cfg.merge == Merge.sync:
-            if planned:  # synchronous: ask only when the executed part of the chunk is used up
-                return
-        elif planned and planned > d + self.cfg.margin_steps and ran + d < self.cfg.execute_steps:
+        if not self.merging.wants_chunk(planned, d, self.k - self.chunk_start):
             return
-        prefix = None
-        frozen: dict[int, np.ndarray] = {}
-        if self.cfg.merge == Merge.rtc and planned:
-            n = min(planned, d + 1, self.spec.chunk_size - 1)
-            frozen = {self.k + i: self.plan[self.k + i] for i in range(n)}
-            prefix = np.stack([frozen[t] for t in sorted(frozen)]).astype(np.float32)
+        frozen = self.merging.prefix(self.plan, self.k, planned, d, self.spec.chunk_size)
+        prefix = np.stack([frozen[t] for t in sorted(frozen)]).astype(np.float32) if frozen else None
         self.seq += 1
         instruction = self.cfg.instruction or self.robot.instruction
         self.client.submit(
@@ -437,16 +393,8 @@ class RobotAgent:
         self.in_flight = self.seq
         self.events["requests"] += 1
 
-    def _action(self) -> np.ndarray:
-        if self.cfg.merge == Merge.ensemble:
-            live = [c for c in self.chunks if c.start <= self.k < c.start + len(c.actions)]
-            w = np.exp(-self.cfg.ensemble_decay * np.arange(len(live)))
-            return np.sum([wi * c.actions[self.k - c.start] for wi, c in zip(w, live, strict=True)], axis=0) / w.sum()
-        return self.plan[self.k]
-
     def _command(self, obs) -> dict:
-        for t in [t for t in self.plan if t < self.k]:
-            del self.plan[t]
+        self.plan.drop_before(self.k)
         if self.mode == Mode.SAFE_STOP:
             self.robot.stop()
             return {"command": "stop"}
@@ -457,11 +405,10 @@ class RobotAgent:
                 self.last_executed = None
             return {"command": "hold"}
         try:
-            action, clamped = self.safety(self._action(), obs.state)
+            action, clamped = self.safety(self.merging.action(self.plan, self.k), obs.state)
         except UnsafeAction as e:
             self.events["unsafe_action"] += 1
             self.plan.clear()
-            self.chunks.clear()
             self.hold_latch = str(e)
             self.mode = Mode.HOLD
             self.robot.hold()
@@ -498,7 +445,7 @@ class RobotAgent:
         p = np.asarray(periods) if periods else np.zeros(1)
         return {
             "steps": self.k,
-            "success": bool(getattr(self.robot, "success", False)),
+            "success": bool(self.robot.success),
             "mode": str(self.mode),
             "reason": self.reason,
             "events": dict(self.events),

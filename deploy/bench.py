@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import time
 
 import numpy as np
 
 from deploy.protocol import Observation, PolicySpec
+from deploy.robots import Robot, RobotObservation
 
 TASKS = ["lift_red", "lift_green", "lift_blue", "place_yellow", "place_purple"]
 
@@ -79,7 +79,6 @@ class DelayedPolicy:
 
 
 def _serve(kind: str, arg, delay_ms: float, ports) -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
 
     if kind == "noop":
@@ -110,7 +109,7 @@ class Served:
         self.proc.join(10)
 
 
-class NullRobot:
+class NullRobot(Robot):
     """A robot that takes commands and returns a fixed observation instantly (timing only)."""
 
     action_space = "delta_eef_libero"
@@ -130,8 +129,6 @@ class NullRobot:
         pass
 
     def observe(self):
-        from deploy.robots import RobotObservation
-
         return RobotObservation(self.images, self.state, self.clock.now())
 
     def act(self, a) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deploy.robots import RobotObservation
+from deploy.robots import Robot, RobotObservation
 
 ACTION_SPACE = "joint_pos"  # absolute joint targets, in the robot's own units (degrees on SO-101)
 SO101_JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
@@ -40,7 +40,7 @@ class ArmConfig:
     instruction: str = ""
 
 
-class LeRobotArm:
+class LeRobotArm(Robot):
     action_space = ACTION_SPACE
     deterministic_frames = False  # real cameras: an identical frame means a frozen camera
 

@@ -43,9 +43,6 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.code, self.seq = code, seq
 
-    def to_text(self) -> str:
-        return error_text(self.code, str(self), self.seq)
-
 
 def error_text(code: str, message: str, seq: int | None = None) -> str:
     return json.dumps({"error": code, "message": message, "seq": seq})
@@ -173,13 +170,19 @@ def _counter(msg: dict, key: str) -> int:
     return v
 
 
-def _outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[str, int, float] | None:
-    """The first entry of `values` (..., D) outside [low, high] (D,): its index text, dim and value."""
-    found = first_outside(values, low, high)
+def _refuse_outside(values: np.ndarray, bounds, field: str, names: list[str], code: str, why: str) -> None:
+    """A `ProtocolError` naming the first entry of `values` (..., D) outside `bounds` (low, high)
+    (D,), its dimension's name and the range (`why` says what the range is); None: no bounds."""
+    found = None if bounds is None else first_outside(values, *bounds)
     if found is None:
-        return None
-    index, value = found
-    return ", ".join(map(str, index)), index[-1], value
+        return
+    index, v = found
+    d = index[-1]
+    raise ProtocolError(
+        code,
+        f"{field}[{', '.join(map(str, index))}] ({names[d]}) = {v:.6g} is outside [{bounds[0][d]:.6g}, "
+        f"{bounds[1][d]:.6g}], {why}",
+    )
 
 
 def _float32(a: np.ndarray, field: str, code: str, names: list[str]) -> np.ndarray:
@@ -233,14 +236,15 @@ def check_observation(msg, spec: PolicySpec, state_bounds: tuple[np.ndarray, np.
             got = f"{state.dtype} {state.shape}" if isinstance(state, np.ndarray) else type(state).__name__
             raise ProtocolError("bad_state", f"state must be float ({spec.state_dim},) {spec.state_names}, got {got}")
         state = _float32(state, "state", "bad_state", spec.state_names)
-        if state_bounds is not None and (bad := _outside(state, *state_bounds)) is not None:
-            index, d, v = bad
-            raise ProtocolError(
-                "bad_state",
-                f"state[{index}] ({spec.state_names[d]}) = {v:.6g} is outside [{state_bounds[0][d]:.6g}, "
-                f"{state_bounds[1][d]:.6g}], the range of the training states widened by the server's state_margin: "
-                "a state in other units, or from another robot?",
-            )
+        _refuse_outside(
+            state,
+            state_bounds,
+            "state",
+            spec.state_names,
+            "bad_state",
+            "the range of the training states widened by the server's state_margin: a state in other units, or "
+            "from another robot?",
+        )
         try:  # the policy's own rule (vla.contract), so the model never refuses what passed here
             text = check_instruction(msg["instruction"])
         except ObservationError as e:
@@ -266,15 +270,15 @@ def check_observation(msg, spec: PolicySpec, state_bounds: tuple[np.ndarray, np.
                     f"prefix_actions must be float (k, {spec.action_dim}) with 0 < k < {spec.chunk_size}, got {got}",
                 )
             prefix = _float32(prefix, "prefix_actions", "bad_prefix", spec.action_names)
-            bounds = spec.prefix_bounds()
-            if bounds is not None and (bad := _outside(prefix, *bounds)) is not None:
-                index, d, v = bad
-                raise ProtocolError(
-                    "bad_prefix",
-                    f"prefix_actions[{index}] ({spec.action_names[d]}) = {v:.6g} is outside [{bounds[0][d]:.6g}, "
-                    f"{bounds[1][d]:.6g}], the range the policy's action tokenizer represents (it would be clipped): "
-                    "send the actions the policy decoded",
-                )
+            _refuse_outside(
+                prefix,
+                spec.prefix_bounds(),
+                "prefix_actions",
+                spec.action_names,
+                "bad_prefix",
+                "the range the policy's action tokenizer represents (it would be clipped): send the actions the "
+                "policy decoded",
+            )
         reset = msg.get("reset", False)
         if not isinstance(reset, bool):
             raise ProtocolError("bad_observation", f"reset must be a bool, got {type(reset).__name__}")

@@ -1,9 +1,4 @@
-"""Hardware adapters: what the robot agent commands.
-
-An adapter has `observe() -> RobotObservation`, `act(action)`, `hold()` (decelerate and keep the
-current pose), `stop()` (SAFE_STOP: hold and latch), `fault() -> str | None` (driver error or
-e-stop), `hold_action()` (the command equivalent to holding, or None), `reset()`, `done`,
-`success`, `instruction`, `check_spec(spec)` and `close()`.
+"""Hardware adapters: what the robot agent commands, behind one interface (`Robot`).
 
 - `SimRobot`: a task of the built-in suite as a robot, stepped once per command tick, so the
   agent's loop paces it in real time.
@@ -13,6 +8,7 @@ e-stop), `hold_action()` (the command equivalent to holding, or None), `reset()`
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +21,56 @@ class RobotObservation:
     stamp: float  # when it was captured, on the agent's monotonic clock
 
 
-class SimRobot:
+class Robot(ABC):
+    """What `deploy.agent.RobotAgent` drives. A subclass that leaves out a method cannot be
+    built (TypeError naming it), so an adapter is complete before it reaches hardware."""
+
+    instruction: str = ""  # the task's instruction when the robot knows it (a simulator does)
+    done: bool = False  # the episode ended (a simulator's success or time limit)
+    success: bool = False
+    # True for a simulator: a slow motion renders as the same pixels, so an unchanged frame is
+    # not a frozen camera.
+    deterministic_frames: bool = False
+    # The end effector's box ((x, y, z) low, high) for the safety filter, when the adapter knows it.
+    workspace: tuple | None = None
+
+    @abstractmethod
+    def check_spec(self, spec) -> None:
+        """Raise ValueError when the policy (its handshake spec) does not fit this robot."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """A new episode."""
+
+    @abstractmethod
+    def observe(self) -> RobotObservation: ...
+
+    @abstractmethod
+    def act(self, action: np.ndarray) -> None:
+        """Send one command (already through the safety filter)."""
+
+    @abstractmethod
+    def hold_action(self) -> np.ndarray | None:
+        """The command equivalent to holding the current pose (None: not known yet)."""
+
+    @abstractmethod
+    def hold(self) -> None:
+        """Decelerate and keep the current pose."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """SAFE_STOP: hold and latch."""
+
+    @abstractmethod
+    def fault(self) -> str | None:
+        """A driver error or e-stop, else None."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the hardware."""
+
+
+class SimRobot(Robot):
     """A built-in suite task as a robot (delta end-effector actions, LIBERO's convention)."""
 
     action_space = "delta_eef_libero"

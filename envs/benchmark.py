@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from envs import headless
+
 
 def _rate(step, n: int) -> float:
     t0 = time.perf_counter()
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
     args = parser.parse_args()
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    headless()
     print(f"two {args.image_size} px cameras, cores usable: {len(os.sched_getaffinity(0))}")
     if args.suite == "builtin":
         builtin(args.steps, args.image_size)

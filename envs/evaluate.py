@@ -168,7 +168,9 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
         _WORKER["envs"] = {}
         env = _WORKER["envs"][task] = make_env(suite, task, render_size(policy.cfg), _WORKER["render_mode"])
         obs_space = env.observation_space
-        policy.check_compatible(env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
+        from vla.model import check_compatible
+
+        check_compatible(policy.cfg, env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
     result = rollout(policy, env, seed, execute_steps, record, init_state)
     return {"task": task, "seed": seed, "init_state": init_state, **result}
 
@@ -176,7 +178,6 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
 def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | None], str]:
     """(tasks, initial-state indices or None per episode, render mode), all checked against the
     suite and the checkpoint: every mistake is reported here, before any worker starts."""
-    from envs.registry import get_suite
     from vla.model import check_compatible
 
     suite = get_suite(cfg.suite)
@@ -325,6 +326,18 @@ def _finished_episodes(path: Path, header: dict) -> dict[tuple, dict]:
     return done
 
 
+def partial_header(weights_sha256: str, cfg: EvalConfig, render_mode: str) -> dict:
+    """What decides an evaluation's outcomes, the first line of its episodes.partial.jsonl: a
+    file under another header is not reused."""
+    return {
+        "weights_sha256": weights_sha256,
+        "suite": cfg.suite,
+        "sampler_overrides": dict(cfg.sampler_overrides),
+        "render_mode": render_mode,
+        "execute_steps": cfg.execute_steps,
+    }
+
+
 def evaluate(
     checkpoint,
     cfg: EvalConfig,
@@ -363,13 +376,7 @@ def evaluate(
         for task in tasks
         for e, state in enumerate(states)
     ]
-    header = {
-        "weights_sha256": ckpt.sha256("model.safetensors"),
-        "suite": cfg.suite,
-        "sampler_overrides": dict(cfg.sampler_overrides),
-        "render_mode": render_mode,
-        "execute_steps": cfg.execute_steps,
-    }
+    header = partial_header(ckpt.sha256("model.safetensors"), cfg, render_mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / PARTIAL_FILE
     done = _finished_episodes(partial, header)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 
+from envs import headless
 from envs.libero.conventions import SUITES as LIBERO_SUITES
 
 _REGISTERED = False
@@ -46,7 +46,7 @@ def register_builtin() -> None:
 
 
 def _make_builtin(task: str, image_size: int, render_mode: str | None = None) -> gym.Env:
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    headless()
     register_builtin()
     if task not in _builtin_tasks():
         raise KeyError(f"unknown task {task!r} in suite 'builtin'; available: {_builtin_tasks()}")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from deploy.protocol import Observation, PolicySpec, Reply
-from deploy.robots import RobotObservation
+from deploy.robots import Robot, RobotObservation
 
 H, D, S = 8, 7, 8
 
@@ -113,7 +113,7 @@ class FakeClient:
         return Reply(actions, obs.seq, obs.epoch, 1.0)
 
 
-class FakeRobot:
+class FakeRobot(Robot):
     """Records every command; `state` moves by each delta command (so frozen cameras can be seen)."""
 
     action_space = "delta_eef_libero"
@@ -250,3 +250,26 @@ class FaultProxy:
         self._thread.start()
         self._started.wait(10)
         return self.port
+
+
+def tiny_checkpoint(path, image: int = 32, stats: dict | None = None, **policy):
+    """A test-sized checkpoint of the deploy node's shape (7-D actions with a binary gripper,
+    8-D state, two cameras of `image` px, chunks of 8); `stats` default to `tiny_stats`."""
+    import torch
+    from helpers import tiny_policy_config, tiny_stats
+
+    from vla.action_tokenizer import ActionTokenizerConfig
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    cfg = tiny_policy_config(
+        action_dim=7,
+        state_dim=8,
+        cameras=["agentview", "wrist"],
+        chunk_size=8,
+        camera_shapes={"agentview": [image, image], "wrist": [image, image]},
+        action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[6]),
+        **policy,
+    )
+    torch.manual_seed(0)
+    return VLAPolicy(VLAModel(cfg, stats or tiny_stats(7, 8))).save(path)

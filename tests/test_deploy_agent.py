@@ -46,7 +46,7 @@ def test_normal_flow_and_rtc_prefix():
     req = client.submitted[-1]
     assert req.seq == 2 and req.prefix_actions is not None and not req.reset
     k = agent.log[-1]["k"]
-    np.testing.assert_allclose(req.prefix_actions[0], agent.plan.get(k, req.prefix_actions[0]))
+    np.testing.assert_allclose(req.prefix_actions[0], agent.plan.actions.get(k, req.prefix_actions[0]))
     client.push(client.answer(value=0.5))  # a different policy output: the frozen prefix still runs first
     r = step(agent, clock, 1)[0]
     np.testing.assert_allclose(r["action"][:6], req.prefix_actions[1][:6], atol=1e-6)
@@ -137,10 +137,10 @@ def test_seam_check_keeps_the_old_chunk():
     agent.cfg.seam_limit = 0.2
     step(agent, clock, 2)
     client.push(client.answer(value=-0.9))
-    before = dict(agent.plan)
+    before = dict(agent.plan.actions)
     step(agent, clock, 1)
     assert agent.events["seam_rejected"] == 1
-    assert all(np.array_equal(agent.plan[t], before[t]) for t in agent.plan)
+    assert all(np.array_equal(agent.plan.actions[t], before[t]) for t in agent.plan.actions)
 
 
 def test_temporal_ensembling_averages_overlapping_chunks():
@@ -227,10 +227,10 @@ def test_disconnect_flushes_the_plan_and_a_changed_server_safe_stops():
     step(agent, clock, 1)
     client.push(client.answer())
     step(agent, clock, 1)
-    assert agent.plan
+    assert agent.plan.actions
     client.push(Disconnected("connection lost"))
     step(agent, clock, 1)
-    assert not agent.plan and agent.mode == Mode.HOLD
+    assert not agent.plan.actions and agent.mode == Mode.HOLD
     client.push(Connected(client.spec, same=True))
     step(agent, clock, 1)
     assert agent.mode != Mode.SAFE_STOP
@@ -311,3 +311,29 @@ def test_sync_merge_holds_while_inferring_and_runs_from_action_zero():
     assert [r["command"] for r in rows] == ["act"] * 4 + ["hold"]  # the first 4 actions, then wait again
     np.testing.assert_allclose([r["action"][0] for r in rows[:4]], [0.2, 0.21, 0.22, 0.23], atol=1e-6)
     assert len(client.submitted) == 2 and client.submitted[-1].prefix_actions is None
+
+
+def test_every_robot_adapter_implements_the_robot_interface():
+    """The agent drives any `deploy.robots.Robot`; an adapter that leaves out a method cannot be
+    built, naming the method, before it reaches the agent (or hardware)."""
+    from deploy_helpers import FakeRobot
+
+    from deploy.bench import NullRobot
+    from deploy.lerobot_arm import LeRobotArm
+    from deploy.robots import Robot, SimRobot
+
+    for cls in (SimRobot, LeRobotArm, NullRobot, FakeRobot):
+        assert issubclass(cls, Robot) and not cls.__abstractmethods__, cls
+
+    class NoHold(Robot):
+        def check_spec(self, spec): ...
+        def reset(self): ...
+        def observe(self): ...
+        def act(self, action): ...
+        def hold_action(self): ...
+        def stop(self): ...
+        def fault(self): ...
+        def close(self): ...
+
+    with pytest.raises(TypeError, match="hold"):
+        NoHold()

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from deploy_helpers import spec
-from helpers import tiny_policy_config, tiny_stats
+from deploy_helpers import spec, tiny_checkpoint
 
 from deploy.agent import AgentConfig, Mode, MonotonicClock, RobotAgent
 from deploy.client import PolicyClient
@@ -90,7 +89,7 @@ def test_sim_robot_completes_a_task_through_server_and_agent():
 
 def test_a_checkpoint_drives_the_sim_robot(tmp_path):
     """A test-sized VLA checkpoint, served by `CheckpointPolicy` as `vla-serve` serves one."""
-    _tiny_checkpoint(tmp_path / "ckpt")
+    tiny_checkpoint(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="does not record its control rate or action convention"):
         CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt")))
     policy = CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt"), fps=20, action_space="delta_eef_libero"))
@@ -165,25 +164,6 @@ def test_unmodified_openpi_client_talks_to_the_server():
     assert out.returncode == 0 and out.stdout.startswith("ok 1."), out.stdout + out.stderr
 
 
-def _tiny_checkpoint(path):
-    from dataclasses import replace
-
-    from vla.action_tokenizer import ActionTokenizerConfig
-    from vla.model import VLAModel
-    from vla.policy import VLAPolicy
-
-    cfg = tiny_policy_config(
-        action_dim=7,
-        state_dim=8,
-        cameras=["agentview", "wrist"],
-        chunk_size=8,
-        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
-        action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[6]),
-    )
-    VLAPolicy(VLAModel(replace(cfg), tiny_stats(7, 8))).save(path)
-    return path
-
-
 @pytest.mark.parametrize(
     "state_stats, error",
     [
@@ -198,7 +178,7 @@ def test_norm_stats_are_checked_at_load(tmp_path, state_stats, error):
     import hashlib
     import json
 
-    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
     stats = json.loads((ckpt / "stats.json").read_text())
     stats["state"] = state_stats
     (ckpt / "stats.json").write_text(json.dumps(stats))
@@ -225,7 +205,7 @@ def test_console_scripts_serve_and_drive(tmp_path):
 
     from helpers import free_port
 
-    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
     port = free_port()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

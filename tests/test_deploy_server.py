@@ -288,4 +288,4 @@ def test_soak_keeps_every_buffer_bounded(served):
     agent, modes = run_agent(proxy.port, 3.0, cfg)
     assert agent.events["merged"] >= 10 and len(modes) >= 55
     assert len(agent.log) == 50 and len(agent._sent) <= 65 and len(agent._prefix) <= 65
-    assert len(agent.delay.samples) <= cfg.delay_window and len(agent.plan) <= 8
+    assert len(agent.delay.samples) <= cfg.delay_window and len(agent.plan.actions) <= 8

@@ -158,7 +158,8 @@ def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, cap
     import torch
     from helpers import tiny_policy_config, tiny_stats
 
-    from envs.evaluate import PARTIAL_FILE, EvalConfig, evaluate
+    from envs.evaluate import PARTIAL_FILE, EvalConfig, evaluate, partial_header
+    from vla.checkpoint import Checkpoint
     from vla.model import VLAModel
     from vla.policy import VLAPolicy
 
@@ -179,13 +180,7 @@ def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, cap
 
     # What an evaluation killed after two episodes leaves: the header, two episodes, a torn line.
     # The reused episodes are marked (steps 999), so reuse is told apart from re-running.
-    header = {
-        "weights_sha256": json.loads((ckpt / "manifest.json").read_text())["files"]["model.safetensors"]["sha256"],
-        "suite": "builtin",
-        "sampler_overrides": {},
-        "render_mode": "",
-        "execute_steps": 0,
-    }
+    header = partial_header(Checkpoint(ckpt).sha256("model.safetensors"), EvalConfig(execute_steps=0), "")
     marked = [{**e, "steps": 999} for e in full["episodes"][:2]]
     killed = tmp_path / "killed"
     killed.mkdir()

@@ -4,7 +4,7 @@ import torch
 from helpers import model_batch, tiny_policy_config, tiny_stats
 
 from vla.action_tokenizer import ActionTokenizerConfig
-from vla.model import VLAModel
+from vla.model import VLAModel, check_compatible
 from vla.policy import VLAPolicy
 from vla.sampling import DecodeTrace
 
@@ -125,7 +125,7 @@ def test_checkpoint_errors_name_the_problem(policy, tmp_path):
     with pytest.raises(ValueError, match="not a complete policy checkpoint: stats.json is missing"):
         VLAPolicy.load(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="action width 7 != checkpoint's 3"):
-        policy.check_compatible(7, 2, ["agentview"])
+        check_compatible(policy.cfg, 7, 2, ["agentview"])
     with pytest.raises(ValueError, match="expects 2"):
         policy.model.inputs(torch.rand(1, 1, 3, 32, 32), torch.zeros(1, 5), ["x"])
     bad = observation()

@@ -27,14 +27,13 @@ import re
 import shlex
 import socket
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from deploy_helpers import FakeClient, FakeClock, FakePolicy, FakeRobot, observation, spec
-from helpers import tiny_policy_config, tiny_stats
+from deploy_helpers import tiny_checkpoint as deploy_tiny_checkpoint
+from helpers import tiny_stats
 from websockets.sync.client import connect
 
 from deploy.agent import AgentConfig, Merge, RobotAgent
@@ -103,24 +102,9 @@ def compose_command(app: str, args: list[str]):
 
 def tiny_checkpoint(path: Path, **policy) -> Path:
     """A test-sized checkpoint whose stats record the training states' range (STATE_MIN/MAX)."""
-    from vla.action_tokenizer import ActionTokenizerConfig
-    from vla.model import VLAModel
-    from vla.policy import VLAPolicy
-
-    cfg = tiny_policy_config(
-        action_dim=7,
-        state_dim=8,
-        cameras=["agentview", "wrist"],
-        chunk_size=8,
-        camera_shapes={"agentview": [16, 16], "wrist": [16, 16]},
-        action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[6]),
-        **policy,
-    )
     stats = tiny_stats(7, 8)
     stats["state"].update(min=STATE_MIN.tolist(), max=STATE_MAX.tolist())
-    torch.manual_seed(0)
-    VLAPolicy(VLAModel(replace(cfg), stats)).save(path)
-    return path
+    return deploy_tiny_checkpoint(path, image=16, stats=stats, **policy)
 
 
 def serve(policy, **cfg) -> tuple[ServerThread, int]:

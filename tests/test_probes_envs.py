@@ -206,20 +206,15 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_sigint_stops_the_workers_and_keeps_finished_episodes(tmp_path, sig):
     pytest.importorskip("psutil")
-    from envs.evaluate import PARTIAL_FILE
+    from envs.evaluate import PARTIAL_FILE, EvalConfig, partial_header
+    from vla.checkpoint import Checkpoint
 
     ckpt = _tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "ev"
     out.mkdir()
     # An episode finished by an earlier, interrupted run of the same evaluation (waiting for a
     # real one would take half a minute on shared cores).
-    header = {
-        "weights_sha256": json.loads((ckpt / "manifest.json").read_text())["files"]["model.safetensors"]["sha256"],
-        "suite": "builtin",
-        "sampler_overrides": {},
-        "render_mode": "",
-        "execute_steps": 0,
-    }
+    header = partial_header(Checkpoint(ckpt).sha256("model.safetensors"), EvalConfig(execute_steps=0), "")
     finished = {"task": "lift_red", "seed": 10_000, "init_state": None, "success": False, "steps": 80, "infer_s": 1.0}
     saved = [json.dumps(header), json.dumps(finished)]
     (out / PARTIAL_FILE).write_text("\n".join(saved) + "\n")

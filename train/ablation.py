@@ -200,11 +200,12 @@ def offline_action_error(
     import numpy as np
 
     from envs.evaluate import sampler_with_overrides
+    from vla.model import check_compatible
     from vla.policy import VLAPolicy
 
     policy = VLAPolicy.load(checkpoint)
     policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, overrides))
-    policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
+    check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
     horizon = horizon or policy.cfg.chunk_size  # 0: the whole chunk, as eval.execute_steps=0 executes
     if horizon > policy.cfg.chunk_size:
         raise ValueError(f"horizon {horizon} exceeds the policy's chunk of {policy.cfg.chunk_size}")

@@ -31,7 +31,7 @@ from train.distributed import init_distributed, shard_policy
 from train.run_dir import Interrupt, RunLock
 from vla.configs import load_json, recover_dir
 from vla.contract import NonFiniteError
-from vla.model import PolicyConfig, VLAModel
+from vla.model import PolicyConfig, VLAModel, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
         log.info("evaluating on %s, the LIBERO suite these demonstrations come from", cfg.eval.suite)
     policy_cfg = policy_config_for(cfg.policy, cache, cfg.data)
     policy = VLAModel(policy_cfg, cache.stats).to(device)
-    policy.check_compatible(cache.action.shape[1], cache.state.shape[1], cache.cameras)
+    check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
     dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
     if resuming:  # weights before sharding; with EMA these are the EMA weights, raw ones follow
         ckpt.check_resumable(policy_cfg, policy)

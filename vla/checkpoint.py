@@ -50,20 +50,17 @@ _ADDED_POLICY_FIELDS = {
 # Checkpoints before the embodiment was recorded (CHECKPOINT_VERSION 1) say what their data was
 # only through train_config.json's data.source; these are the embodiments those sources meant
 # then (envs/tabletop/env.py and envs/libero/env.py at version 1, 20 Hz recordings). Others are unknown.
+_V1_DELTA_EEF = {
+    "action_names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
+    "action_space": "delta_eef_libero",
+    "fps": 20.0,
+}
 _V1_EMBODIMENTS = {
-    "builtin": {
-        "robot": "tabletop",
-        "state_names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"],
-        "action_names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
-        "action_space": "delta_eef_libero",
-        "fps": 20.0,
-    },
+    "builtin": {"robot": "tabletop", "state_names": ["x", "y", "z", "ax", "ay", "az", "fl", "fr"], **_V1_DELTA_EEF},
     "libero": {
         "robot": "libero",
         "state_names": ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "finger_l", "finger_r"],
-        "action_names": ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"],
-        "action_space": "delta_eef_libero",
-        "fps": 20.0,
+        **_V1_DELTA_EEF,
     },
 }
 _V1_SOURCES = {"builtin": "builtin", "libero_scripted": "libero", "libero_hdf5": "libero"}

@@ -329,10 +329,6 @@ class VLAModel(nn.Module):
         mode="reduce-overhead" for CUDA graphs on a GPU."""
         self.decoder.forward = torch.compile(self.decoder.forward, **options)
 
-    # ----------------------------------------------------------------------------- contracts
-    def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
-        check_compatible(self.cfg, action_dim, state_dim, cameras)
-
 
 def check_compatible(cfg: PolicyConfig, action_dim: int, state_dim: int, cameras: list[str]) -> None:
     """Refuse data or environments whose widths or cameras differ from the checkpoint's."""

@@ -124,6 +124,3 @@ class VLAPolicy:
         if not np.isfinite(actions).all():
             raise NonFiniteError("decoded actions contain NaN or Inf; check the action tokenizer bounds")
         return actions[0] if single else actions
-
-    def check_compatible(self, action_dim: int, state_dim: int, cameras: list[str]) -> None:
-        self.model.check_compatible(action_dim, state_dim, cameras)

@@ -1,6 +1,6 @@
 """Raw observations -> model inputs, one pipeline for training and inference.
 
-The camera convention (which cameras, 180-degree rotation, crop area, model image size) and the
+The camera convention (which cameras, crop area, model image size) and the
 frame shapes seen in training are the checkpoint's (`PolicyConfig`); both the training collate
 (`data/dataset.py`) and `VLAPolicy.infer` go through this class, so they cannot disagree.
 
@@ -114,7 +114,7 @@ class ObservationProcessor:
     def images(
         self, frames: torch.Tensor, augment: bool = False, jitter: float = 0.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """uint8 (B, N, H, W, 3) -> float (B, N, 3, size, size) in [0, 1]: rotation, then the
+        """uint8 (B, N, H, W, 3) -> float (B, N, 3, size, size) in [0, 1]: the
         centre crop (inference) or a random crop of the same area plus colour jitter (training).
         Frames arrive in the data's orientation: readers and environments normalise it (for
         LIBERO, `envs.libero.conventions.frame_from_*`), the model never turns them."""

@@ -25,6 +25,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from envs import headless
 from envs.libero.conventions import INSTALL_HINT, MAX_STEPS, NOOP, SETTLE_STEPS, SUITES, RenderMode, config_dir, spaces
 
 
@@ -76,7 +77,7 @@ def setup() -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, text)
         os.environ["LIBERO_CONFIG_PATH"] = str(path.parent)
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    headless()
     import libero.libero as libero_root
 
     # hf-libero looks for assets inside its package, then in this cache, then on the hub.
