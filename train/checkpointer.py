@@ -89,7 +89,7 @@ class Checkpointer:
         if self.cfg.resume_from:
             self._restore_latest(self._source(self.cfg.resume_from))
             return True
-        problem = _damage(self.latest)
+        problem = self._open_latest()
         if problem is None:
             return True
         intact = self._intact_steps()
@@ -103,6 +103,11 @@ class Checkpointer:
             f"cannot resume: {problem}. A run folder that holds checkpoints ({', '.join(found[:4])}) is never "
             f"started over, as that would overwrite them. {hint}"
         )
+
+    def _open_latest(self) -> str | None:
+        """Open (and verify) `latest` once for the whole resume; why it cannot be resumed, or None."""
+        self._opened, problem = _open(self.latest)
+        return problem
 
     def _intact_steps(self) -> list[Path]:
         """This run's intact step_N folders, newest first."""
@@ -130,7 +135,8 @@ class Checkpointer:
 
     def check_resumable(self, policy_cfg: PolicyConfig, model: VLAModel) -> None:
         """Refuse to resume under another policy config, other run settings, or on other data."""
-        latest = self._opened = Checkpoint(self.latest)  # files verified against the manifest, config migrated
+        # files verified against the manifest, config migrated (by check_start on rank 0)
+        latest = self._opened = self._opened or Checkpoint(self.latest)
         if latest.policy_config != policy_cfg:
             raise ValueError(
                 f"{self.latest} was trained with a different policy config; resume=false in a new run_dir "
@@ -178,17 +184,21 @@ class Checkpointer:
         return step
 
 
-def _damage(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (missing, incomplete, altered files), or None."""
+def _open(path: Path) -> tuple[Checkpoint | None, str | None]:
+    """`path` opened for resuming, or None and why it cannot be (missing, incomplete, altered)."""
     if not path.is_dir():
-        return f"{path} is missing"
+        return None, f"{path} is missing"
     try:
         ckpt = Checkpoint(path)
     except (CheckpointError, OSError) as e:
-        return str(e)
+        return None, str(e)
     if not ckpt.training_state.is_dir():
-        return f"{path} has no training_state (it was not saved by a training run)"
-    return None
+        return None, f"{path} has no training_state (it was not saved by a training run)"
+    return ckpt, None
+
+
+def _damage(path: Path) -> str | None:
+    return _open(path)[1]
 
 
 def to_dict_json(obj):

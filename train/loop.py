@@ -29,7 +29,8 @@ from train.checkpointer import Checkpointer
 from train.config import TrainConfig
 from train.distributed import init_distributed, shard_policy
 from train.run_dir import Interrupt, RunLock
-from vla.configs import load_json, recover_dir
+from vla.checkpoint import Checkpoint
+from vla.configs import recover_dir
 from vla.contract import NonFiniteError
 from vla.model import PolicyConfig, VLAModel, check_compatible
 
@@ -182,7 +183,7 @@ def _saved_step(ckpt: Checkpointer, step: int) -> int:
             f"(optim.max_nonfinite_steps={ckpt.cfg.optim.max_nonfinite_steps}). Lower optim.lr or raise "
             "optim.warmup_steps, and check the data for NaN"
         )
-    saved = int(load_json(ckpt.latest / "config.json")["step"])
+    saved = int(Checkpoint(ckpt.latest).step)
     if saved != step:
         log.warning(
             "the last %d steps were skipped as non-finite: %s holds step %d, not %d",

@@ -288,11 +288,6 @@ class Checkpoint:
         except ValueError as e:
             raise CheckpointError(str(e)) from e
 
-    @property
-    def training_data(self) -> dict | None:
-        path = self.path / "training_data.json"
-        return load_json(path) if path.is_file() else None
-
     def stats(self) -> dict:
         return load_json(self.path / "stats.json")
 
