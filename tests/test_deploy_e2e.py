@@ -19,12 +19,37 @@ from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThr
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class OracleSimRobot(SimRobot):
+    """SimRobot that keeps a snapshot of the simulator at each observation (keyed by the state
+    vector the agent sends), so the oracle plans from what was observed, not from wherever the
+    robot has moved by the time the request is served (which depends on the machine's load)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.snapshots: dict[bytes, tuple] = {}
+
+    def observe(self):
+        import mujoco
+
+        obs = super().observe()
+        u = self.env.unwrapped
+        with self.lock:
+            data = mujoco.MjData(u.model)
+            mujoco.mj_copyData(data, u.model, u.data)
+            snap = (data, u._target_pos.copy(), u._target_rot.copy())
+        self.snapshots[np.asarray(obs.state, np.float32).tobytes()] = snap
+        while len(self.snapshots) > 64:
+            self.snapshots.pop(next(iter(self.snapshots)))
+        return obs
+
+
 class ExpertPolicy:
     """The built-in suite's scripted expert served as a policy, an oracle: each chunk is the
-    expert's next H actions, rolled out on a private copy of the simulator that the robot
-    adapter steps. Success here tests the loop (server, agent, merging, safety), not a model."""
+    expert's plan from the observed simulator state, after the request's `prefix_actions` (the
+    actions the robot runs while the request is in flight) have run on a private copy of the
+    simulator. Success here tests the loop (server, agent, merging, safety), not a model."""
 
-    def __init__(self, robot: SimRobot) -> None:
+    def __init__(self, robot: OracleSimRobot) -> None:
         self.robot, self.spec = robot, spec(image=32)
         self.scratch = None
 
@@ -39,25 +64,21 @@ class ExpertPolicy:
 
         if self.robot.episode < 0:  # the server's warm-up, before the robot's first episode
             return np.zeros((self.spec.chunk_size, self.spec.action_dim), np.float32)
-        src = self.robot.env.unwrapped
         if self.scratch is None:
-            self.scratch = make_env("builtin", src.task.name, 32).unwrapped
+            self.scratch = make_env("builtin", self.robot.env.unwrapped.task.name, 32).unwrapped
             self.scratch.reset(seed=self.robot.seed + self.robot.episode)
         dst = self.scratch
-        with self.robot.lock:
-            mujoco.mj_copyData(dst.data, dst.model, src.data)
-            dst._target_pos, dst._target_rot = src._target_pos.copy(), src._target_rot.copy()
+        data, target_pos, target_rot = self.robot.snapshots[np.asarray(obs.state, np.float32).tobytes()]
+        mujoco.mj_copyData(dst.data, dst.model, data)
+        dst._target_pos, dst._target_rot = target_pos.copy(), target_rot.copy()
+        chunk = [] if obs.prefix_actions is None else list(np.asarray(obs.prefix_actions, np.float32))
+        for a in chunk:
+            dst.simulate(a)
         expert = ScriptedExpert(dst)
-        chunk = []
-        for _ in range(self.spec.chunk_size - 1):
+        while len(chunk) < self.spec.chunk_size:
             chunk.append(expert.act().astype(np.float32))
             dst.simulate(chunk[-1])
-        # The robot has stepped once since it was observed (the tick's own command): the
-        # rollout starts at the observation's tick + 1.
-        a = np.stack([chunk[0], *chunk])
-        if obs.prefix_actions is not None:
-            a[: len(obs.prefix_actions)] = obs.prefix_actions
-        return a
+        return np.stack(chunk)
 
 
 def drive(policy, robot, clock, steps, cfg=None):
@@ -78,7 +99,7 @@ def drive(policy, robot, clock, steps, cfg=None):
 
 def test_sim_robot_completes_a_task_through_server_and_agent():
     clock = MonotonicClock()
-    robot = SimRobot("lift_red", 32, clock, seed=0)
+    robot = OracleSimRobot("lift_red", 32, clock, seed=0)
     policy = ExpertPolicy(robot)
     agent, out = drive(policy, robot, clock, 200)
     assert out["success"], out
