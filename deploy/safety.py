@@ -81,7 +81,6 @@ class SafetyFilter:
         self._window: deque[bool] = deque(maxlen=max(1, round(cfg.clamp_window_s * fps)))
         self.previous: np.ndarray | None = None
         self.velocity: np.ndarray | None = None  # previous - the command before it
-        self.clamped_ticks = 0
 
     def reset(self, previous: np.ndarray | None = None) -> None:
         """After a hold or at arming: the next command is capped against `previous` (None: not capped)."""
@@ -118,7 +117,6 @@ class SafetyFilter:
                 out[idx] = np.clip(out[idx], lo, hi)
         clamped = not np.allclose(out, a, rtol=0, atol=1e-9)
         self._window.append(clamped)
-        self.clamped_ticks += clamped
         self.velocity = None if self.previous is None else out - self.previous
         self.previous = out
         return out.astype(np.float32), clamped

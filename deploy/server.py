@@ -1,7 +1,7 @@
 """Policy server: one checkpoint, one controlling session, inference only.
 
-    server = PolicyServer(CheckpointPolicy(ServeConfig(checkpoint=...)), cfg)
-    server.run()                                   # blocks; `vla-serve checkpoint=... port=...`
+    server = PolicyServer(CheckpointPolicy(CheckpointPolicyConfig(checkpoint=...)), ServerConfig(port=...))
+    server.run()                      # blocks; `vla-serve policy.checkpoint=... server.port=...`
 
 WebSocket + msgpack (`deploy.wire`, `deploy.protocol`), wire-compatible with `openpi-client`.
 Every message is decoded strictly and checked against the checkpoint before inference; a bad
@@ -53,26 +53,15 @@ TOKEN_ENV = "VLA_SERVE_TOKEN"
 
 
 @dataclass
-class ServeConfig:
-    checkpoint: str = "???"
+class ServerConfig:
+    """The server's own settings; it serves any policy object (`CheckpointPolicy` or a test's)."""
+
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port
     token: str = ""  # empty: $VLA_SERVE_TOKEN, if set; required for a non-loopback host
-    device: str = "cpu"
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
     warmup: int = 3  # inferences before /healthz reports ready
     seed: int = 0  # decoding seed of episode epoch 0 (epoch e decodes with seed + e)
     max_message_bytes: int = MAX_OBSERVATION_BYTES
-    # Handshake fields the checkpoint may not know (a policy trained on a downloaded port):
-    # empty / 0 take them from the data the checkpoint was trained on.
-    fps: float = 0.0
-    action_space: str = ""
-    # A state beyond the training states' [min, max] by more than this many times the dimension's
-    # scale (recorded width, magnitude or 1) is refused (`bad_state`, and by `VLAPolicy.infer`):
-    # a state in other units, garbage, or another robot's. inf: no range check.
-    state_margin: float = 10.0  # vla.policy.STATE_MARGIN (not imported: the server module imports no torch)
-    # Serve a checkpoint that has no manifest.json (its files cannot be verified), with a warning.
-    allow_unverified: bool = False
     # Liveness: a client that leaves a ping unanswered for ping_timeout_s is dropped (and its
     # closing handshake given as long), so a frozen robot process frees the session within
     # ping_interval_s + 2 x ping_timeout_s (the WebSocket library's defaults, 20 + 20 + 10 s,
@@ -82,29 +71,51 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+            raise ValueError(f"server.port must be in [0, 65535], got {self.port}")
         if self.warmup < 1:
-            raise ValueError(f"warmup must be >= 1 (the server is ready only after warm-up), got {self.warmup}")
+            raise ValueError(f"server.warmup must be >= 1 (the server is ready only after warm-up), got {self.warmup}")
         if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        if not (self.fps == 0 or (math.isfinite(self.fps) and self.fps > 0)):
-            raise ValueError(
-                f"fps must be > 0 (the robot's control rate), or 0 to take the checkpoint's; got {self.fps}"
-            )
-        if self.action_space not in ("", *ACTION_SPACES):
-            raise ValueError(
-                f"action_space must be one of {list(ACTION_SPACES)} (or empty: the checkpoint's), got {self.action_space!r}"
-            )
-        if not self.state_margin >= 0:
-            raise ValueError(f"state_margin must be >= 0 (inf: no state range check), got {self.state_margin}")
+            raise ValueError(f"server.max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         for name in ("ping_interval_s", "ping_timeout_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {getattr(self, name)}")
+                raise ValueError(f"server.{name} must be a finite number of seconds > 0, got {getattr(self, name)}")
 
     def resolved_token(self) -> str:
         return self.token or os.environ.get(TOKEN_ENV, "")
+
+
+@dataclass
+class CheckpointPolicyConfig:
+    """What `CheckpointPolicy` loads and how it runs it."""
+
+    checkpoint: str = "???"
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # Handshake fields the checkpoint may not know (a policy trained on a downloaded port):
+    # empty / 0 take them from the checkpoint's embodiment.
+    fps: float = 0.0
+    action_space: str = ""
+    # A state beyond the training states' [min, max] by more than this many times the dimension's
+    # scale (recorded width, magnitude or 1) is refused (`bad_state`, and by `VLAPolicy.infer`):
+    # a state in other units, garbage, or another robot's. inf: no range check.
+    state_margin: float = 10.0  # vla.policy.STATE_MARGIN (not imported: the server module imports no torch)
+    # Serve a checkpoint that has no manifest.json (its files cannot be verified), with a warning.
+    allow_unverified: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"policy.threads must be >= 0 (0: torch's default), got {self.threads}")
+        if not (self.fps == 0 or (math.isfinite(self.fps) and self.fps > 0)):
+            raise ValueError(
+                f"policy.fps must be > 0 (the robot's control rate), or 0 to take the checkpoint's; got {self.fps}"
+            )
+        if self.action_space not in ("", *ACTION_SPACES):
+            raise ValueError(
+                f"policy.action_space must be one of {list(ACTION_SPACES)} (or empty: the checkpoint's), "
+                f"got {self.action_space!r}"
+            )
+        if not self.state_margin >= 0:
+            raise ValueError(f"policy.state_margin must be >= 0 (inf: no state range check), got {self.state_margin}")
 
 
 def is_loopback(host: str) -> bool:
@@ -128,7 +139,7 @@ def spec_from_checkpoint(ckpt, takes_prefix_actions: bool, fps: float = 0.0, act
         raise ValueError(
             f"{ckpt.path}: the checkpoint's embodiment (policy.embodiment in config.json: robot {emb.robot!r}) does "
             "not record its control rate or action convention; train with policy.embodiment.fps=... and "
-            "policy.embodiment.action_space=..., or give vla-serve fps=... action_space=... "
+            "policy.embodiment.action_space=..., or give vla-serve policy.fps=... policy.action_space=... "
             f"(one of {sorted(ACTION_SPACES)})"
         )
     missing = [c for c in cfg.cameras if c not in cfg.camera_shapes]
@@ -158,7 +169,7 @@ def spec_from_checkpoint(ckpt, takes_prefix_actions: bool, fps: float = 0.0, act
 class CheckpointPolicy:
     """A `VLAPolicy` from a checkpoint folder, with its handshake spec."""
 
-    def __init__(self, cfg: ServeConfig) -> None:
+    def __init__(self, cfg: CheckpointPolicyConfig) -> None:
         import torch
 
         from vla.checkpoint import Checkpoint
@@ -196,12 +207,12 @@ def warmup_observation(spec: PolicySpec, state_bounds: tuple[np.ndarray, np.ndar
 
 # ------------------------------------------------------------------------------ the server
 class PolicyServer:
-    def __init__(self, policy, cfg: ServeConfig) -> None:
+    def __init__(self, policy, cfg: ServerConfig) -> None:
         token = cfg.resolved_token()
         if not is_loopback(cfg.host) and not token:
             raise ValueError(
-                f"host={cfg.host} exposes the policy beyond this machine: set token=... or ${TOKEN_ENV} "
-                "(clients send it as `Authorization: Api-Key <token>`), or bind host=127.0.0.1"
+                f"server.host={cfg.host} exposes the policy beyond this machine: set server.token=... or ${TOKEN_ENV} "
+                "(clients send it as `Authorization: Api-Key <token>`), or bind server.host=127.0.0.1"
             )
         self.policy, self.cfg, self.spec, self._token = policy, cfg, policy.spec, token
         # the states the policy accepts, checked with the rest of the protocol (None: any finite state)

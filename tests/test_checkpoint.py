@@ -40,7 +40,7 @@ def test_a_version_1_checkpoint_gets_its_embodiment_from_its_data_source():
 
 
 def test_a_version_1_checkpoint_acts_and_is_evaluated_and_served(tmp_path):
-    from deploy.server import CheckpointPolicy, ServeConfig
+    from deploy.server import CheckpointPolicy, CheckpointPolicyConfig
     from envs.evaluate import EvalConfig, check_trained_for, evaluate
     from vla.policy import VLAPolicy
 
@@ -56,7 +56,7 @@ def test_a_version_1_checkpoint_acts_and_is_evaluated_and_served(tmp_path):
     assert res["episodes"][0]["task"] == "lift_red"
     with pytest.raises(ValueError, match="'tabletop' robot's data.*eval.suite=builtin"):
         check_trained_for(V1, "libero_object", policy.cfg)
-    spec = CheckpointPolicy(ServeConfig(checkpoint=str(V1))).spec  # no fps= or action_space= needed
+    spec = CheckpointPolicy(CheckpointPolicyConfig(checkpoint=str(V1))).spec  # no fps= or action_space= needed
     assert (spec.state_names, spec.action_space, spec.fps) == (TABLETOP["state_names"], "delta_eef_libero", 20.0)
 
 
@@ -64,8 +64,8 @@ def test_the_server_reads_the_embodiment_without_the_simulators(tmp_path):
     """The server learns names, rate and action convention from the checkpoint, not by importing
     the environment its data came from (which imports MuJoCo and sets MUJOCO_GL)."""
     code = (
-        "import sys; from deploy.server import CheckpointPolicy, ServeConfig; "
-        f"spec = CheckpointPolicy(ServeConfig(checkpoint={str(V1)!r})).spec; "
+        "import sys; from deploy.server import CheckpointPolicy, CheckpointPolicyConfig; "
+        f"spec = CheckpointPolicy(CheckpointPolicyConfig(checkpoint={str(V1)!r})).spec; "
         "print(spec.fps, sorted(m for m in sys.modules if m.startswith(('envs', 'mujoco'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)

@@ -13,7 +13,7 @@ from vla.embodiment import Embodiment
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from deploy.server import CheckpointPolicy, ServeConfig
+    from deploy.server import CheckpointPolicy, CheckpointPolicyConfig
     from vla.model import VLAModel
     from vla.policy import VLAPolicy
 
@@ -27,7 +27,7 @@ def served(tmp_path_factory):
     stats = tiny_stats(7, 8)
     stats["state"] |= {"min": [-1.0] * 8, "max": [1.0] * 8}
     path = VLAPolicy(VLAModel(cfg, stats)).save(tmp_path_factory.mktemp("contract") / "ckpt")
-    return CheckpointPolicy(ServeConfig(checkpoint=str(path)))
+    return CheckpointPolicy(CheckpointPolicyConfig(checkpoint=str(path)))
 
 
 def good():

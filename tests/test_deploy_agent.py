@@ -318,7 +318,7 @@ def test_every_robot_adapter_implements_the_robot_interface():
     built, naming the method, before it reaches the agent (or hardware)."""
     from deploy_helpers import FakeRobot
 
-    from deploy.bench import NullRobot
+    from deploy.benchmark import NullRobot
     from deploy.lerobot_arm import LeRobotArm
     from deploy.robots import Robot, SimRobot
 

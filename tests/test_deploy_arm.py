@@ -208,7 +208,7 @@ def test_so101_page_end_to_end(tmp_path):
 
     from deploy.agent import MonotonicClock
     from deploy.client import PolicyClient
-    from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
+    from deploy.server import CheckpointPolicy, CheckpointPolicyConfig, PolicyServer, ServerConfig, ServerThread
     from train.hydra_app import to_train_config
     from train.loop import train
 
@@ -232,9 +232,9 @@ def test_so101_page_end_to_end(tmp_path):
     )
     train(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "latest"
-    policy = CheckpointPolicy(ServeConfig(checkpoint=str(ckpt), fps=30, action_space="joint_pos"))
+    policy = CheckpointPolicy(CheckpointPolicyConfig(checkpoint=str(ckpt), fps=30, action_space="joint_pos"))
     assert policy.spec.cameras == {"front": [16, 16]} and policy.spec.action_dim == 6 and policy.spec.binary_dims == []
-    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=1)))
+    thread = ServerThread(PolicyServer(policy, ServerConfig(port=0, warmup=1)))
     port = thread.start()
     clock = MonotonicClock()
     mock = MockArm(MockArmConfig(id="t", calibration_dir=tmp_path))

@@ -14,7 +14,7 @@ from deploy_helpers import spec, tiny_checkpoint
 from deploy.agent import AgentConfig, Mode, MonotonicClock, RobotAgent
 from deploy.client import PolicyClient
 from deploy.robots import SimRobot
-from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
+from deploy.server import CheckpointPolicy, CheckpointPolicyConfig, PolicyServer, ServerConfig, ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ class ExpertPolicy:
 
 
 def drive(policy, robot, clock, steps, cfg=None):
-    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=1)))
+    thread = ServerThread(PolicyServer(policy, ServerConfig(port=0, warmup=1)))
     port = thread.start()
     try:
         client = PolicyClient(f"ws://127.0.0.1:{port}")
@@ -112,8 +112,10 @@ def test_a_checkpoint_drives_the_sim_robot(tmp_path):
     """A test-sized VLA checkpoint, served by `CheckpointPolicy` as `vla-serve` serves one."""
     tiny_checkpoint(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="does not record its control rate or action convention"):
-        CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt")))
-    policy = CheckpointPolicy(ServeConfig(checkpoint=str(tmp_path / "ckpt"), fps=20, action_space="delta_eef_libero"))
+        CheckpointPolicy(CheckpointPolicyConfig(checkpoint=str(tmp_path / "ckpt")))
+    policy = CheckpointPolicy(
+        CheckpointPolicyConfig(checkpoint=str(tmp_path / "ckpt"), fps=20, action_space="delta_eef_libero")
+    )
     assert policy.spec.weights_sha256 and policy.spec.cameras == {"agentview": [32, 32], "wrist": [32, 32]}
     clock = MonotonicClock()
     robot = SimRobot("lift_red", 32, clock, seed=0)
@@ -153,7 +155,7 @@ def test_unmodified_openpi_client_talks_to_the_server():
     from deploy_helpers import FakePolicy
 
     policy = FakePolicy()
-    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=1)))
+    thread = ServerThread(PolicyServer(policy, ServerConfig(port=0, warmup=1)))
     port = thread.start()
     code = textwrap.dedent(
         f"""
@@ -207,7 +209,7 @@ def test_norm_stats_are_checked_at_load(tmp_path, state_stats, error):
     data = (ckpt / "stats.json").read_bytes()
     manifest["files"]["stats.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    cfg = ServeConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero")
+    cfg = CheckpointPolicyConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero")
     if error is None:
         policy = CheckpointPolicy(cfg)
         from deploy.server import warmup_observation
@@ -233,11 +235,11 @@ def test_console_scripts_serve_and_drive(tmp_path):
     server = subprocess.Popen(
         [
             str(bin_dir / "vla-serve"),
-            f"checkpoint={ckpt}",
-            f"port={port}",
-            "fps=20",
-            "action_space=delta_eef_libero",
-            "threads=1",
+            f"policy.checkpoint={ckpt}",
+            f"server.port={port}",
+            "policy.fps=20",
+            "policy.action_space=delta_eef_libero",
+            "policy.threads=1",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -16,13 +16,13 @@ from websockets.sync.client import connect
 from deploy.agent import AgentConfig, Mode, MonotonicClock, RobotAgent
 from deploy.client import HandshakeError, PolicyClient
 from deploy.protocol import PolicySpec, check_reply, parse_error
-from deploy.server import PolicyServer, ServeConfig, ServerThread
+from deploy.server import PolicyServer, ServerConfig, ServerThread
 from deploy.wire import decode, encode
 
 
 def start(policy=None, **cfg):
     policy = policy or FakePolicy()
-    server = PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=cfg.pop("warmup", 1), **cfg))
+    server = PolicyServer(policy, ServerConfig(port=0, warmup=cfg.pop("warmup", 1), **cfg))
     thread = ServerThread(server)
     return thread, thread.start(), policy
 
@@ -69,7 +69,7 @@ def test_health_is_ready_only_after_warm_up():
     import threading
 
     slow = FakePolicy(delay_s=0.5)
-    server = PolicyServer(slow, ServeConfig(checkpoint="-", port=0, warmup=2))
+    server = PolicyServer(slow, ServerConfig(port=0, warmup=2))
     thread = ServerThread(server)
     t = threading.Thread(target=thread.start, daemon=True)
     t.start()
@@ -155,7 +155,7 @@ def test_one_session_at_a_time():
 
 def test_tokens():
     with pytest.raises(ValueError, match="token"):
-        PolicyServer(FakePolicy(), ServeConfig(checkpoint="-", host="0.0.0.0", port=0))
+        PolicyServer(FakePolicy(), ServerConfig(host="0.0.0.0", port=0))
     thread, port, _ = start(token="s3cret")
     try:
         for token in ("", "wrong"):
@@ -267,7 +267,7 @@ def test_server_killed_mid_inference_and_restarted():
             thread.stop()  # killed; its session is gone
             state["restarted"] = False
         if 0.7 <= t and state["restarted"] is False:
-            new = PolicyServer(policy, ServeConfig(checkpoint="-", port=port, warmup=1))
+            new = PolicyServer(policy, ServerConfig(port=port, warmup=1))
             state["thread"] = ServerThread(new)
             state["thread"].start()
             state["restarted"] = True

@@ -11,7 +11,7 @@ item, each of which failed on the code before its fix (a8e1fbb):
    request that carried a prefix, and the agent armed anyway.
 4. `test_a_frozen_client_frees_the_session_within_the_liveness_timeout`: a client that stopped
    reading held the only session for the library's 20 + 20 s ping; no setting shortened it.
-5. `test_configs_refuse_values_out_of_range`: `vla-serve fps=-5 action_space=anything`, a
+5. `test_configs_refuse_values_out_of_range`: `vla-serve policy.fps=-5 policy.action_space=anything`, a
    handshake with fps <= 0 and `vla-robot episodes=-1 max_steps=-5` were accepted.
 6. `test_prefix_and_fixed_actions_out_of_range_and_float32_overflow_are_refused`: prefix and
    fixed actions outside the action tokenizer's range were clipped silently; a float64 1e39 on
@@ -39,7 +39,7 @@ from websockets.sync.client import connect
 from deploy.agent import AgentConfig, Merge, RobotAgent
 from deploy.client import HandshakeError, PolicyClient, ServerError
 from deploy.protocol import PolicySpec, ProtocolError, check_observation, check_reply, parse_error
-from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
+from deploy.server import CheckpointPolicy, CheckpointPolicyConfig, PolicyServer, ServerConfig, ServerThread
 from deploy.wire import decode, encode
 from vla.contract import ObservationError
 
@@ -108,7 +108,7 @@ def tiny_checkpoint(path: Path, **policy) -> Path:
 
 
 def serve(policy, **cfg) -> tuple[ServerThread, int]:
-    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=1, **cfg)))
+    thread = ServerThread(PolicyServer(policy, ServerConfig(port=0, warmup=1, **cfg)))
     return thread, thread.start()
 
 
@@ -166,7 +166,7 @@ def test_a_state_far_outside_the_recorded_range_is_refused(tmp_path, arch, absur
     far = STATE_MAX.copy()
     far[3] = absurd
     # the server refuses it in its protocol checks, as a bad state, before inference
-    served = CheckpointPolicy(ServeConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero"))
+    served = CheckpointPolicy(CheckpointPolicyConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero"))
     thread, port = serve(served)
     try:
         kind, err = ask(port, wire_observation(served.spec, far.astype(np.float32)))
@@ -178,7 +178,7 @@ def test_a_state_far_outside_the_recorded_range_is_refused(tmp_path, arch, absur
         thread.stop()
     # and so does the policy it serves (state_margin 10, the default of both), in `infer`
     policy = served.policy
-    assert policy.state_margin == VLAPolicy.load(ckpt).state_margin == ServeConfig(checkpoint="-").state_margin == 10
+    assert policy.state_margin == VLAPolicy.load(ckpt).state_margin == CheckpointPolicyConfig().state_margin == 10
     obs = {"images": observation(spec()).images, "instruction": "pick up the cube"}
     with pytest.raises(ObservationError, match=r"observation\['state'\]\[3\] = [-0-9.e+]+ is outside \[-10, 11\]"):
         policy.infer({**obs, "state": far.astype(np.float32)})
@@ -199,7 +199,7 @@ def test_a_state_far_outside_the_recorded_range_is_refused(tmp_path, arch, absur
         policy.infer({**obs, "state": wide.astype(np.float32)})
     assert VLAPolicy.load(ckpt, state_margin=30.0).infer({**obs, "state": wide.astype(np.float32)}).shape == (8, 7)
     served = CheckpointPolicy(
-        ServeConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero", state_margin=3.0)
+        CheckpointPolicyConfig(checkpoint=str(ckpt), fps=20, action_space="delta_eef_libero", state_margin=3.0)
     )
     assert served.policy.state_margin == 3.0 and served.state_bounds[1][3] == 4.0
     # the agent that keeps getting bad_state stops on the ladder, and says why
@@ -219,7 +219,7 @@ def test_a_state_far_outside_the_recorded_range_is_refused(tmp_path, arch, absur
 def test_the_handshake_says_whether_the_policy_takes_prefix_actions(tmp_path):
     served = {
         kind: CheckpointPolicy(
-            ServeConfig(
+            CheckpointPolicyConfig(
                 checkpoint=str(tiny_checkpoint(tmp_path / kind, decoder_type=kind)),
                 fps=20,
                 action_space="delta_eef_libero",
@@ -311,26 +311,28 @@ def test_a_frozen_client_frees_the_session_within_the_liveness_timeout():
 def test_configs_refuse_values_out_of_range():
     from train.deploy_app import RobotAppConfig
 
-    bad_serve = {
-        "fps=-5": (dict(fps=-5.0), r"fps must be > 0"),
-        "fps=nan": (dict(fps=math.nan), r"fps must be > 0"),
+    bad_policy = {
+        "fps=-5": (dict(fps=-5.0), r"policy.fps must be > 0"),
+        "fps=nan": (dict(fps=math.nan), r"policy.fps must be > 0"),
         "action_space": (
             dict(action_space="anything"),
-            r"action_space must be one of \['delta_eef_libero', 'joint_pos'\]",
+            r"policy.action_space must be one of \['delta_eef_libero', 'joint_pos'\]",
         ),
-        "state_margin": (dict(state_margin=-1.0), r"state_margin must be >= 0"),
-        "ping_timeout_s": (dict(ping_timeout_s=0.0), r"ping_timeout_s must be"),
+        "state_margin": (dict(state_margin=-1.0), r"policy.state_margin must be >= 0"),
     }
-    for name, (kw, message) in bad_serve.items():
+    for kw, message in bad_policy.values():
         with pytest.raises(ValueError, match=message):
-            ServeConfig(checkpoint="-", **kw)
-        assert name
-    ServeConfig(checkpoint="-", fps=30, action_space="joint_pos", state_margin=math.inf)  # inf: no range check
+            CheckpointPolicyConfig(**kw)
+    CheckpointPolicyConfig(fps=30, action_space="joint_pos", state_margin=math.inf)  # inf: no range check
+    with pytest.raises(ValueError, match=r"server.ping_timeout_s must be"):
+        ServerConfig(ping_timeout_s=0.0)
     # as the command line gives them
-    with pytest.raises(ValueError, match="fps must be > 0"):
-        compose_command("vla-serve", ["checkpoint=x", "fps=-5"])
-    with pytest.raises(ValueError, match="action_space must be one of"):
-        compose_command("vla-serve", ["checkpoint=x", "action_space=anything"])
+    with pytest.raises(ValueError, match="policy.fps must be > 0"):
+        compose_command("vla-serve", ["policy.checkpoint=x", "policy.fps=-5"])
+    with pytest.raises(ValueError, match="policy.action_space must be one of"):
+        compose_command("vla-serve", ["policy.checkpoint=x", "policy.action_space=anything"])
+    with pytest.raises(ValueError, match="server.port must be in"):
+        compose_command("vla-serve", ["policy.checkpoint=x", "server.port=70000"])
     with pytest.raises(ValueError, match="episodes must be >= 1, got -1"):
         compose_command("vla-robot", ["episodes=-1"])
     with pytest.raises(ValueError, match="max_steps must be >= 0"):

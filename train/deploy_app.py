@@ -1,8 +1,8 @@
 """Hydra entry points of the deploy node: `vla-serve` (the policy server) and `vla-robot` (the
 robot agent). Both hand plain dataclasses to `deploy/`; neither imports the training stack.
 
-    vla-serve checkpoint=runs/builtin/checkpoints/latest port=8000
-    vla-serve checkpoint=... host=0.0.0.0 token=$TOKEN          # beyond loopback: a token is required
+    vla-serve policy.checkpoint=runs/builtin/checkpoints/latest server.port=8000
+    vla-serve policy.checkpoint=... server.host=0.0.0.0 server.token=$TOKEN   # beyond loopback: a token is required
     vla-robot server=ws://127.0.0.1:8000 robot=sim sim_task=lift_red episodes=5
     vla-robot server=ws://gpu-box:8000 token=$TOKEN robot=arm arm.port=/dev/ttyACM0 \\
         'arm.cameras={front: {index_or_path: 0, width: 640, height: 480, fps: 30}}' arm.instruction="pick up the cube"
@@ -22,11 +22,19 @@ from omegaconf import OmegaConf
 
 from deploy.agent import AgentConfig
 from deploy.lerobot_arm import ArmConfig
-from deploy.server import TOKEN_ENV, ServeConfig
+from deploy.server import TOKEN_ENV, CheckpointPolicyConfig, ServerConfig
 
 log = logging.getLogger(__name__)
 _HYDRA = {"run": {"dir": "."}, "job": {"chdir": False}, "output_subdir": None}
 ROBOTS = ("sim", "arm")
+
+
+@dataclass
+class ServeAppConfig:
+    """`vla-serve`: the checkpoint and how it runs (`policy.`), the server (`server.`)."""
+
+    policy: CheckpointPolicyConfig = field(default_factory=CheckpointPolicyConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass
@@ -69,7 +77,7 @@ def schema_with_free_form_maps(cls, paths) -> object:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="serve_schema", node=ServeConfig)
+    cs.store(name="serve_schema", node=ServeAppConfig)
     cs.store(
         name="vla_serve",
         node={"defaults": ["serve_schema", {"override hydra/job_logging": "stdout"}, "_self_"], "hydra": _HYDRA},
@@ -84,9 +92,9 @@ def register_configs() -> None:
 def _serve(cfg) -> None:
     from deploy.server import CheckpointPolicy, PolicyServer
 
-    serve_cfg: ServeConfig = OmegaConf.to_object(cfg)
-    policy = CheckpointPolicy(serve_cfg)
-    server = PolicyServer(policy, serve_cfg)
+    app: ServeAppConfig = OmegaConf.to_object(cfg)
+    policy = CheckpointPolicy(app.policy)
+    server = PolicyServer(policy, app.server)
     s = policy.spec
     log.info(
         "policy %s: cameras %s, state %d, actions %d (%s) at %.0f Hz, chunk %d; warming up",

@@ -79,15 +79,15 @@ class DelayedPolicy:
 
 
 def _serve(kind: str, arg, delay_ms: float, ports) -> None:
-    from deploy.server import CheckpointPolicy, PolicyServer, ServeConfig, ServerThread
+    from deploy.server import CheckpointPolicy, CheckpointPolicyConfig, PolicyServer, ServerConfig, ServerThread
 
     if kind == "noop":
         policy = NoopPolicy(noop_spec(*arg))
     else:
-        policy = CheckpointPolicy(ServeConfig(checkpoint=arg, threads=2))
+        policy = CheckpointPolicy(CheckpointPolicyConfig(checkpoint=arg, threads=2))
     if delay_ms:
         policy = DelayedPolicy(policy, delay_ms)
-    thread = ServerThread(PolicyServer(policy, ServeConfig(checkpoint="-", port=0, warmup=3)))
+    thread = ServerThread(PolicyServer(policy, ServerConfig(port=0, warmup=3)))
     ports.put(thread.start())
     thread._thread.join()
 
