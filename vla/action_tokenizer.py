@@ -49,10 +49,6 @@ class ActionTokenizer:
         self.binary = torch.zeros(low.shape[0], dtype=torch.bool)
         self.binary[list(cfg.binary_dims)] = True
 
-    @classmethod
-    def fit(cls, cfg: ActionTokenizerConfig, q_low: np.ndarray, q_high: np.ndarray) -> ActionTokenizer:
-        return cls(cfg, q_low, q_high)
-
     @property
     def action_dim(self) -> int:
         return int(self.low.shape[0])

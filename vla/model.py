@@ -129,18 +129,16 @@ class VLAModel(nn.Module):
         hidden = self.backbone.hidden_size
         self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         bins = cfg.action_tokenizer.bins
-        if cfg.decoder_arch == "unified":
+        self.unified = cfg.decoder_arch == DecoderArch.unified
+        self.autoregressive = cfg.decoder_type == DecoderType.autoregressive
+        if self.unified:
             self.decoder = UnifiedDecoder(
                 hidden, cfg.chunk_size, cfg.action_dim, bins, cond_dim=2 * hidden, embed_std=self.backbone.embed_std
             )
-            self.chunk_cache = self._unified_cache
         else:
             self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, bins, cond_dim=2 * hidden)
-            self.chunk_cache = self._expert_cache
-        ar = cfg.decoder_type == "autoregressive"
-        # The decoder type is chosen once here, not dispatched by string on every call.
-        self._slot_logits = self._causal_logits if ar else self._masked_logits
-        self._decode = self._decode_autoregressive if ar else self._decode_masked
+        # The variant is read where it matters: the architecture in `chunk_cache`, the decoder
+        # type in `compute_loss`, `fully_masked_accuracy` and `predict_tokens`.
 
     @property
     def device(self) -> torch.device:
@@ -151,8 +149,11 @@ class VLAModel(nn.Module):
         return self.processor.model_inputs(images, state, instructions)
 
     # ----------------------------------------------------------------------------- prefix
-    # `chunk_cache(inputs)` (set in __init__ to one of the two below) computes everything a
-    # chunk's refinement steps share; `self.decoder(tokens, cache)` is then one step.
+    # `chunk_cache(inputs)` computes everything a chunk's refinement steps share;
+    # `self.decoder(tokens, cache)` is then one step.
+    def chunk_cache(self, inputs: dict) -> dict:
+        return self._unified_cache(inputs) if self.unified else self.decoder_cache(*self.encode_prefix(inputs))
+
     def _state(self, inputs: dict) -> torch.Tensor:
         state = inputs["state"]
         if state.shape[-1] != self.cfg.state_dim:
@@ -182,9 +183,6 @@ class VLAModel(nn.Module):
     def decoder_cache(self, prefix: torch.Tensor, mask: torch.Tensor) -> dict:
         """The action expert's per-chunk cache; every slot is conditioned on the text and state tokens."""
         return self.decoder.prefix_cache(prefix, mask, cond=prefix[:, -2:].flatten(1))
-
-    def _expert_cache(self, inputs: dict) -> dict:
-        return self.decoder_cache(*self.encode_prefix(inputs))
 
     def _unified_cache(self, inputs: dict) -> dict:
         """The VLM's prefix pass with its cache kept, then the state token as one more prefix
@@ -227,7 +225,8 @@ class VLAModel(nn.Module):
         """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy."""
         cache = self.chunk_cache(batch)
         tokens, valid = self.targets(batch)
-        logits, target_mask = self._slot_logits(tokens, valid, cache, generator)
+        slot_logits = self._causal_logits if self.autoregressive else self._masked_logits
+        logits, target_mask = slot_logits(tokens, valid, cache, generator)
         loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
         with torch.no_grad():
             acc = (logits.argmax(-1) == tokens)[target_mask].float().mean()
@@ -256,7 +255,7 @@ class VLAModel(nn.Module):
         """Token accuracy from one pass with every slot masked (diffusion) or greedy decoding (AR)."""
         tokens, valid = self.targets(batch)
         cache = self.chunk_cache(batch)
-        if self.cfg.decoder_type == "autoregressive":
+        if self.autoregressive:
             pred = self._autoregressive(cache, tokens.shape[0])
         else:
             pred = self.decoder(torch.full_like(tokens, self.decoder.mask_id), cache).argmax(-1)
@@ -276,7 +275,12 @@ class VLAModel(nn.Module):
         steps are pre-committed (inpainting). use_cache=False recomputes the prefix every step."""
         cache = self.chunk_cache(inputs)
         b = inputs["state"].shape[0]
-        tokens = self._decode(inputs, cache, b, generator, use_cache, fixed_actions, trace)
+        if self.autoregressive:
+            if fixed_actions is not None:
+                raise ValueError("inpainting (fixed_actions) needs decoder_type='diffusion'")
+            tokens = self._autoregressive(cache, b)
+        else:
+            tokens = self._decode_masked(inputs, cache, b, generator, use_cache, fixed_actions, trace)
         return tokens.reshape(b, self.cfg.chunk_size, self.cfg.action_dim)
 
     def _autoregressive(self, cache: dict, b: int) -> torch.Tensor:
@@ -284,11 +288,6 @@ class VLAModel(nn.Module):
             return self.decoder.step(prev, i, cache, past)
 
         return autoregressive_decode(step, b, self.decoder.num_slots, self.decoder.bos_id, self.device)
-
-    def _decode_autoregressive(self, inputs, cache, b, generator, use_cache, fixed_actions, trace):
-        if fixed_actions is not None:
-            raise ValueError("inpainting (fixed_actions) needs decoder_type='diffusion'")
-        return self._autoregressive(cache, b)
 
     def _decode_masked(self, inputs, cache, b, generator, use_cache, fixed_actions, trace):
         def logits_cached(tokens):

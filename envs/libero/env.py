@@ -27,6 +27,7 @@ import numpy as np
 
 from envs import headless
 from envs.libero.conventions import INSTALL_HINT, MAX_STEPS, NOOP, SETTLE_STEPS, SUITES, RenderMode, config_dir, spaces
+from envs.rotations import axis_angle_from_quat_xyzw
 
 
 # ---------------------------------------------------------------------------------- offline set-up
@@ -161,15 +162,6 @@ def suite_for_instructions(instructions: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- environment
-def axis_angle_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
-    """robosuite's quat2axisangle, which the public ports used for the state's rotation part."""
-    w = float(np.clip(q[3], -1.0, 1.0))
-    den = np.sqrt(1.0 - w * w)
-    if np.isclose(den, 0.0):
-        return np.zeros(3)
-    return np.asarray(q[:3]) * 2.0 * np.arccos(w) / den
-
-
 def _widen_placements(sim, margin: float) -> None:
     """Widen every region that LIBERO's samplers draw object and fixture positions from by
     `margin` metres on each side. Every hard reset rebuilds the samplers from the task file

@@ -18,7 +18,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from envs.tabletop.env import mat_to_rotvec
+from envs.rotations import mat_to_rotvec
 
 POS_UNIT = 0.05  # metres per unit translation action (OSC_POSE delta)
 ROT_UNIT = 0.5  # radians per unit rotation action

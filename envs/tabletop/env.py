@@ -15,6 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.rotations import canonical_axis_angle, mat_to_rotvec, rotvec_to_mat
 from envs.tabletop.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
 
 CONTROL_HZ = 20
@@ -85,39 +86,6 @@ TASKS: dict[str, TaskSpec] = {
         ),
     ]
 }
-
-
-def _quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
-    q = q / np.linalg.norm(q)
-    if q[0] < 0:
-        q = -q
-    s = np.linalg.norm(q[1:])
-    if s < 1e-9:
-        return np.zeros(3)
-    return q[1:] / s * 2.0 * np.arctan2(s, q[0])
-
-
-def _canonical_axis_angle(v: np.ndarray) -> np.ndarray:
-    """A gripper pointing down sits near angle pi, where (a, pi) and (-a, pi) flip sign from
-    step to step; (-a, 2 pi - angle) is the same rotation, so keep the y component positive."""
-    angle = np.linalg.norm(v)
-    if angle > np.pi / 2 and v[1] < 0:
-        return -v / angle * (2 * np.pi - angle)
-    return v
-
-
-def mat_to_rotvec(m: np.ndarray) -> np.ndarray:
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(m).ravel())
-    return _quat_to_axis_angle(quat)
-
-
-def _rotvec_to_mat(v: np.ndarray) -> np.ndarray:
-    quat, mat = np.zeros(4), np.zeros(9)
-    angle = np.linalg.norm(v)
-    mujoco.mju_axisAngle2Quat(quat, v / angle if angle > 1e-12 else np.array([1.0, 0, 0]), angle)
-    mujoco.mju_quat2Mat(mat, quat)
-    return mat.reshape(3, 3)
 
 
 class TabletopEnv(gym.Env):
@@ -201,7 +169,7 @@ class TabletopEnv(gym.Env):
         eef = self.eef_pos()
         # Anti-windup: the target never runs more than two steps ahead of the hand.
         self._target_pos = eef + np.clip(self._target_pos + action[:3] * POS_SCALE - eef, -0.06, 0.06)
-        self._target_rot = _rotvec_to_mat(action[3:6] * ROT_SCALE) @ self._target_rot
+        self._target_rot = rotvec_to_mat(action[3:6] * ROT_SCALE) @ self._target_rot
         current = self.data.site_xmat[self._site].reshape(3, 3)
         rot_err = mat_to_rotvec(self._target_rot @ current.T)
         self.data.ctrl[:7] = self._ik_targets(self._target_pos - eef, rot_err)
@@ -238,7 +206,7 @@ class TabletopEnv(gym.Env):
         return float(self.data.qpos[self._fingers].sum())
 
     def proprio(self) -> np.ndarray:
-        axis_angle = _canonical_axis_angle(mat_to_rotvec(self.data.site_xmat[self._site].reshape(3, 3)))
+        axis_angle = canonical_axis_angle(mat_to_rotvec(self.data.site_xmat[self._site].reshape(3, 3)))
         return np.concatenate([self.eef_pos(), axis_angle, self.data.qpos[self._fingers]]).astype(np.float32)
 
     def is_success(self) -> bool:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.tabletop.env import POS_SCALE, ROT_SCALE, TabletopEnv, mat_to_rotvec
+from envs.rotations import mat_to_rotvec
+from envs.tabletop.env import POS_SCALE, ROT_SCALE, TabletopEnv
 from envs.tabletop.scene import CUBE_HALF, FINGER_TRAVEL
 
 # Each step moves the target by this fraction of the remaining error (capped by the action
