@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from data.episode import PERTURBED_KEY
 from envs import headless
+from envs.registry import VALIDATION_SEED
 from vla.configs import atomic_dir, load_json, save_json, to_dict
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ REPO_ID = "local/vla_builtin"
 RECORDING_VERSION = 8
 RECORDING_FILE = "meta/recording.json"  # the settings a built-in recording was made with
 FPS = 20
+
+
+SEED_STRIDE = 100_000  # episode seeds of record.seed s: s * SEED_STRIDE + task index * 1000 + episode
 
 
 @dataclass
@@ -45,6 +49,8 @@ class RecordConfig:
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1:
             raise ValueError(f"record.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if not 0 <= self.seed < VALIDATION_SEED // SEED_STRIDE:  # episode seeds stay below the validation split's
+            raise ValueError(f"record.seed must be in [0, {VALIDATION_SEED // SEED_STRIDE}), got {self.seed}")
         if self.noise < 0:
             raise ValueError(f"record.noise must be >= 0 (a standard deviation), got {self.noise}")
         if not 0 <= self.faults <= 1:
@@ -130,7 +136,7 @@ def record_builtin(cfg: RecordConfig, root: str | Path) -> Path:
     if (root / "meta" / "info.json").exists():
         raise FileExistsError(f"{root} already holds a dataset; remove it or record elsewhere")
     jobs = [
-        (task, cfg.seed * 100_000 + i * 1_000 + j, cfg.image_size, cfg.noise, cfg.faults)
+        (task, cfg.seed * SEED_STRIDE + i * 1_000 + j, cfg.image_size, cfg.noise, cfg.faults)
         for i, task in enumerate(cfg.tasks)
         for j in range(cfg.episodes_per_task)
     ]

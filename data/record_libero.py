@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.episode import PERTURBED_KEY
+from envs.registry import VALIDATION_SEED
 from vla.configs import atomic_dir, atomic_write_text, load_json, save_json, to_dict
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ PORT_KEYS = {
     "action": "action",
 }
 EXPERTS = {"libero_object": "envs.libero.experts:LiberoObjectExpert"}
+
+
+SEED_STRIDE = 1_000_000  # episode seeds of libero.seed s: s * SEED_STRIDE + task index * 10000 + episode
 
 
 @dataclass
@@ -61,6 +65,8 @@ class LiberoRecordConfig:
             raise ValueError(f"libero.suite={self.suite!r}: scripted experts exist for {sorted(EXPERTS)}")
         if self.episodes_per_task < 1:
             raise ValueError(f"libero.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if not 0 <= self.seed < VALIDATION_SEED // SEED_STRIDE:  # episode seeds stay below the validation split's
+            raise ValueError(f"libero.seed must be in [0, {VALIDATION_SEED // SEED_STRIDE}), got {self.seed}")
         if self.render_mode not in ("fast", "libero"):
             raise ValueError(f"libero.render_mode must be 'fast' or 'libero', got {self.render_mode!r}")
         if not 0 <= self.placement_widen <= 0.2:
@@ -170,7 +176,7 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
         for j in range(cfg.episodes_per_task):
             part = parts / f"{available.index(task):02d}_{j:04d}.npz"
             # Seeds disjoint per task and episode; LIBERO's sampler draws the placement from it.
-            seed = cfg.seed * 1_000_000 + available.index(task) * 10_000 + j
+            seed = cfg.seed * SEED_STRIDE + available.index(task) * 10_000 + j
             job = (cfg.suite, task, seed, cfg.image_size, cfg.render_mode, cfg.placement_widen, cfg.noise, cfg.faults)
             jobs.append((*job, str(part)))
     todo = [j for j in jobs if not Path(j[-1]).is_file()]

@@ -2,8 +2,10 @@
 
 Episodes are spread over worker processes (each loads the checkpoint once). The policy is
 queried for a chunk of H actions, the first `execute_steps` are executed, then it re-plans.
-Suites with official initial states (LIBERO) start episode e of a task from state
-`init_states[e]`; the built-in suite draws its layout from seed `seed + e`. Everything a
+Two splits: `test` measures (suites with official initial states, LIBERO, start episode e of
+a task from state `init_states[e]`; the built-in suite draws its layout from seed `seed + e`),
+`validation` selects settings (episode e draws a fresh placement from seed VALIDATION_SEED + e,
+which no recording and no test episode uses). Everything a
 worker would trip over (suite, tasks, initial states, the checkpoint's files, weights, cameras,
 widths and the suite it was trained for) is checked before the pool starts; what a worker still
 fails on comes back as its own error, not as BrokenProcessPool. SIGINT or SIGTERM stops the
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.libero.conventions import SUITES as LIBERO_SUITES
-from envs.registry import SUITES, get_suite
+from envs.registry import SPLITS, SUITES, VALIDATION_SEED, get_suite
 from vla.configs import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,19 @@ class EvalConfig:
     init_states: list[int] = field(default_factory=list)
     # LIBERO rendering, "libero" or "fast"; empty: the mode the checkpoint's data was recorded in.
     render_mode: str = ""
+    # "test" measures (LIBERO: the official initial states); "validation" selects settings:
+    # fresh seeded placements that no recording and no test episode uses (module docstring).
+    split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"eval.split must be one of {list(SPLITS)}, got {self.split!r}")
+        if self.split == "validation" and self.init_states:
+            raise ValueError("eval.init_states picks official initial states, which the validation split never uses")
+        if self.split == "test" and not 0 <= self.seed <= VALIDATION_SEED - self.episodes_per_task:
+            raise ValueError(
+                f"eval.seed={self.seed}: test seeds must stay in [0, {VALIDATION_SEED}), below the validation split's"
+            )
         if self.episodes_per_task < 1:
             raise ValueError(f"eval.episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.execute_steps < 0:
@@ -195,12 +208,17 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     from envs.libero.conventions import RenderMode
     from envs.libero.env import init_states
 
-    states = list(cfg.init_states) or list(range(cfg.episodes_per_task))
-    for task in tasks:
-        n = len(init_states(cfg.suite, task))
-        bad = [i for i in states if not 0 <= i < n]
-        if bad:
-            raise IndexError(f"eval.init_states: {bad} out of range for {cfg.suite}/{task}, which has {n} (0..{n - 1})")
+    if cfg.split == "validation":
+        states = [None] * cfg.episodes_per_task  # fresh placements
+    else:
+        states = list(cfg.init_states) or list(range(cfg.episodes_per_task))
+        for task in tasks:
+            n = len(init_states(cfg.suite, task))
+            bad = [i for i in states if not 0 <= i < n]
+            if bad:
+                raise IndexError(
+                    f"eval.init_states: {bad} out of range for {cfg.suite}/{task}, which has {n} (0..{n - 1})"
+                )
     trained = policy_cfg.render_mode
     mode = cfg.render_mode or trained or RenderMode.libero
     if mode not in {m.value for m in RenderMode}:
@@ -214,6 +232,17 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
             trained,
         )
     return tasks, states, str(mode)
+
+
+def episode_jobs(cfg: EvalConfig, tasks: list[str], states: list[int | None]) -> list[tuple]:
+    """One job per episode: (suite, task, seed, initial state or None, execute_steps, record a
+    video). Episode e of every task has seed `seed + e` (test) or VALIDATION_SEED + e (validation)."""
+    first_seed = VALIDATION_SEED if cfg.split == "validation" else cfg.seed
+    return [
+        (cfg.suite, task, first_seed + e, state, cfg.execute_steps, e < cfg.videos_per_task)
+        for task in tasks
+        for e, state in enumerate(states)
+    ]
 
 
 def check_trained_for(checkpoint: str | Path, suite: str, policy_cfg) -> None:
@@ -371,11 +400,7 @@ def evaluate(
     tasks, states, render_mode = plan_episodes(cfg, policy_cfg)
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
-    jobs = [
-        (cfg.suite, task, cfg.seed + e, state, cfg.execute_steps, e < cfg.videos_per_task)
-        for task in tasks
-        for e, state in enumerate(states)
-    ]
+    jobs = episode_jobs(cfg, tasks, states)
     header = partial_header(ckpt.sha256("model.safetensors"), cfg, render_mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / PARTIAL_FILE
@@ -464,7 +489,8 @@ def format_table(results: dict) -> str:
     per_task = results["per_task_success"]
     n = len(results["episodes"]) // max(1, len(per_task))
     width = max(len(t) for t in per_task) + 2
-    lines = [f"{'task':<{width}}success ({n} episodes each)", "-" * (width + 28)]
+    split = results["config"].get("split", "test")
+    lines = [f"{'task':<{width}}success ({n} {split} episodes each)", "-" * (width + 28)]
     lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
     lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]
     return "\n".join(lines)

@@ -12,6 +12,11 @@ from envs.libero.conventions import SUITES as LIBERO_SUITES
 
 _REGISTERED = False
 
+# Episode seeds at or above this are the validation split's (fresh placements that select
+# settings): recordings refuse seeds that reach it, and test episodes never use it.
+VALIDATION_SEED = 2_000_000_000
+SPLITS = ("test", "validation")
+
 
 @dataclass(frozen=True)
 class Suite:

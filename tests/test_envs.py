@@ -194,3 +194,50 @@ def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, cap
     other = evaluate(ckpt, EvalConfig(**{**ev.__dict__, "sampler_overrides": {"steps": 2}}), killed, progress=False)
     assert other["reused_episodes"] == 0 and "not reused" in caplog.text
     assert all(e["steps"] != 999 for e in other["episodes"])
+
+
+def test_validation_and_test_splits_use_disjoint_episodes(tmp_path):
+    """`eval.split=validation` (selects settings) draws fresh placements from seeds no recording
+    and no test episode uses; LIBERO's test split is the official initial states."""
+    from data.record import RecordConfig
+    from data.record_libero import LiberoRecordConfig
+    from envs.evaluate import EvalConfig, episode_jobs, format_table
+    from envs.registry import VALIDATION_SEED
+
+    test = episode_jobs(EvalConfig(episodes_per_task=3), ["lift_red"], [None] * 3)
+    val = episode_jobs(EvalConfig(episodes_per_task=3, split="validation"), ["lift_red"], [None] * 3)
+    assert [j[2] for j in test] == [10_000, 10_001, 10_002]
+    assert [j[2] for j in val] == [VALIDATION_SEED, VALIDATION_SEED + 1, VALIDATION_SEED + 2]
+    official = episode_jobs(EvalConfig(suite="libero_object", init_states=[4, 9]), ["t"], [4, 9])
+    assert [j[3] for j in official] == [4, 9]
+    with pytest.raises(ValueError, match="eval.split must be one of"):
+        EvalConfig(split="train")
+    with pytest.raises(ValueError, match="validation split never uses"):
+        EvalConfig(split="validation", init_states=[0])
+    with pytest.raises(ValueError, match="below the validation split's"):
+        EvalConfig(seed=VALIDATION_SEED)
+    # recordings stop short of the validation seeds
+    for cfg, limit in ((RecordConfig, VALIDATION_SEED // 100_000), (LiberoRecordConfig, VALIDATION_SEED // 1_000_000)):
+        with pytest.raises(ValueError, match=rf"seed must be in \[0, {limit}\)"):
+            cfg(seed=limit)
+        cfg(seed=limit - 1)
+    # a validation run end to end on the built-in suite: its episodes, seeds and table
+    import torch
+    from helpers import tiny_policy_config, tiny_stats
+
+    from envs.evaluate import evaluate
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    torch.manual_seed(0)
+    cfg = tiny_policy_config(
+        action_dim=7,
+        state_dim=8,
+        cameras=["agentview", "wrist"],
+        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
+    )
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ckpt")
+    ev = EvalConfig(tasks=["lift_red"], episodes_per_task=1, workers=1, videos_per_task=0, split="validation")
+    res = evaluate(ckpt, ev, tmp_path / "val", progress=False)
+    assert [e["seed"] for e in res["episodes"]] == [VALIDATION_SEED] and res["config"]["split"] == "validation"
+    assert "1 validation episodes each" in format_table(res)

@@ -348,3 +348,22 @@ def test_the_libero_preset_evaluates_on_the_suite_its_data_comes_from():
     assert libero.suite_for_instructions(spatial) == "libero_spatial"
     with pytest.raises(ValueError, match="no LIBERO suite holds all 2 instructions.*set eval.suite"):
         libero.suite_for_instructions([spatial[0], "fold the towel"])
+
+
+def test_the_validation_split_plans_fresh_placements(tmp_path):
+    """LIBERO's test split is the official initial states; validation starts every episode from a
+    fresh placement (init_state None, seeded from VALIDATION_SEED)."""
+    from envs.evaluate import EvalConfig, episode_jobs, plan_episodes
+    from envs.registry import VALIDATION_SEED
+    from vla.checkpoint import Checkpoint
+
+    policy_cfg = Checkpoint(_tiny_libero_checkpoint(tmp_path / "ckpt")).policy_config
+    ev = EvalConfig(suite="libero_object", tasks=[OBJECT_TASK], episodes_per_task=2, split="validation")
+    tasks, states, mode = plan_episodes(ev, policy_cfg)
+    assert states == [None, None] and mode == "libero"
+    assert [(j[2], j[3]) for j in episode_jobs(ev, tasks, states)] == [
+        (VALIDATION_SEED, None),
+        (VALIDATION_SEED + 1, None),
+    ]
+    _, states, _ = plan_episodes(EvalConfig(suite="libero_object", episodes_per_task=2), policy_cfg)
+    assert states == [0, 1]
