@@ -143,7 +143,9 @@ def torchrun(*args: str) -> str:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     cmd = [*launcher, "--master-port", str(free_port()), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+    # Each rank's own lines first: the launcher's tail shows only the rank that was torn down last.
+    ranks = "\n".join(line for line in out.stderr.splitlines() if line.startswith("[rank0]"))
+    assert out.returncode == 0, f"{ranks[-3000:]}\n...\n{out.stderr[-2000:]}"
     return out.stdout
 
 
