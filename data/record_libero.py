@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.episode import PERTURBED_KEY
+from envs.libero.experts import EXPERTS, expert_for
 from envs.registry import VALIDATION_SEED
 from vla.configs import atomic_dir, atomic_write_text, load_json, save_json, to_dict
 
@@ -39,7 +40,6 @@ PORT_KEYS = {
     "state": "observation.state",
     "action": "action",
 }
-EXPERTS = {"libero_object": "envs.libero.experts:LiberoObjectExpert"}
 
 
 SEED_STRIDE = 1_000_000  # episode seeds of libero.seed s: s * SEED_STRIDE + task index * 10000 + episode
@@ -97,13 +97,6 @@ def features(image_size: int) -> dict:
     return out
 
 
-def _expert(suite: str, env):
-    import importlib
-
-    module, name = EXPERTS[suite].split(":")
-    return getattr(importlib.import_module(module), name)(env)
-
-
 _WORKER: dict = {}
 
 
@@ -121,7 +114,7 @@ def _episode(job: tuple) -> tuple[str, bool]:
         env = _WORKER[task] = LiberoEnv(
             suite, task, image_size=image_size, render_mode=render_mode, placement_widen=widen
         )
-    frames, ok = run_expert_episode(env, seed, noise=noise, faults=faults, expert=_expert(suite, env))
+    frames, ok = run_expert_episode(env, seed, noise=noise, faults=faults, expert=expert_for(suite, env))
     arrays = {"success": np.array(ok)}
     if ok:
         arrays |= {

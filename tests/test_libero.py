@@ -181,11 +181,19 @@ class _InlinePool:
         return (rec._episode(j) for j in jobs)
 
 
-def test_expert_solves_an_official_initial_state():
-    from envs.libero.experts import LiberoObjectExpert
+@pytest.mark.parametrize(
+    "suite, task",
+    [
+        ("libero_object", OBJECT_TASK),
+        # The bowl stands on the ramekin: the rim grasp, a carry over the path's obstacles, the place.
+        ("libero_spatial", "pick_up_the_black_bowl_on_the_ramekin_and_place_it_on_the_plate"),
+    ],
+)
+def test_each_suite_expert_solves_an_official_initial_state(suite, task):
+    from envs.libero.experts import expert_for
 
-    env = libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False)
-    expert = LiberoObjectExpert(env)
+    env = libero.LiberoEnv(suite, task, cameras=False)
+    expert = expert_for(suite, env)
     try:
         env.reset(options={"init_state": 0})
         expert.start()
@@ -193,7 +201,33 @@ def test_expert_solves_an_official_initial_state():
             _, _, terminated, truncated, _ = env.step(expert.act())
             if terminated or truncated:
                 break
-        assert terminated, "the scripted expert failed LIBERO-Object task 0 from official state 0"
+        assert terminated, f"the scripted expert failed {suite}/{task} from official state 0"
+    finally:
+        env.close()
+
+
+def test_experts_measure_objects_by_collision_geometry():
+    """The bowl's visual mesh is 15.7 cm wide, its collision geometry 11.4 cm (what the fingers
+    meet); the path check finds the cabinet-top bowl only when the path passes under it."""
+    from envs.libero.skills import Scene
+
+    env = libero.LiberoEnv(
+        "libero_spatial", "pick_up_the_black_bowl_on_the_cookie_box_and_place_it_on_the_plate", cameras=False
+    )
+    try:
+        env.reset(options={"init_state": 0})
+        scene = Scene(env)
+        bowl = scene.body("akita_black_bowl_1")
+        (clo, chi), (vlo, vhi) = scene.box(bowl), scene.box(bowl, collision=False)
+        assert 0.10 < max(chi[:2] - clo[:2]) < 0.12 and max(vhi[:2] - vlo[:2]) > 0.15
+        assert scene.goal() == [["on", "akita_black_bowl_1", "plate_1"]]
+        other = scene.origin("akita_black_bowl_2")  # on the cabinet, 23 cm above the table
+        plate = scene.origin("plate_1")
+        skip = ("akita_black_bowl_1", "plate_1")
+        assert scene.highest_along(scene.origin("akita_black_bowl_1"), plate, 0.05, skip) < other[2]
+        assert scene.highest_along(other + [0.0, 0.2, 0.0], other - [0.0, 0.2, 0.0], 0.05, skip) > other[2]
+        with pytest.raises(KeyError, match="no object or body named 'mug'"):
+            scene.body("mug")
     finally:
         env.close()
 

@@ -139,6 +139,28 @@ EXPERIMENTS = {
             "eval.execute_steps": 4,
         }
     ),
+    # LIBERO-Spatial the same way: the rim-grasp expert (envs/libero/experts.py) records the
+    # demonstrations; model, data size and decoding are LIBERO-Object's, not yet chosen for this suite.
+    "libero_spatial": Preset(
+        {
+            "run_dir": "runs/libero_spatial",
+            "data.source": "libero_scripted",
+            "data.root": "runs/data/libero_spatial",
+            "data.libero.suite": "libero_spatial",
+            "data.libero.episodes_per_task": 60,
+            "data.loader.batch_size": 32,
+            "policy.backbone.image_size": 64,
+            "policy.sampler.confidence": "random",
+            "optim.steps": 6000,
+            "optim.lr": 1e-3,
+            "optim.warmup_steps": 100,
+            "save_every": 1000,
+            "eval.suite": "libero_spatial",
+            "eval.episodes_per_task": 50,
+            "eval.videos_per_task": 1,
+            "eval.execute_steps": 4,
+        }
+    ),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
     # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(

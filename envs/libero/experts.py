@@ -1,16 +1,14 @@
-"""Scripted expert for LIBERO-Object ("pick up the X and place it in the basket").
+"""Scripted LIBERO experts, one per suite (EXPERTS): LIBERO-Object's "pick up the X and place
+it in the basket" and LIBERO-Spatial's "pick up the black bowl ... and place it on the plate".
 
-It reads the simulator's privileged state (target and basket poses, the target's extent) and
-acts through the same 7-D delta end-effector action as a policy. Like the built-in suite's
-expert (envs/tabletop/experts.py) it is a state-feedback law: approach through a funnel above the grasp
-point, close when lined up, and once the fingers are stopped apart by the object, rise, carry
-over the basket at a height that clears its rim, lower, open. A missed grasp (fingers closed
-on nothing) re-opens and the funnel starts again; a dropped object is approached again.
-
-Simulator facts it relies on (hf-libero 0.1.4): OSC_POSE delta actions, 1 = 5 cm / 0.5 rad
-per 20 Hz step but the hand moves about 1.2 cm per step and sags sideways, so it steers by
-feedback; gripper -1 opens, +1 closes (about 10 steps); fingers close along world y with the
-hand pointing down; success = object origin inside the basket's region site while touching it.
+They read the simulator's privileged state (object and target poses, object extents) through
+envs/libero/skills.py and act through the same 7-D delta end-effector action as a policy. Like
+the built-in suite's expert (envs/tabletop/experts.py) each is a state-feedback law: approach
+through a funnel above the grasp point, close when lined up, and once the fingers are stopped
+apart by the object, rise, carry over the target at a height that clears what lies between,
+lower, open. A missed grasp (fingers closed on nothing) re-opens and the funnel starts again;
+a dropped object is approached again. `python -m envs.libero.experts --suite S` measures an
+expert from the official initial states.
 """
 
 from __future__ import annotations
@@ -18,16 +16,12 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from envs.rotations import mat_to_rotvec
+from envs.libero.skills import DOWN, OPEN_GAP, Scene, rot_z
+from envs.rotations import rotvec_to_mat
 
-POS_UNIT = 0.05  # metres per unit translation action (OSC_POSE delta)
-ROT_UNIT = 0.5  # radians per unit rotation action
-GAIN = 0.6  # fraction of the remaining error asked per step (the controller lags behind)
-DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # hand pointing down, fingers along y
 ALIGNED = 0.005  # horizontal misalignment that counts as lined up (m)
 HOVER = 0.08  # approach height above the grasp point when far off (m)
 FUNNEL = 2.5  # approach height per metre of horizontal misalignment
-OPEN_GAP = 0.075  # finger gap (m) when fully open (about 2 x 0.039)
 HELD_GAP = 0.008  # a gap above this once the fingers stopped closing means something is held
 RIM_CLEARANCE = 0.05  # the object's bottom stays this far above the basket region's top while carrying (m)
 REGION = "basket_1_contain_region"
@@ -47,12 +41,15 @@ class LiberoObjectExpert:
 
     def start(self) -> None:
         sim = self.env.sim
-        self.model, self.data = sim.sim.model._model, sim.sim.data._data
+        self.scene = Scene(self.env)
+        self.model, self.data = self.scene.model, self.scene.data
         self.target = sim.obj_of_interest[0]
         self.body = sim.obj_body_id[self.target]
         self.site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, REGION)
         self.region_half = self.model.site_size[self.site].copy()
-        boxes = {name: self._aabb(bid) for name, bid in sim.obj_body_id.items()}
+        # Visual boxes: the demonstrations of the published LIBERO-Object result were recorded with
+        # them (collision boxes are narrower; changing this changes every recording).
+        boxes = {name: self.scene.box(bid, collision=False) for name, bid in sim.obj_body_id.items()}
         lo, hi = boxes.pop(self.target)
         origin = self.data.xpos[self.body]
         self.below_origin = origin[2] - lo[2]  # the object's bottom relative to its origin
@@ -65,22 +62,6 @@ class LiberoObjectExpert:
         # object, to where the hand (wide along y) stays clearest of the neighbours.
         self.grasp_dx = self._clearest_offset(origin, lo, hi, boxes)
         self.closing = 0
-
-    def _aabb(self, body: int) -> tuple[np.ndarray, np.ndarray]:
-        """World bounding box of a body's visual geoms (its subtree)."""
-        m, d = self.model, self.data
-        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-        for g in range(m.ngeom):
-            b = m.geom_bodyid[g]
-            while b not in (0, body):
-                b = m.body_parentid[b]
-            if b != body or m.geom_group[g] != 1:
-                continue
-            corners = signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]
-            w = corners @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g]
-            lo, hi = np.minimum(lo, w.min(0)), np.maximum(hi, w.max(0))
-        return lo, hi
 
     @staticmethod
     def _clearest_offset(origin, lo, hi, others: dict) -> float:
@@ -99,12 +80,7 @@ class LiberoObjectExpert:
         return float(best)
 
     def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
-        obs = self.env.sim._get_observations()
-        eef = obs["robot0_eef_pos"]
-        delta = np.clip((target - eef) / POS_UNIT * GAIN / 0.25, -1, 1)  # the hand does ~1/4 of a unit
-        current = self.env.sim.robots[0].controller.ee_ori_mat
-        rot = np.clip(mat_to_rotvec(DOWN @ current.T) / ROT_UNIT * 0.5, -1, 1)
-        return np.concatenate([delta, rot, [grip]])
+        return self.scene.move(target, grip)
 
     def act(self) -> np.ndarray:
         obs = self.env.sim._get_observations()
@@ -143,6 +119,143 @@ class LiberoObjectExpert:
         return self._move(_funnel(grasp, eef), -1.0)
 
 
+class VesselPlaceExpert:
+    """Pick an open vessel up by its rim and set it down on a target ("pick up the black bowl
+    ... and place it on the plate": every LIBERO-Spatial task, and the bowl tasks of Goal).
+
+    The bowl is 11.4 cm wide in collision, wider than the open fingers (7.5 cm), so it is held
+    by one wall: hand pointing down, one finger inside the bowl, one outside, closing along y
+    on the +y wall (scope probe: 8/8 over 7 Spatial tasks). State feedback like the Object
+    expert: approach through a funnel, close when lined up; once held, rise so the bowl's bottom
+    clears everything it could pass over, steer the bowl's origin (not the hand) over the
+    target's, descend through a funnel on that error, and open on contact. A missed grasp
+    re-opens and the approach starts again; a dropped bowl is approached again."""
+
+    # The grip point is on the bowl's wall at RIM_RADIUS from its origin, RIM_HEIGHT above it (1.6
+    # cm under the rim), on the side facing the robot (-x) unless something stands within
+    # FINGER_ROOM of where the outer finger goes down (the drawer's front wall, 1.7 cm from the bowl
+    # in Spatial task 4: then the side with the most room). The +y side leaves the plate, 0.72 m
+    # from the shoulder, out of reach: the elbow straightens at its limit 7 cm above it. The hand
+    # closes the fingers towards the wall's normal and is tilted WALL_TILT like the wall, so the
+    # pads meet it face to face (closing horizontally on the tilted wall, the bowl pivoted about
+    # the edge contact by up to 30 degrees and slipped out).
+    RIM_RADIUS, RIM_HEIGHT, WALL_TILT = 0.047, 0.036, np.radians(15)
+    FINGER_ROOM = (
+        0.0  # clearance (m) the outer finger and the hand need on the -x side; collision boxes of meshes are loose
+    )
+    HELD_NEAR = 0.02  # grip site within this of the grasp point while held (the bowl tilts a little in the hand)
+    CLEARANCE = 0.04  # the held bowl's bottom stays this far above every other object's top while carrying (m)
+    OVER = 0.005  # the bowl's origin counts as over the target within this (m)
+    PLACE_FUNNEL = 2.0  # descent height per metre of the bowl's horizontal error over the target
+    SQUEEZE = 16  # steps the fingers close before lifting (the wall is 2.6 mm thick: let the grip build up)
+    HELD_GAP = 0.002  # fingers squeezing the 2.6 mm wall stop at a gap of 4-8 mm
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def start(self) -> None:
+        scene = self.scene = Scene(self.env)
+        goal = scene.goal()
+        if len(goal) != 1 or goal[0][0] != "on":
+            raise ValueError(f"{self.env.task}: VesselPlaceExpert places one object on another, the goal is {goal}")
+        _, self.obj, self.target = goal[0]
+        lo, hi = scene.box(scene.body(self.obj))
+        origin = scene.origin(self.obj)
+        self.below_origin = origin[2] - lo[2]  # the bowl's bottom relative to its origin
+        # What the carried bowl must clear: its own support, and whatever lies on the way to the
+        # target (the other bowl may stand on the cabinet, 23 cm up, far off the path).
+        spot, surface = self._target()
+        radius = 0.5 * float(np.max(hi[:2] - lo[:2]))
+        self.highest = max(lo[2], surface, scene.highest_along(origin, spot, radius, skip=(self.obj, self.target)))
+        side = self._grasp_side(origin)
+        self.rim_grasp = np.append(self.RIM_RADIUS * side, self.RIM_HEIGHT)
+        yaw = np.arctan2(side[1], side[0]) - np.pi / 2  # DOWN closes along y; turn that onto `side`
+        yaw = np.pi / 2 - (np.pi / 2 - yaw) % np.pi  # the hand is symmetric under half a turn: yaw in (-90, 90] degrees
+        tilt = rotvec_to_mat(np.cross(np.append(side, 0.0), [0.0, 0.0, 1.0]) * -self.WALL_TILT)
+        self.hand = tilt @ rot_z(yaw) @ DOWN
+        self.closing = 0
+
+    def _grasp_side(self, origin: np.ndarray) -> np.ndarray:
+        """Unit xy direction from the bowl's origin to the wall it is held by: -x (towards the
+        robot) when the outer finger and the hand's underside fit there, else the side where
+        they have the most room."""
+        grip = origin[2] + self.RIM_HEIGHT
+        finger = [(self.RIM_RADIUS + r, 0.0, z) for r in (0.025, 0.035, 0.045) for z in (-0.012, 0.0, 0.03)]
+        # The hand's underside, 2.4 cm above the grip site: 20.8 cm along the closing axis, 6.9 across.
+        hull = [
+            (self.RIM_RADIUS + a, c, z)
+            for a in np.linspace(-0.104, 0.104, 9)
+            for c in (-0.0345, 0.0, 0.0345)
+            for z in (0.024, 0.05)
+        ]
+        offsets = np.array(finger + hull)
+
+        def room(angle: float) -> float:
+            u, v = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+            points = np.column_stack([origin[:2] + offsets[:, :1] * u + offsets[:, 1:2] * v, grip + offsets[:, 2]])
+            return self.scene.clearance(points, skip=(self.obj,))
+
+        if room(np.pi) > self.FINGER_ROOM:
+            angle = np.pi
+        else:
+            angles = np.radians(np.arange(0, 360, 15))
+            angle = max(angles, key=lambda a: (round(min(room(a), 0.03), 3), -abs(np.angle(np.exp(1j * (a - np.pi))))))
+        return np.array([np.cos(angle), np.sin(angle)])
+
+    def _target(self) -> tuple[np.ndarray, float]:
+        """Where the bowl's origin goes (xy) and the height of the surface it lands on."""
+        scene = self.scene
+        if self.target in scene.sim.obj_body_id:
+            _, hi = scene.box(scene.body(self.target))
+            return scene.origin(self.target)[:2], float(hi[2])
+        pos, _, half = scene.site(self.target)
+        return pos[:2], float(pos[2] + half[2])
+
+    def act(self) -> np.ndarray:
+        scene = self.scene
+        eef, gap = scene.hand()
+        obj = scene.origin(self.obj)
+        grasp = obj + self.rim_grasp
+        rel = eef - grasp
+        if self.closing >= self.SQUEEZE and gap > self.HELD_GAP and np.linalg.norm(rel) < self.HELD_NEAR:
+            spot, surface = self._target()
+            bottom = obj[2] - self.below_origin
+            hand_above_bottom = eef[2] - bottom
+            carry = self.highest + self.CLEARANCE + hand_above_bottom
+            error = float(np.linalg.norm(obj[:2] - spot))
+            over = np.append(spot + (eef - obj)[:2], 0.0)
+            if error > 0.03 and eef[2] < carry - 0.02:  # first clear everything, straight up
+                return scene.move(np.array([eef[0], eef[1], carry]), 1.0, self.hand)
+            land = surface - 0.01 + hand_above_bottom  # aim a little into the surface: contact ends the episode
+            over[2] = land + min(carry - land, self.PLACE_FUNNEL * max(0.0, error - self.OVER))
+            if error < 2 * self.OVER and bottom < surface + 0.005:
+                self.closing = 0  # down and over the target without success: let go, grasp again
+                return scene.move(over, -1.0, self.hand)
+            return scene.move(over, 1.0, self.hand)
+        if self.closing > 0:
+            if self.closing < self.SQUEEZE:  # closing: hold still until the fingers stop
+                self.closing += 1
+                return scene.move(grasp, 1.0, self.hand)
+            if gap < OPEN_GAP - 0.01:  # closed on nothing, or the bowl slipped: open, approach again
+                return scene.move(_funnel(grasp, eef) + np.array([0.0, 0.0, 0.02]), -1.0, self.hand)
+            self.closing = 0
+        lined_up = np.linalg.norm(rel[:2]) < ALIGNED and abs(rel[2]) < 0.008 and scene.turned(self.hand) < 0.1
+        if lined_up and gap > OPEN_GAP - 0.01:
+            self.closing = 1
+            return scene.move(grasp, 1.0, self.hand)
+        return scene.move(_funnel(grasp, eef), -1.0, self.hand)
+
+
+EXPERTS = {"libero_object": LiberoObjectExpert, "libero_spatial": VesselPlaceExpert}
+
+
+def expert_for(suite: str, env):
+    """The scripted expert of `suite` for `env` (call its `start()` after every reset)."""
+    if suite not in EXPERTS:
+        raise ValueError(f"no scripted expert for LIBERO suite {suite!r}; experts exist for {sorted(EXPERTS)}")
+    return EXPERTS[suite](env)
+
+
 def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int]:
     """Run the expert without cameras from official initial state `index` (widen None) or from
     a fresh placement drawn with seed `index`, its regions widened by `widen` metres."""
@@ -150,7 +263,7 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
 
     suite, task, index, widen = job
     env = LiberoEnv(suite, task, cameras=False, placement_widen=widen or 0.0)
-    expert = LiberoObjectExpert(env)
+    expert = expert_for(suite, env)
     try:
         if widen is None:
             env.reset(options={"init_state": index})
@@ -197,7 +310,8 @@ def main() -> None:
         else f"fresh placements (seeds 0..{args.states - 1}) widened by {args.widen} m"
     )
     print(f"scripted expert, {args.suite}, {starts}, {time.time() - t0:.0f} s")
-    print(f"{'task':<60}{'success':>9}{'mean steps':>12}  failed states")
+    width = max(len(t) for t in tasks) + 2
+    print(f"{'task':<{width}}{'success':>9}{'mean steps':>12}  failed states")
     total = 0
     for task in tasks:
         mine = [r for r in results if r[0] == task]
@@ -205,8 +319,8 @@ def main() -> None:
         total += ok
         failed = [r[1] for r in mine if not r[2]]
         steps = np.mean([r[3] for r in mine if r[2]]) if ok else float("nan")
-        print(f"{task:<60}{ok:>5}/{len(mine):<3}{steps:>12.0f}  {failed or ''}")
-    print(f"{'all':<60}{total:>5}/{len(results)}")
+        print(f"{task:<{width}}{ok:>5}/{len(mine):<3}{steps:>12.0f}  {failed or ''}")
+    print(f"{'all':<{width}}{total:>5}/{len(results)}")
 
 
 if __name__ == "__main__":

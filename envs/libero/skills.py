@@ -1,0 +1,150 @@
+"""What every LIBERO expert reads and how it moves: privileged reads of a built scene (object
+origins, collision boxes, sites, the hand) and the proportional controller behind the 7-D
+delta action. The experts (envs/libero/experts.py) are state-feedback laws written on top.
+
+Simulator facts (hf-libero 0.1.4, measured in ../shared/docs/libero-experts-scope.md): OSC_POSE
+delta actions, 1 = 5 cm / 0.5 rad per 20 Hz step, but the hand moves about a quarter of that
+and sags sideways, so moves are proportional and re-aimed every step; gripper -1 opens and +1
+closes (about 10 steps); with the hand pointing down (DOWN) the fingers close along world y.
+Objects are measured by their collision geometry: their visual meshes are up to 40% wider (the
+akita bowl is 11.4 cm wide in collision, 15.7 cm visually), and only collision touches count.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from envs.rotations import mat_to_rotvec
+
+POS_UNIT = 0.05  # metres per unit translation action (OSC_POSE delta)
+ROT_UNIT = 0.5  # radians per unit rotation action
+GAIN = 0.6  # fraction of the remaining error asked per step (the controller lags behind)
+HAND_RESPONSE = 0.25  # the hand moves about this fraction of the commanded translation per step
+DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # hand pointing down, fingers along y
+OPEN_GAP = 0.075  # finger gap (m) when fully open (about 2 x 0.039)
+
+
+def rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+class Scene:
+    """Privileged reads of one built LIBERO scene. Build it after every reset: LIBERO rebuilds
+    the simulator (and renumbers nothing, but replaces the model and data objects) on reset."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.sim = env.sim
+        self.model, self.data = self.sim.sim.model._model, self.sim.sim.data._data
+
+    # ---------------------------------------------------------------------- the hand
+    def hand(self) -> tuple[np.ndarray, float]:
+        """Grip-site position (m) and finger gap (m)."""
+        obs = self.sim._get_observations()
+        return obs["robot0_eef_pos"].copy(), float(obs["robot0_gripper_qpos"][0] - obs["robot0_gripper_qpos"][1])
+
+    def move(self, target: np.ndarray, grip: float, orientation: np.ndarray = DOWN) -> np.ndarray:
+        """The action that steers the grip site towards `target` and the hand towards
+        `orientation` (a world rotation matrix), with the gripper command `grip`."""
+        eef, _ = self.hand()
+        delta = np.clip((target - eef) / POS_UNIT * GAIN / HAND_RESPONSE, -1, 1)
+        current = self.sim.robots[0].controller.ee_ori_mat
+        rot = np.clip(mat_to_rotvec(orientation @ current.T) / ROT_UNIT * 0.5, -1, 1)
+        return np.concatenate([delta, rot, [grip]])
+
+    def turned(self, orientation: np.ndarray) -> float:
+        """Angle (rad) between the hand and `orientation`."""
+        return float(np.linalg.norm(mat_to_rotvec(orientation @ self.sim.robots[0].controller.ee_ori_mat.T)))
+
+    # ---------------------------------------------------------------------- objects and sites
+    def body(self, name: str) -> int:
+        """Body id of a LIBERO object (its `<name>_main` body) or of any named body."""
+        ids = self.sim.obj_body_id
+        if name in ids:
+            return ids[name]
+        found = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, name)
+        if found < 0:
+            raise KeyError(f"no object or body named {name!r} in {self.env.suite}/{self.env.task}")
+        return found
+
+    def origin(self, name: str) -> np.ndarray:
+        return self.data.xpos[self.body(name)].copy()
+
+    def site(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A site's world position, rotation matrix and half size."""
+        sid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
+        if sid < 0:
+            raise KeyError(f"no site named {name!r} in {self.env.suite}/{self.env.task}")
+        return (
+            self.data.site_xpos[sid].copy(),
+            self.data.site_xmat[sid].reshape(3, 3).copy(),
+            self.model.site_size[sid].copy(),
+        )
+
+    def box(self, body: int, collision: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """World axis-aligned bounding box of a body's subtree: its collision geoms (default)
+        or its visual ones (geom group 1)."""
+        m, d = self.model, self.data
+        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        for g in range(m.ngeom):
+            b = m.geom_bodyid[g]
+            while b not in (0, body):
+                b = m.body_parentid[b]
+            if b != body:
+                continue
+            keep = bool(m.geom_contype[g] or m.geom_conaffinity[g]) if collision else m.geom_group[g] == 1
+            if not keep:
+                continue
+            corners = signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]
+            w = corners @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g]
+            lo, hi = np.minimum(lo, w.min(0)), np.maximum(hi, w.max(0))
+        if not np.isfinite(lo).all():
+            kind = "collision" if collision else "visual"
+            raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)!r} has no {kind} geoms")
+        return lo, hi
+
+    def highest_along(self, start: np.ndarray, end: np.ndarray, radius: float, skip: tuple[str, ...] = ()) -> float:
+        """Top (m) of the highest object or fixture whose collision box comes within `radius` of
+        the straight xy path from `start` to `end`; -inf when nothing does."""
+        names = [*self.sim.objects_dict, *getattr(self.sim, "fixtures_dict", {})]
+        path = np.linspace(start[:2], end[:2], 25)
+        top = -np.inf
+        for name in names:
+            if name in skip:
+                continue
+            try:
+                lo, hi = self.box(self.body(name))
+            except ValueError:  # a fixture without collision geometry of its own
+                continue
+            outside = np.maximum(0.0, np.maximum(lo[:2] - path, path - hi[:2]))
+            if np.min(np.linalg.norm(outside, axis=1)) < radius:
+                top = max(top, float(hi[2]))
+        return top
+
+    def clearance(self, points: np.ndarray, skip: tuple[str, ...] = ()) -> float:
+        """Distance (m, to within the boxes' corners) from `points` (N, 3) to the nearest
+        collision geom of any object or fixture but those in `skip`."""
+        m, d = self.model, self.data
+        roots = {
+            self.body(n) for n in (*self.sim.objects_dict, *getattr(self.sim, "fixtures_dict", {})) if n not in skip
+        }
+        best = np.inf
+        for g in range(m.ngeom):
+            if not (m.geom_contype[g] or m.geom_conaffinity[g]):
+                continue
+            b = m.geom_bodyid[g]
+            while b not in roots and b != 0:
+                b = m.body_parentid[b]
+            if b == 0:
+                continue
+            local = (points - d.geom_xpos[g]) @ d.geom_xmat[g].reshape(3, 3) - m.geom_aabb[g][:3]
+            outside = np.maximum(0.0, np.abs(local) - m.geom_aabb[g][3:])
+            best = min(best, float(np.min(np.linalg.norm(outside, axis=1))))
+        return best
+
+    def goal(self) -> list[list[str]]:
+        """The task's goal predicates as LIBERO parsed them, e.g. [["on", "akita_black_bowl_1", "plate_1"]]."""
+        return [list(p) for p in self.sim.parsed_problem["goal_state"]]
