@@ -28,9 +28,9 @@ REGION = "basket_1_contain_region"
 HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narrow in x, wide in y
 
 
-def _funnel(target: np.ndarray, eef: np.ndarray, hover: float = HOVER) -> np.ndarray:
+def _funnel(target: np.ndarray, eef: np.ndarray, hover: float = HOVER, slope: float = FUNNEL) -> np.ndarray:
     off = np.linalg.norm((eef - target)[:2])
-    return target + np.array([0.0, 0.0, min(hover, FUNNEL * max(0.0, off - ALIGNED))])
+    return target + np.array([0.0, 0.0, min(hover, slope * max(0.0, off - ALIGNED))])
 
 
 class LiberoObjectExpert:
@@ -140,9 +140,8 @@ class VesselPlaceExpert:
     # pads meet it face to face (closing horizontally on the tilted wall, the bowl pivoted about
     # the edge contact by up to 30 degrees and slipped out).
     RIM_RADIUS, RIM_HEIGHT, WALL_TILT = 0.047, 0.036, np.radians(15)
-    FINGER_ROOM = (
-        0.0  # clearance (m) the outer finger and the hand need on the -x side; collision boxes of meshes are loose
-    )
+    FINGER_ROOM = 0.0  # room (m) the outer finger and the hand need on the -x side (mesh boxes are loose)
+    FUNNEL = 6.0  # approach height per metre of misalignment: the fingers go down between walls 2-6 cm apart
     HELD_NEAR = 0.02  # grip site within this of the grasp point while held (the bowl tilts a little in the hand)
     CLEARANCE = 0.04  # the held bowl's bottom stays this far above every other object's top while carrying (m)
     OVER = 0.005  # the bowl's origin counts as over the target within this (m)
@@ -177,16 +176,19 @@ class VesselPlaceExpert:
 
     def _grasp_side(self, origin: np.ndarray) -> np.ndarray:
         """Unit xy direction from the bowl's origin to the wall it is held by: -x (towards the
-        robot) when the outer finger and the hand's underside fit there, else the side where
-        they have the most room."""
+        robot) when the outer finger and the hand's underside fit there, else the side facing the
+        robot where they have the most room (from a side facing away, the tilted hand stalled
+        short of the grasp point with the arm at its reach)."""
         grip = origin[2] + self.RIM_HEIGHT
         finger = [(self.RIM_RADIUS + r, 0.0, z) for r in (0.025, 0.035, 0.045) for z in (-0.012, 0.0, 0.03)]
-        # The hand's underside, 2.4 cm above the grip site: 20.8 cm along the closing axis, 6.9 across.
+        # The hand's underside and 3.6 cm of the hand above it, from 2.4 cm above the grip site:
+        # 20.8 cm along the closing axis, 6.9 across, sampled every 2 mm in height (the cabinet's
+        # top panel is 2.8 mm thick).
         hull = [
             (self.RIM_RADIUS + a, c, z)
             for a in np.linspace(-0.104, 0.104, 9)
             for c in (-0.0345, 0.0, 0.0345)
-            for z in (0.024, 0.05)
+            for z in np.arange(0.024, 0.061, 0.002)
         ]
         offsets = np.array(finger + hull)
 
@@ -198,7 +200,7 @@ class VesselPlaceExpert:
         if room(np.pi) > self.FINGER_ROOM:
             angle = np.pi
         else:
-            angles = np.radians(np.arange(0, 360, 15))
+            angles = np.radians(np.arange(90, 271, 15))  # the sides facing the robot: the others are out of reach
             angle = max(angles, key=lambda a: (round(min(room(a), 0.03), 3), -abs(np.angle(np.exp(1j * (a - np.pi))))))
         return np.array([np.cos(angle), np.sin(angle)])
 
@@ -237,13 +239,13 @@ class VesselPlaceExpert:
                 self.closing += 1
                 return scene.move(grasp, 1.0, self.hand)
             if gap < OPEN_GAP - 0.01:  # closed on nothing, or the bowl slipped: open, approach again
-                return scene.move(_funnel(grasp, eef) + np.array([0.0, 0.0, 0.02]), -1.0, self.hand)
+                return scene.move(_funnel(grasp, eef, slope=self.FUNNEL) + np.array([0.0, 0.0, 0.02]), -1.0, self.hand)
             self.closing = 0
         lined_up = np.linalg.norm(rel[:2]) < ALIGNED and abs(rel[2]) < 0.008 and scene.turned(self.hand) < 0.1
         if lined_up and gap > OPEN_GAP - 0.01:
             self.closing = 1
             return scene.move(grasp, 1.0, self.hand)
-        return scene.move(_funnel(grasp, eef), -1.0, self.hand)
+        return scene.move(_funnel(grasp, eef, slope=self.FUNNEL), -1.0, self.hand)
 
 
 EXPERTS = {"libero_object": LiberoObjectExpert, "libero_spatial": VesselPlaceExpert}
