@@ -149,17 +149,11 @@ def test_evaluate_names_a_missing_checkpoint_before_starting_workers(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, caplog):
-    """Finished episodes are kept in episodes.partial.jsonl as they arrive; a re-run with the
-    same weights and settings reuses them (results identical to an uninterrupted run), a file
-    of other settings is not reused, and a line cut short by a kill is ignored."""
-    import json
-
+def tiny_tabletop_checkpoint(path):
+    """A random tiny policy with the built-in suite's cameras, state and action widths, saved."""
     import torch
     from helpers import tiny_policy_config, tiny_stats
 
-    from envs.evaluate import PARTIAL_FILE, EvalConfig, evaluate, partial_header
-    from vla.checkpoint import Checkpoint
     from vla.model import VLAModel
     from vla.policy import VLAPolicy
 
@@ -170,7 +164,19 @@ def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, cap
         cameras=["agentview", "wrist"],
         camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
     )
-    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ckpt")
+    return VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(path)
+
+
+def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, caplog):
+    """Finished episodes are kept in episodes.partial.jsonl as they arrive; a re-run with the
+    same weights and settings reuses them (results identical to an uninterrupted run), a file
+    of other settings is not reused, and a line cut short by a kill is ignored."""
+    import json
+
+    from envs.evaluate import PARTIAL_FILE, EvalConfig, evaluate, partial_header
+    from vla.checkpoint import Checkpoint
+
+    ckpt = tiny_tabletop_checkpoint(tmp_path / "ckpt")
     ev = EvalConfig(tasks=["lift_red"], episodes_per_task=3, workers=1, videos_per_task=0)
     full = evaluate(ckpt, ev, tmp_path / "full", progress=False)
     assert not (tmp_path / "full" / PARTIAL_FILE).exists()  # removed once results.json is written
@@ -222,21 +228,10 @@ def test_validation_and_test_splits_use_disjoint_episodes(tmp_path):
             cfg(seed=limit)
         cfg(seed=limit - 1)
     # a validation run end to end on the built-in suite: its episodes, seeds and table
-    import torch
-    from helpers import tiny_policy_config, tiny_stats
 
     from envs.evaluate import evaluate
-    from vla.model import VLAModel
-    from vla.policy import VLAPolicy
 
-    torch.manual_seed(0)
-    cfg = tiny_policy_config(
-        action_dim=7,
-        state_dim=8,
-        cameras=["agentview", "wrist"],
-        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
-    )
-    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ckpt")
+    ckpt = tiny_tabletop_checkpoint(tmp_path / "ckpt")
     ev = EvalConfig(tasks=["lift_red"], episodes_per_task=1, workers=1, videos_per_task=0, split="validation")
     res = evaluate(ckpt, ev, tmp_path / "val", progress=False)
     assert [e["seed"] for e in res["episodes"]] == [VALIDATION_SEED] and res["config"]["split"] == "validation"

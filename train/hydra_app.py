@@ -69,6 +69,30 @@ class Preset:
             raise ValueError(f"experiment={name}: {e}") from e
 
 
+def _scripted_libero(suite: str) -> dict:
+    """A LIBERO suite end to end from its scripted expert's demonstrations (docs/libero.md)."""
+    return {
+        "run_dir": f"runs/{suite}",
+        "data.source": "libero_scripted",
+        "data.root": f"runs/data/{suite}",
+        "data.libero.suite": suite,
+        "data.libero.episodes_per_task": 60,  # 68% at 60 / 6000 against 53% at 40 / 5000 (LIBERO-Object)
+        "data.loader.batch_size": 32,
+        "policy.backbone.image_size": 64,
+        # Random order: 88.0% against max_prob's 68.2% on the same LIBERO-Object checkpoint, paired
+        # difference 19.8 points (s.e. 2.3); closer to the recorded actions offline too.
+        "policy.sampler.confidence": "random",
+        "optim.steps": 6000,
+        "optim.lr": 1e-3,
+        "optim.warmup_steps": 100,
+        "save_every": 1000,
+        "eval.suite": suite,
+        "eval.episodes_per_task": 50,
+        "eval.videos_per_task": 1,
+        "eval.execute_steps": 4,
+    }
+
+
 EXPERIMENTS = {
     # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes (docs/training.md).
     "builtin": Preset(
@@ -118,49 +142,10 @@ EXPERIMENTS = {
     # LIBERO-Object end to end on these CPUs (docs/libero.md): record scripted demonstrations in
     # the fast rendering mode if missing, train the default-size policy, evaluate from the 50
     # official initial states of every task.
-    "libero_object": Preset(
-        {
-            "run_dir": "runs/libero_object",
-            "data.source": "libero_scripted",
-            "data.root": "runs/data/libero_object",
-            "data.libero.episodes_per_task": 60,  # 68% at 60 / 6000 against 53% at 40 / 5000 (docs/libero.md)
-            "data.loader.batch_size": 32,
-            "policy.backbone.image_size": 64,
-            # Random order: 88.0% against max_prob's 68.2% on the same checkpoint, paired difference
-            # 19.8 points (s.e. 2.3); closer to the recorded actions offline too (docs/libero.md).
-            "policy.sampler.confidence": "random",
-            "optim.steps": 6000,
-            "optim.lr": 1e-3,
-            "optim.warmup_steps": 100,
-            "save_every": 1000,
-            "eval.suite": "libero_object",
-            "eval.episodes_per_task": 50,
-            "eval.videos_per_task": 1,
-            "eval.execute_steps": 4,
-        }
-    ),
-    # LIBERO-Spatial the same way: the rim-grasp expert (envs/libero/experts.py) records the
-    # demonstrations; model, data size and decoding are LIBERO-Object's, not yet chosen for this suite.
-    "libero_spatial": Preset(
-        {
-            "run_dir": "runs/libero_spatial",
-            "data.source": "libero_scripted",
-            "data.root": "runs/data/libero_spatial",
-            "data.libero.suite": "libero_spatial",
-            "data.libero.episodes_per_task": 60,
-            "data.loader.batch_size": 32,
-            "policy.backbone.image_size": 64,
-            "policy.sampler.confidence": "random",
-            "optim.steps": 6000,
-            "optim.lr": 1e-3,
-            "optim.warmup_steps": 100,
-            "save_every": 1000,
-            "eval.suite": "libero_spatial",
-            "eval.episodes_per_task": 50,
-            "eval.videos_per_task": 1,
-            "eval.execute_steps": 4,
-        }
-    ),
+    "libero_object": Preset(_scripted_libero("libero_object")),
+    # LIBERO-Spatial the same way with the rim-grasp expert; model, data size and decoding are
+    # LIBERO-Object's, not yet chosen for this suite.
+    "libero_spatial": Preset(_scripted_libero("libero_spatial")),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
     # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(

@@ -120,34 +120,33 @@ class LiberoObjectExpert:
 
 
 class VesselPlaceExpert:
-    """Pick an open vessel up by its rim and set it down on a target ("pick up the black bowl
-    ... and place it on the plate": every LIBERO-Spatial task, and the bowl tasks of Goal).
+    """Pick an open vessel up by its rim and set it down on a target object or region ("pick up
+    the black bowl ... and place it on the plate": every LIBERO-Spatial task).
 
     The bowl is 11.4 cm wide in collision, wider than the open fingers (7.5 cm), so it is held
-    by one wall: hand pointing down, one finger inside the bowl, one outside, closing along y
-    on the +y wall (scope probe: 8/8 over 7 Spatial tasks). State feedback like the Object
-    expert: approach through a funnel, close when lined up; once held, rise so the bowl's bottom
-    clears everything it could pass over, steer the bowl's origin (not the hand) over the
-    target's, descend through a funnel on that error, and open on contact. A missed grasp
-    re-opens and the approach starts again; a dropped bowl is approached again."""
+    by one wall: one finger inside the bowl, one outside (docs/libero.md has the probes behind
+    each choice here). State feedback like the Object expert: approach through a funnel, close
+    when lined up; once held, rise so the bowl's bottom clears everything it could pass over,
+    steer the bowl's origin (not the hand) over the target's, descend through a funnel on that
+    error, and open on contact. A missed grasp re-opens and the approach starts again; a dropped
+    bowl is approached again."""
 
     # The grip point is on the bowl's wall at RIM_RADIUS from its origin, RIM_HEIGHT above it (1.6
-    # cm under the rim), on the side facing the robot (-x) unless something stands within
-    # FINGER_ROOM of where the outer finger goes down (the drawer's front wall, 1.7 cm from the bowl
-    # in Spatial task 4: then the side with the most room). The +y side leaves the plate, 0.72 m
-    # from the shoulder, out of reach: the elbow straightens at its limit 7 cm above it. The hand
-    # closes the fingers towards the wall's normal and is tilted WALL_TILT like the wall, so the
-    # pads meet it face to face (closing horizontally on the tilted wall, the bowl pivoted about
-    # the edge contact by up to 30 degrees and slipped out).
+    # cm under the rim), on the side facing the robot (-x) unless the outer finger or the hand
+    # would meet something there (the drawer's wall, the cabinet's top panel in Spatial task 4:
+    # then the side facing the robot with the most room). The +y side leaves the plate, 0.72 m
+    # from the shoulder, out of reach: the elbow straightens at its limit 8 cm above it. The hand
+    # closes the fingers along the wall's normal, tilted WALL_TILT like the wall, so the pads meet
+    # it face to face: the bowl hangs level (2 degrees) instead of 15-34 degrees off.
     RIM_RADIUS, RIM_HEIGHT, WALL_TILT = 0.047, 0.036, np.radians(15)
     FINGER_ROOM = 0.0  # room (m) the outer finger and the hand need on the -x side (mesh boxes are loose)
     FUNNEL = 6.0  # approach height per metre of misalignment: the fingers go down between walls 2-6 cm apart
     HELD_NEAR = 0.02  # grip site within this of the grasp point while held (the bowl tilts a little in the hand)
-    CLEARANCE = 0.04  # the held bowl's bottom stays this far above every other object's top while carrying (m)
+    CLEARANCE = 0.04  # the held bowl's bottom stays this far above what its path passes over (m)
     OVER = 0.005  # the bowl's origin counts as over the target within this (m)
     PLACE_FUNNEL = 2.0  # descent height per metre of the bowl's horizontal error over the target
     SQUEEZE = 16  # steps the fingers close before lifting (the wall is 2.6 mm thick: let the grip build up)
-    HELD_GAP = 0.002  # fingers squeezing the 2.6 mm wall stop at a gap of 4-8 mm
+    HELD_GAP = 0.002  # fingers squeezing the 2.6 mm wall stop at a gap of 4-8 mm (the Object expert's 8 mm lets go)
 
     def __init__(self, env) -> None:
         self.env = env
