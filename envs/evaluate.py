@@ -5,7 +5,8 @@ queried for a chunk of H actions, the first `execute_steps` are executed, then i
 Two splits: `test` measures (suites with official initial states, LIBERO, start episode e of
 a task from state `init_states[e]`; the built-in suite draws its layout from seed `seed + e`),
 `validation` selects settings (episode e draws a fresh placement from seed VALIDATION_SEED + e,
-which no recording and no test episode uses). Everything a
+which no recording and no test episode uses); on LIBERO, `placement_widen` draws those
+placements from regions widened by that many metres (robustness). Everything a
 worker would trip over (suite, tasks, initial states, the checkpoint's files, weights, cameras,
 widths and the suite it was trained for) is checked before the pool starts; what a worker still
 fails on comes back as its own error, not as BrokenProcessPool. SIGINT or SIGTERM stops the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -54,6 +56,9 @@ class EvalConfig:
     # "test" measures (LIBERO: the official initial states); "validation" selects settings:
     # fresh seeded placements that no recording and no test episode uses (module docstring).
     split: str = "test"
+    # Robustness (LIBERO, validation split only): metres added on each side of every region the
+    # fresh placements are drawn from, e.g. 0.02 or 0.05; the table and the out folder say so.
+    placement_widen: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -66,6 +71,13 @@ class EvalConfig:
             )
         if self.episodes_per_task < 1:
             raise ValueError(f"eval.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+        if not (math.isfinite(self.placement_widen) and 0 <= self.placement_widen <= 0.2):
+            raise ValueError(f"eval.placement_widen must be in [0, 0.2] metres, got {self.placement_widen}")
+        if self.placement_widen and self.split != "validation":
+            raise ValueError(
+                "eval.placement_widen widens fresh placements, which only the validation split draws (an official "
+                "initial state fixes every placement): add eval.split=validation"
+            )
         if self.execute_steps < 0:
             raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
         if self.workers < 1 or self.threads_per_worker < 1 or self.videos_per_task < 0:
@@ -143,7 +155,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(
-    checkpoint: str, sampler_overrides: dict, threads: int, render_mode: str, parent: int, allow_unverified: bool
+    checkpoint: str,
+    sampler_overrides: dict,
+    threads: int,
+    render_mode: str,
+    parent: int,
+    allow_unverified: bool,
+    placement_widen: float = 0.0,
 ) -> None:
     # The parent alone decides when evaluation stops (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -163,6 +181,7 @@ def _init_worker(
         return
     _WORKER["policy"] = policy
     _WORKER["render_mode"] = render_mode
+    _WORKER["placement_widen"] = placement_widen
     _WORKER["envs"] = {}
 
 
@@ -179,7 +198,9 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
         for old in _WORKER["envs"].values():
             old.close()
         _WORKER["envs"] = {}
-        env = _WORKER["envs"][task] = make_env(suite, task, render_size(policy.cfg), _WORKER["render_mode"])
+        env = _WORKER["envs"][task] = make_env(
+            suite, task, render_size(policy.cfg), _WORKER["render_mode"], _WORKER["placement_widen"]
+        )
         obs_space = env.observation_space
         from vla.model import check_compatible
 
@@ -204,6 +225,8 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     if not suite.official_states:
         if cfg.init_states:
             raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
+        if cfg.placement_widen:
+            raise ValueError(f"eval.placement_widen applies to LIBERO suites, not {cfg.suite!r}")
         return tasks, [None] * cfg.episodes_per_task, ""
     from envs.libero.conventions import RenderMode
     from envs.libero.env import init_states
@@ -364,6 +387,7 @@ def partial_header(weights_sha256: str, cfg: EvalConfig, render_mode: str) -> di
         "sampler_overrides": dict(cfg.sampler_overrides),
         "render_mode": render_mode,
         "execute_steps": cfg.execute_steps,
+        **({"placement_widen": cfg.placement_widen} if cfg.placement_widen else {}),
     }
 
 
@@ -427,6 +451,7 @@ def evaluate(
             render_mode,
             os.getpid(),
             allow_unverified,
+            cfg.placement_widen,
         ),
     )
     try:
@@ -490,7 +515,9 @@ def format_table(results: dict) -> str:
     n = len(results["episodes"]) // max(1, len(per_task))
     width = max(len(t) for t in per_task) + 2
     split = results["config"].get("split", "test")
-    lines = [f"{'task':<{width}}success ({n} {split} episodes each)", "-" * (width + 28)]
+    widen = results["config"].get("placement_widen", 0.0)
+    widened = f", placements widened {100 * widen:g} cm" if widen else ""
+    lines = [f"{'task':<{width}}success ({n} {split} episodes each{widened})", "-" * (width + 28)]
     lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
     lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]
     return "\n".join(lines)

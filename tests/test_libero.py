@@ -401,3 +401,43 @@ def test_the_validation_split_plans_fresh_placements(tmp_path):
     ]
     _, states, _ = plan_episodes(EvalConfig(suite="libero_object", episodes_per_task=2), policy_cfg)
     assert states == [0, 1]
+
+
+def test_robustness_widens_the_validation_placements_and_says_so(tmp_path, monkeypatch):
+    """eval.placement_widen: fresh placements from regions widened by that much, in the workers'
+    environments, the episodes file's header and the table; refused where nothing is drawn."""
+    from envs import evaluate
+    from envs.registry import make_env
+    from vla.checkpoint import Checkpoint
+
+    with pytest.raises(ValueError, match="add eval.split=validation"):
+        evaluate.EvalConfig(suite="libero_object", placement_widen=0.05)
+    for bad in (-0.01, float("nan"), 0.5):
+        with pytest.raises(ValueError, match=r"placement_widen must be in \[0, 0.2\]"):
+            evaluate.EvalConfig(suite="libero_object", split="validation", placement_widen=bad)
+    ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="applies to LIBERO suites"):
+        evaluate.plan_episodes(
+            evaluate.EvalConfig(split="validation", placement_widen=0.05), Checkpoint(ckpt).policy_config
+        )
+    ev = evaluate.EvalConfig(suite="libero_object", tasks=[OBJECT_TASK], split="validation", placement_widen=0.05)
+    plain = evaluate.EvalConfig(suite="libero_object", tasks=[OBJECT_TASK], split="validation")
+    assert evaluate.partial_header("sha", ev, "fast") != evaluate.partial_header("sha", plain, "fast")
+    # A worker builds its environments with the widening (the worker's signal set-up is its own).
+    monkeypatch.setattr(evaluate, "_die_with_parent", lambda parent: None)
+    monkeypatch.setattr(evaluate.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(evaluate, "_WORKER", {})
+    built = []
+    monkeypatch.setattr("envs.registry.make_env", lambda *args: built.append(args) or make_env(*args))
+    monkeypatch.setattr(evaluate, "rollout", lambda *args: {"success": False, "steps": 0, "frames": []})
+    evaluate._init_worker(str(ckpt), {}, 1, "fast", os.getpid(), False, 0.05)
+    try:
+        evaluate._run_episode(evaluate.episode_jobs(ev, [OBJECT_TASK], [None])[0])
+        assert built[0][-1] == 0.05 and evaluate._WORKER["envs"][OBJECT_TASK].placement_widen == 0.05
+    finally:
+        for env in evaluate._WORKER.get("envs", {}).values():
+            env.close()
+    table = evaluate.format_table(
+        {"per_task_success": {"t": 1.0}, "mean_success": 1.0, "episodes": [{}], "config": ev.__dict__}
+    )
+    assert "(1 validation episodes each, placements widened 5 cm)" in table
