@@ -5,8 +5,9 @@ queried for a chunk of H actions, the first `execute_steps` are executed, then i
 Two splits: `test` measures (suites with official initial states, LIBERO, start episode e of
 a task from state `init_states[e]`; the built-in suite draws its layout from seed `seed + e`),
 `validation` selects settings (episode e draws a fresh placement from seed VALIDATION_SEED + e,
-which no recording and no test episode uses); on LIBERO, `placement_widen` draws those
-placements from regions widened by that many metres (robustness). Everything a
+which no recording and no test episode uses). Robustness on LIBERO: `placement_widen` draws
+the validation placements from regions widened by that many metres, `camera_shift` moves the
+agentview camera (either split). Everything a
 worker would trip over (suite, tasks, initial states, the checkpoint's files, weights, cameras,
 widths and the suite it was trained for) is checked before the pool starts; what a worker still
 fails on comes back as its own error, not as BrokenProcessPool. SIGINT or SIGTERM stops the
@@ -56,9 +57,12 @@ class EvalConfig:
     # "test" measures (LIBERO: the official initial states); "validation" selects settings:
     # fresh seeded placements that no recording and no test episode uses (module docstring).
     split: str = "test"
-    # Robustness (LIBERO, validation split only): metres added on each side of every region the
-    # fresh placements are drawn from, e.g. 0.02 or 0.05; the table and the out folder say so.
+    # Robustness (LIBERO), each named in the table and the out folder. placement_widen (validation
+    # split only): metres added on each side of every region the fresh placements are drawn
+    # from, e.g. 0.02 or 0.05. camera_shift: [x, y, z] metres the agentview camera moves along
+    # its own axes (x right, y up in the image, z backwards), e.g. [0.02, 0, 0]; empty: none.
     placement_widen: float = 0.0
+    camera_shift: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -78,6 +82,14 @@ class EvalConfig:
                 "eval.placement_widen widens fresh placements, which only the validation split draws (an official "
                 "initial state fixes every placement): add eval.split=validation"
             )
+        shift = list(self.camera_shift)
+        if shift and not (len(shift) == 3 and all(math.isfinite(v) and abs(v) <= 0.1 for v in shift)):
+            raise ValueError(f"eval.camera_shift must be [x, y, z] metres, each within 0.1, got {shift}")
+
+    def perturbations(self) -> dict:
+        """The environment's robustness settings that differ from the benchmark's (make_env's)."""
+        out = {"placement_widen": self.placement_widen, "camera_shift": tuple(self.camera_shift)}
+        return {k: v for k, v in out.items() if v and any(np.atleast_1d(v))}
         if self.execute_steps < 0:
             raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
         if self.workers < 1 or self.threads_per_worker < 1 or self.videos_per_task < 0:
@@ -161,7 +173,7 @@ def _init_worker(
     render_mode: str,
     parent: int,
     allow_unverified: bool,
-    placement_widen: float = 0.0,
+    perturbations: dict | None = None,
 ) -> None:
     # The parent alone decides when evaluation stops (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -181,7 +193,7 @@ def _init_worker(
         return
     _WORKER["policy"] = policy
     _WORKER["render_mode"] = render_mode
-    _WORKER["placement_widen"] = placement_widen
+    _WORKER["perturbations"] = dict(perturbations or {})
     _WORKER["envs"] = {}
 
 
@@ -199,7 +211,7 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
             old.close()
         _WORKER["envs"] = {}
         env = _WORKER["envs"][task] = make_env(
-            suite, task, render_size(policy.cfg), _WORKER["render_mode"], _WORKER["placement_widen"]
+            suite, task, render_size(policy.cfg), _WORKER["render_mode"], **_WORKER["perturbations"]
         )
         obs_space = env.observation_space
         from vla.model import check_compatible
@@ -225,8 +237,8 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     if not suite.official_states:
         if cfg.init_states:
             raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
-        if cfg.placement_widen:
-            raise ValueError(f"eval.placement_widen applies to LIBERO suites, not {cfg.suite!r}")
+        if cfg.perturbations():
+            raise ValueError(f"eval.placement_widen and eval.camera_shift apply to LIBERO suites, not {cfg.suite!r}")
         return tasks, [None] * cfg.episodes_per_task, ""
     from envs.libero.conventions import RenderMode
     from envs.libero.env import init_states
@@ -387,7 +399,7 @@ def partial_header(weights_sha256: str, cfg: EvalConfig, render_mode: str) -> di
         "sampler_overrides": dict(cfg.sampler_overrides),
         "render_mode": render_mode,
         "execute_steps": cfg.execute_steps,
-        **({"placement_widen": cfg.placement_widen} if cfg.placement_widen else {}),
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.perturbations().items()},
     }
 
 
@@ -451,7 +463,7 @@ def evaluate(
             render_mode,
             os.getpid(),
             allow_unverified,
-            cfg.placement_widen,
+            cfg.perturbations(),
         ),
     )
     try:
@@ -515,8 +527,9 @@ def format_table(results: dict) -> str:
     n = len(results["episodes"]) // max(1, len(per_task))
     width = max(len(t) for t in per_task) + 2
     split = results["config"].get("split", "test")
-    widen = results["config"].get("placement_widen", 0.0)
+    widen, shift = results["config"].get("placement_widen", 0.0), results["config"].get("camera_shift", [])
     widened = f", placements widened {100 * widen:g} cm" if widen else ""
+    widened += f", camera moved ({', '.join(f'{100 * v:g}' for v in shift)}) cm" if shift else ""
     lines = [f"{'task':<{width}}success ({n} {split} episodes each{widened})", "-" * (width + 28)]
     lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
     lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]

@@ -22,7 +22,7 @@ SPLITS = ("test", "validation")
 class Suite:
     robot: str  # the embodiment's robot (`vla.embodiment.Embodiment.robot`) whose policies it evaluates
     tasks: Callable[[], list[str]]
-    make: Callable[..., gym.Env]  # (task, image_size, render_mode, placement_widen) -> env
+    make: Callable[..., gym.Env]  # (task, image_size, render_mode, **perturbations) -> env
     spaces: Callable[[int], tuple]  # image_size -> (observation space, action space), without building an env
     official_states: bool  # episodes start from the benchmark's fixed initial states (by index), not seeds
 
@@ -50,15 +50,15 @@ def register_builtin() -> None:
     _REGISTERED = True
 
 
-def _make_builtin(task: str, image_size: int, render_mode: str | None = None, placement_widen: float = 0.0) -> gym.Env:
+def _make_builtin(task: str, image_size: int, render_mode: str | None = None, **perturbations) -> gym.Env:
     headless()
     register_builtin()
     if task not in _builtin_tasks():
         raise KeyError(f"unknown task {task!r} in suite 'builtin'; available: {_builtin_tasks()}")
     if render_mode not in (None, ""):
         raise ValueError(f"the built-in suite has one rendering; render_mode={render_mode!r} applies to LIBERO")
-    if placement_widen:
-        raise ValueError(f"placement_widen={placement_widen} applies to LIBERO suites, not the built-in suite")
+    if any(perturbations.values()):
+        raise ValueError(f"{perturbations} apply to LIBERO suites, not the built-in suite")
     return gym.make(f"vla/Tabletop-{task}-v0", image_size=image_size)
 
 
@@ -74,7 +74,7 @@ def _libero(suite: str) -> Suite:
 
         return suite_tasks(suite)
 
-    def make(task: str, image_size: int, render_mode: str | None = None, placement_widen: float = 0.0) -> gym.Env:
+    def make(task: str, image_size: int, render_mode: str | None = None, **perturbations) -> gym.Env:
         from envs.libero.conventions import RenderMode
         from envs.libero.env import LiberoEnv
 
@@ -83,7 +83,7 @@ def _libero(suite: str) -> Suite:
             task,
             image_size=image_size,
             render_mode=render_mode or RenderMode.libero,
-            placement_widen=placement_widen,
+            **perturbations,
         )
 
     def spaces(image_size: int):
@@ -111,9 +111,8 @@ def suite_tasks(suite: str) -> list[str]:
     return get_suite(suite).tasks()
 
 
-def make_env(
-    suite: str, task: str, image_size: int = 128, render_mode: str | None = None, placement_widen: float = 0.0
-) -> gym.Env:
-    """`placement_widen`: metres added on each side of every region LIBERO draws a fresh
-    placement from (LIBERO only; an official initial state overrides the draw)."""
-    return get_suite(suite).make(task, image_size, render_mode, placement_widen)
+def make_env(suite: str, task: str, image_size: int = 128, render_mode: str | None = None, **perturbations) -> gym.Env:
+    """`perturbations` (LIBERO only, robustness): `placement_widen` (metres added on each side of
+    every region a fresh placement is drawn from; an official initial state overrides the draw)
+    and `camera_shift` (metres, the agentview camera moved along its own x, y, z axes)."""
+    return get_suite(suite).make(task, image_size, render_mode, **perturbations)

@@ -403,11 +403,11 @@ def test_the_validation_split_plans_fresh_placements(tmp_path):
     assert states == [0, 1]
 
 
-def test_robustness_widens_the_validation_placements_and_says_so(tmp_path, monkeypatch):
-    """eval.placement_widen: fresh placements from regions widened by that much, in the workers'
-    environments, the episodes file's header and the table; refused where nothing is drawn."""
+def test_robustness_options_reach_the_workers_environments_and_say_so(tmp_path, monkeypatch):
+    """eval.placement_widen (validation placements from widened regions) and eval.camera_shift
+    reach the workers' environments, the episodes file's header and the table; refused where they
+    cannot apply."""
     from envs import evaluate
-    from envs.registry import make_env
     from vla.checkpoint import Checkpoint
 
     with pytest.raises(ValueError, match="add eval.split=validation"):
@@ -415,29 +415,51 @@ def test_robustness_widens_the_validation_placements_and_says_so(tmp_path, monke
     for bad in (-0.01, float("nan"), 0.5):
         with pytest.raises(ValueError, match=r"placement_widen must be in \[0, 0.2\]"):
             evaluate.EvalConfig(suite="libero_object", split="validation", placement_widen=bad)
+    for bad in ([0.01, 0.0], [0.5, 0.0, 0.0], [float("inf"), 0.0, 0.0]):
+        with pytest.raises(ValueError, match="camera_shift must be"):
+            evaluate.EvalConfig(suite="libero_object", camera_shift=bad)
     ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="applies to LIBERO suites"):
-        evaluate.plan_episodes(
-            evaluate.EvalConfig(split="validation", placement_widen=0.05), Checkpoint(ckpt).policy_config
-        )
-    ev = evaluate.EvalConfig(suite="libero_object", tasks=[OBJECT_TASK], split="validation", placement_widen=0.05)
+    with pytest.raises(ValueError, match="apply to LIBERO suites"):
+        evaluate.plan_episodes(evaluate.EvalConfig(camera_shift=[0.02, 0, 0]), Checkpoint(ckpt).policy_config)
+    ev = evaluate.EvalConfig(
+        suite="libero_object", tasks=[OBJECT_TASK], split="validation", placement_widen=0.05, camera_shift=[0.02, 0, 0]
+    )
     plain = evaluate.EvalConfig(suite="libero_object", tasks=[OBJECT_TASK], split="validation")
+    assert plain.perturbations() == {} and evaluate.EvalConfig(camera_shift=[0, 0, 0]).perturbations() == {}
     assert evaluate.partial_header("sha", ev, "fast") != evaluate.partial_header("sha", plain, "fast")
-    # A worker builds its environments with the widening (the worker's signal set-up is its own).
+    # A worker builds its environments with them (the worker's signal set-up is its own).
     monkeypatch.setattr(evaluate, "_die_with_parent", lambda parent: None)
     monkeypatch.setattr(evaluate.signal, "signal", lambda *args: None)
     monkeypatch.setattr(evaluate, "_WORKER", {})
-    built = []
-    monkeypatch.setattr("envs.registry.make_env", lambda *args: built.append(args) or make_env(*args))
     monkeypatch.setattr(evaluate, "rollout", lambda *args: {"success": False, "steps": 0, "frames": []})
-    evaluate._init_worker(str(ckpt), {}, 1, "fast", os.getpid(), False, 0.05)
+    evaluate._init_worker(str(ckpt), {}, 1, "fast", os.getpid(), False, ev.perturbations())
     try:
         evaluate._run_episode(evaluate.episode_jobs(ev, [OBJECT_TASK], [None])[0])
-        assert built[0][-1] == 0.05 and evaluate._WORKER["envs"][OBJECT_TASK].placement_widen == 0.05
+        env = evaluate._WORKER["envs"][OBJECT_TASK]
+        assert env.placement_widen == 0.05 and env.camera_shift.tolist() == [0.02, 0, 0]
     finally:
         for env in evaluate._WORKER.get("envs", {}).values():
             env.close()
     table = evaluate.format_table(
         {"per_task_success": {"t": 1.0}, "mean_success": 1.0, "episodes": [{}], "config": ev.__dict__}
     )
-    assert "(1 validation episodes each, placements widened 5 cm)" in table
+    assert "(1 validation episodes each, placements widened 5 cm, camera moved (2, 0, 0) cm)" in table
+
+
+def test_a_camera_shift_moves_the_agentview_only_and_leaves_the_simulation_alone():
+    frames = {}
+    for shift in (None, (0.0, 0.0, 0.0), (0.03, 0.0, 0.0)):
+        env = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=32, render_mode="fast", camera_shift=shift)
+        try:
+            obs, _ = env.reset(seed=0, options={"init_state": 0})
+            cam = env.sim.sim.data._data.cam_xpos.copy()
+            frames[shift] = obs
+            assert np.array_equal(env.render_cameras()["wrist"], obs["wrist"])
+            assert np.array_equal(env.sim.sim.data._data.cam_xpos, cam)  # put back after drawing
+        finally:
+            env.close()
+    assert np.array_equal(frames[None]["agentview"], frames[(0.0, 0.0, 0.0)]["agentview"])
+    assert not np.array_equal(frames[None]["agentview"], frames[(0.03, 0.0, 0.0)]["agentview"])
+    assert np.array_equal(frames[None]["wrist"], frames[(0.03, 0.0, 0.0)]["wrist"])
+    with pytest.raises(ValueError, match="camera_shift must be 3 finite numbers"):
+        libero.LiberoEnv("libero_object", OBJECT_TASK, camera_shift=(0.1, float("nan"), 0))

@@ -282,6 +282,7 @@ def _eval(cfg) -> None:
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
     name = eval_cfg.suite + ("" if eval_cfg.split == "test" else f"-{eval_cfg.split}")
     name += f"-widen{eval_cfg.placement_widen:g}" if eval_cfg.placement_widen else ""
+    name += f"-camera{','.join(f'{v:g}' for v in eval_cfg.camera_shift)}" if eval_cfg.camera_shift else ""
     out = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval" / name
     res = evaluate(ckpt, eval_cfg, out)
     print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")

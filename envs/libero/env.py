@@ -195,9 +195,13 @@ class LiberoEnv(gym.Env):
         settle_steps: int = SETTLE_STEPS,
         cameras: bool = True,
         placement_widen: float = 0.0,
+        camera_shift: tuple[float, float, float] | None = None,
     ) -> None:
         if not (placement_widen >= 0 and math.isfinite(placement_widen)):
             raise ValueError(f"placement_widen must be a finite number of metres >= 0, got {placement_widen}")
+        shift = np.zeros(3) if camera_shift is None else np.asarray(camera_shift, dtype=np.float64)
+        if shift.shape != (3,) or not np.isfinite(shift).all():
+            raise ValueError(f"camera_shift must be 3 finite numbers (metres), got {camera_shift}")
 
         self.suite, self.task = suite, task
         self._spec = _task(suite, task)
@@ -212,6 +216,8 @@ class LiberoEnv(gym.Env):
         # Metres added on each side of every placement region of a fresh draw (demonstrations
         # only: an official initial state overrides the draw).
         self.placement_widen = float(placement_widen)
+        # Metres the agentview camera moves along its own axes (robustness evaluation).
+        self.camera_shift = shift
         self.observation_space, self.action_space = spaces(image_size)
         self.init_states = init_states(suite, task)
         self.init_state: int | None = None  # index of the official state this episode started from
@@ -304,7 +310,7 @@ class LiberoEnv(gym.Env):
         if self._cameras is None or not self._cameras.fits(model):
             if self._cameras is not None:
                 self._cameras.close()
-            self._cameras = Cameras(model, self.image_size, self.render_style)
+            self._cameras = Cameras(model, self.image_size, self.render_style, {"agentview": self.camera_shift})
         return self._cameras.render(data)
 
     def _observation(self) -> dict:

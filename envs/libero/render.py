@@ -90,9 +90,10 @@ class Cameras:
 
     It draws the physics data with its own render-only model copy, so the fast mode's
     simplified meshes never touch collision. Geom groups match robosuite's camera
-    observations (visual meshes only), so `libero` mode equals LIBERO's own frames."""
+    observations (visual meshes only), so `libero` mode equals LIBERO's own frames.
+    `shifts` moves cameras by (x, y, z) metres along their own axes (robustness evaluation)."""
 
-    def __init__(self, model, image_size: int, mode: RenderMode) -> None:
+    def __init__(self, model, image_size: int, mode: RenderMode, shifts: dict | None = None) -> None:
         import copy
 
         import mujoco
@@ -116,6 +117,10 @@ class Cameras:
             if cid < 0:
                 raise KeyError(f"the LIBERO scene has no camera {theirs!r} (for {ours!r})")
             self.ids[ours] = cid
+        self.shifts = {cam: np.asarray(v, dtype=np.float64) for cam, v in (shifts or {}).items() if np.any(v)}
+        unknown = sorted(set(self.shifts) - set(self.ids))
+        if unknown:
+            raise KeyError(f"camera shifts for unknown cameras {unknown}; cameras: {sorted(self.ids)}")
 
     def fits(self, model) -> bool:
         return self._layout == (model.nbody, model.ngeom, model.nmesh, model.nmeshface)
@@ -123,7 +128,18 @@ class Cameras:
     def render(self, data) -> dict[str, np.ndarray]:
         out = {}
         for cam, cid in self.ids.items():
-            self.renderer.update_scene(data, camera=cid, scene_option=self.option)
+            shift = self.shifts.get(cam)
+            if shift is None:
+                self.renderer.update_scene(data, camera=cid, scene_option=self.option)
+            else:
+                # The scene reads a fixed camera's pose from the data (set by the physics' last
+                # forward pass); move it for this one drawing and put it back.
+                pose = data.cam_xpos[cid].copy()
+                data.cam_xpos[cid] = pose + data.cam_xmat[cid].reshape(3, 3) @ shift
+                try:
+                    self.renderer.update_scene(data, camera=cid, scene_option=self.option)
+                finally:
+                    data.cam_xpos[cid] = pose
             out[cam] = frame_from_renderer(self.renderer.render())
         return out
 
