@@ -48,6 +48,9 @@ class EvalConfig:
     execute_steps: int = 0  # actions executed per chunk before re-planning; 0 = the whole chunk
     workers: int = 2
     videos_per_task: int = 1
+    # Videos are drawn by a viewing render of this many pixels per camera (the policy's 64 px
+    # input is too small to judge a grasp by); 0: the frames the policy saw.
+    video_size: int = 256
     threads_per_worker: int = 1
     sampler_overrides: dict = field(default_factory=dict)  # e.g. {"steps": 1} for ablations
     # LIBERO: indices of the official initial states to run (empty: the first episodes_per_task).
@@ -85,26 +88,45 @@ class EvalConfig:
         shift = list(self.camera_shift)
         if shift and not (len(shift) == 3 and all(math.isfinite(v) and abs(v) <= 0.1 for v in shift)):
             raise ValueError(f"eval.camera_shift must be [x, y, z] metres, each within 0.1, got {shift}")
-
-    def perturbations(self) -> dict:
-        """The environment's robustness settings that differ from the benchmark's (make_env's)."""
-        out = {"placement_widen": self.placement_widen, "camera_shift": tuple(self.camera_shift)}
-        return {k: v for k, v in out.items() if v and any(np.atleast_1d(v))}
         if self.execute_steps < 0:
             raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
+        if not 0 <= self.video_size <= 1024:
+            raise ValueError(
+                f"eval.video_size must be in [0, 1024] pixels (0: the policy's frames), got {self.video_size}"
+            )
         if self.workers < 1 or self.threads_per_worker < 1 or self.videos_per_task < 0:
             raise ValueError(
                 "eval.workers and eval.threads_per_worker must be >= 1 and eval.videos_per_task >= 0, got "
                 f"{self.workers}, {self.threads_per_worker}, {self.videos_per_task}"
             )
 
+    def perturbations(self) -> dict:
+        """The environment's robustness settings that differ from the benchmark's (make_env's)."""
+        out = {"placement_widen": self.placement_widen, "camera_shift": tuple(self.camera_shift)}
+        return {k: v for k, v in out.items() if v and any(np.atleast_1d(v))}
+
 
 def _observation(obs: dict, instruction: str, cameras: list[str]) -> dict:
     return {"images": {c: obs[c] for c in cameras}, "state": obs["state"], "instruction": instruction}
 
 
-def rollout(policy, env, seed: int, execute_steps: int, record: bool = False, init_state: int | None = None) -> dict:
-    """One episode. Returns success, steps, inference time, and frames when `record`."""
+def _video_frame(env, obs: dict, cameras: list[str], size: int) -> np.ndarray:
+    """The policy's cameras side by side: drawn again at `size` pixels, or as the policy saw them (0)."""
+    views = env.unwrapped.render_view(size) if size else obs
+    return np.concatenate([views[c] for c in cameras], axis=1)
+
+
+def rollout(
+    policy,
+    env,
+    seed: int,
+    execute_steps: int,
+    record: bool = False,
+    init_state: int | None = None,
+    video_size: int = 0,
+) -> dict:
+    """One episode. Returns success, steps, inference time, and frames when `record` (drawn at
+    `video_size` pixels per camera, 0: the policy's own frames)."""
     obs, info = env.reset(seed=seed, options=None if init_state is None else {"init_state": init_state})
     policy.reset(seed)
     instruction = env.unwrapped.instruction
@@ -117,7 +139,7 @@ def rollout(policy, env, seed: int, execute_steps: int, record: bool = False, in
         infer_s += time.perf_counter() - t0
         for action in chunk[:k]:
             if record:
-                frames.append(np.concatenate([obs[c] for c in policy.cfg.cameras], axis=1))
+                frames.append(_video_frame(env, obs, policy.cfg.cameras, video_size))
             obs, _, terminated, truncated, info = env.step(action)
             steps += 1
             if terminated or truncated:
@@ -174,6 +196,7 @@ def _init_worker(
     parent: int,
     allow_unverified: bool,
     perturbations: dict | None = None,
+    video_size: int = 0,
 ) -> None:
     # The parent alone decides when evaluation stops (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -194,6 +217,7 @@ def _init_worker(
     _WORKER["policy"] = policy
     _WORKER["render_mode"] = render_mode
     _WORKER["perturbations"] = dict(perturbations or {})
+    _WORKER["video_size"] = video_size
     _WORKER["envs"] = {}
 
 
@@ -217,7 +241,7 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
         from vla.model import check_compatible
 
         check_compatible(policy.cfg, env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
-    result = rollout(policy, env, seed, execute_steps, record, init_state)
+    result = rollout(policy, env, seed, execute_steps, record, init_state, _WORKER["video_size"])
     return {"task": task, "seed": seed, "init_state": init_state, **result}
 
 
@@ -464,6 +488,7 @@ def evaluate(
             os.getpid(),
             allow_unverified,
             cfg.perturbations(),
+            cfg.video_size,
         ),
     )
     try:

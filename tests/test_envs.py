@@ -236,3 +236,41 @@ def test_validation_and_test_splits_use_disjoint_episodes(tmp_path):
     res = evaluate(ckpt, ev, tmp_path / "val", progress=False)
     assert [e["seed"] for e in res["episodes"]] == [VALIDATION_SEED] and res["config"]["split"] == "validation"
     assert "1 validation episodes each" in format_table(res)
+
+
+def test_rollout_videos_are_drawn_at_the_viewing_size(tmp_path):
+    """eval.video_size: recorded frames come from a viewing render at that size (both cameras side
+    by side), not the policy's small frames; 0 keeps the policy's frames; outcomes are the same."""
+    from envs.evaluate import rollout
+    from envs.registry import make_env
+    from vla.policy import VLAPolicy
+
+    policy = VLAPolicy.load(tiny_tabletop_checkpoint(tmp_path / "ckpt"))
+    env = make_env("builtin", "lift_red", 32)
+    try:
+        views = env.unwrapped.render_view(96)
+        assert {k: v.shape for k, v in views.items()} == {"agentview": (96, 96, 3), "wrist": (96, 96, 3)}
+        seen = rollout(policy, env, 0, 8, record=True)
+        viewed = rollout(policy, env, 0, 8, record=True, video_size=96)
+    finally:
+        env.close()
+    assert seen["frames"][0].shape == (32, 64, 3) and viewed["frames"][0].shape == (96, 192, 3)
+    assert (seen["success"], seen["steps"]) == (viewed["success"], viewed["steps"])
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("execute_steps", -1, "execute_steps must be >= 0"),
+        ("video_size", -1, "video_size must be in"),
+        ("video_size", 4096, "video_size must be in"),
+        ("workers", 0, "workers and eval.threads_per_worker must be >= 1"),
+        ("videos_per_task", -1, "videos_per_task >= 0"),
+        ("episodes_per_task", 0, "episodes_per_task must be >= 1"),
+    ],
+)
+def test_evaluation_numbers_out_of_range_are_refused(field, value, message):
+    from envs.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(**{field: value})

@@ -461,5 +461,18 @@ def test_a_camera_shift_moves_the_agentview_only_and_leaves_the_simulation_alone
     assert np.array_equal(frames[None]["agentview"], frames[(0.0, 0.0, 0.0)]["agentview"])
     assert not np.array_equal(frames[None]["agentview"], frames[(0.03, 0.0, 0.0)]["agentview"])
     assert np.array_equal(frames[None]["wrist"], frames[(0.03, 0.0, 0.0)]["wrist"])
+    env = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=32, render_mode="fast", camera_shift=(0.03, 0, 0))
+    try:
+        env.reset(seed=0, options={"init_state": 0})
+        views = env.render_view(96)  # videos: the same cameras, placement and look, at viewing size
+        assert views["agentview"].shape == (96, 96, 3) and views["wrist"].shape == (96, 96, 3)
+        plain = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=32, render_mode="fast")
+        try:
+            plain.reset(seed=0, options={"init_state": 0})
+            assert not np.array_equal(plain.render_view(96)["agentview"], views["agentview"])
+        finally:
+            plain.close()
+    finally:
+        env.close()
     with pytest.raises(ValueError, match="camera_shift must be 3 finite numbers"):
         libero.LiberoEnv("libero_object", OBJECT_TASK, camera_shift=(0.1, float("nan"), 0))

@@ -223,6 +223,7 @@ class LiberoEnv(gym.Env):
         self.init_state: int | None = None  # index of the official state this episode started from
         self._env = None
         self._cameras = None  # envs.libero.render.Cameras, built on the first render
+        self._view_cameras = None  # render_view's, at its own size
         self._steps = 0
         self._ended = True
 
@@ -313,6 +314,19 @@ class LiberoEnv(gym.Env):
             self._cameras = Cameras(model, self.image_size, self.render_style, {"agentview": self.camera_shift})
         return self._cameras.render(data)
 
+    def render_view(self, size: int) -> dict[str, np.ndarray]:
+        """Both cameras drawn at `size` pixels for viewing (rollout videos), in the policy's
+        rendering mode and camera placement, apart from the policy's own cameras."""
+        model, data = self.sim.sim.model._model, self.sim.sim.data._data
+        from envs.libero.render import Cameras
+
+        view = self._view_cameras
+        if view is None or not view.fits(model) or view.size != size:
+            if view is not None:
+                view.close()
+            view = self._view_cameras = Cameras(model, size, self.render_style, {"agentview": self.camera_shift})
+        return view.render(data)
+
     def _observation(self) -> dict:
         images = self.render_cameras() if self.cameras else {}
         return {**images, "state": self.proprio()}
@@ -329,9 +343,10 @@ class LiberoEnv(gym.Env):
         return self.render_cameras()["agentview"]
 
     def close(self) -> None:
-        if self._cameras is not None:
-            self._cameras.close()
-            self._cameras = None
+        for cams in (self._cameras, self._view_cameras):
+            if cams is not None:
+                cams.close()
+        self._cameras = self._view_cameras = None
         if self._env is not None:
             self._env.close()
             self._env = None

@@ -99,7 +99,11 @@ class Cameras:
         import mujoco
 
         self.mode = RenderMode(mode)
+        self.size = image_size
         self.model = copy.copy(model)
+        # The copy's offscreen buffer fits this renderer (viewing renders exceed the scene's).
+        self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, image_size)
+        self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, image_size)
         self._layout = (model.nbody, model.ngeom, model.nmesh, model.nmeshface)
         if self.mode is RenderMode.fast:
             self.model.vis.quality.offsamples = 0

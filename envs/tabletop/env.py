@@ -100,6 +100,7 @@ class TabletopEnv(gym.Env):
         self.model = mujoco.MjModel.from_xml_string(scene_xml(self.task.cubes, self.task.plates, image_size))
         self.data = mujoco.MjData(self.model)
         self._renderer: mujoco.Renderer | None = None
+        self._view: mujoco.Renderer | None = None  # render_view's, at its own size
         self._site = self.model.site("grip").id
         self._arm_qpos = np.array([self.model.joint(j).qposadr[0] for j in ARM_JOINTS])
         self._arm_dof = np.array([self.model.joint(j).dofadr[0] for j in ARM_JOINTS])
@@ -236,7 +237,29 @@ class TabletopEnv(gym.Env):
     def render(self):
         return self.render_camera("agentview")
 
+    def render_view(self, size: int) -> dict[str, np.ndarray]:
+        """Every camera drawn at `size` pixels for viewing (rollout videos), apart from the
+        policy's renderer; the scene's offscreen buffer is sized for the policy's frames, so this
+        draws from a copy of the model with a buffer of its own."""
+        if self._view is None or self._view.height != size:
+            import copy
+
+            if self._view is not None:
+                self._view.close()
+            model = copy.copy(self.model)
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+            self._view = mujoco.Renderer(model, size, size)
+        out = {}
+        for cam in CAMERAS:
+            self._view.update_scene(self.data, camera=cam)
+            out[cam] = self._view.render().copy()
+        return out
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
