@@ -305,6 +305,10 @@ def test_tiny_policy_runs_a_libero_evaluation_through_vla_eval(tmp_path):
     assert episode["init_state"] == 7
     assert episode["success"] or episode["steps"] == libero.MAX_STEPS["libero_object"]
     assert Path(episode["video"]).name == f"{OBJECT_TASK}_init7.mp4" and Path(episode["video"]).stat().st_size > 0
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(episode["video"]) as video:  # drawn for viewing: both cameras at 256 px
+        assert video.get_data(0).shape == (256, 512, 3)
 
 
 @pytest.mark.parametrize(
