@@ -480,3 +480,15 @@ def test_a_camera_shift_moves_the_agentview_only_and_leaves_the_simulation_alone
         env.close()
     with pytest.raises(ValueError, match="camera_shift must be 3 finite numbers"):
         libero.LiberoEnv("libero_object", OBJECT_TASK, camera_shift=(0.1, float("nan"), 0))
+
+
+def test_the_task_sheet_shows_every_task_in_suite_order(monkeypatch):
+    from envs.libero import sheet
+
+    tasks = libero.suite_tasks("libero_spatial")[:2]
+    monkeypatch.setattr(libero, "suite_tasks", lambda suite: tasks)
+    image = sheet.task_sheet("libero_spatial", size=32, columns=3, render_mode="fast")
+    assert image.shape == (32, 96, 3) and image.dtype == np.uint8
+    first, second, empty = image[:, :32], image[:, 32:64], image[:, 64:]
+    assert first.std() > 10 and second.std() > 10 and not empty.any()
+    assert not np.array_equal(first, second)  # the bowl starts elsewhere in each task
