@@ -547,6 +547,23 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 20) -> Path:
     return path
 
 
+def suites_table(results: dict[str, dict]) -> str:
+    """One row per suite (success, its standard error over episodes, episodes) and the average
+    over suites (the LIBERO table's headline; its standard error from the suites' own)."""
+    rows = []
+    for suite, res in results.items():
+        outcomes = np.array([e["success"] for e in res["episodes"]], dtype=float)
+        p, n = float(outcomes.mean()), len(outcomes)
+        rows.append((suite, p, float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan"), n))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'suite':<{width}}{'success':>9}{'s.e.':>7}{'episodes':>10}", "-" * (width + 26)]
+    lines += [f"{s:<{width}}{100 * p:8.1f}%{100 * se:7.1f}{n:>10}" for s, p, se, n in rows]
+    mean = float(np.mean([r[1] for r in rows]))
+    se = float(np.sqrt(sum(r[2] ** 2 for r in rows)) / len(rows))
+    lines += ["-" * (width + 26), f"{'average':<{width}}{100 * mean:8.1f}%{100 * se:7.1f}{sum(r[3] for r in rows):>10}"]
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     per_task = results["per_task_success"]
     n = len(results["episodes"]) // max(1, len(per_task))

@@ -274,3 +274,37 @@ def test_evaluation_numbers_out_of_range_are_refused(field, value, message):
 
     with pytest.raises(ValueError, match=message):
         EvalConfig(**{field: value})
+
+
+def test_vla_eval_over_several_suites_prints_one_table_with_their_average(tmp_path, monkeypatch, capsys):
+    """suites=[...]: each suite evaluated in turn into its own folder, then one table of the suites
+    with standard errors and the average."""
+    import sys
+    from pathlib import Path
+
+    from envs import evaluate
+    from train.hydra_app import eval_main
+
+    ckpt = tiny_tabletop_checkpoint(tmp_path / "ckpt")
+    calls = []
+
+    def fake(checkpoint, cfg, out_dir, **kw):
+        calls.append((cfg.suite, cfg.tasks, Path(out_dir).name))
+        wins = {"builtin": [1, 1, 0, 1], "libero_object": [1, 0, 0, 0]}[cfg.suite]
+        episodes = [{"task": "t", "success": bool(w)} for w in wins]
+        return {
+            "per_task_success": {"t": sum(wins) / 4},
+            "mean_success": sum(wins) / 4,
+            "episodes": episodes,
+            "config": {},
+        }
+
+    monkeypatch.setattr(evaluate, "evaluate", fake)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        sys, "argv", ["vla-eval", f"checkpoint={ckpt}", "suites=[builtin,libero_object]", f"out_dir={tmp_path / 'ev'}"]
+    )
+    eval_main()
+    assert calls == [("builtin", [], "builtin"), ("libero_object", [], "libero_object")]
+    table = capsys.readouterr().out.split("suite ")[-1]
+    assert "75.0%   21.7" in table and "25.0%   21.7" in table and "50.0%   15.3         8" in table

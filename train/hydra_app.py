@@ -169,8 +169,11 @@ EXPERIMENTS = {
 @dataclass
 class EvalAppConfig:
     checkpoint: str = "???"
-    out_dir: str = ""  # empty: <checkpoint>/../../eval/<suite>
+    out_dir: str = ""  # empty: <checkpoint>/../../eval/<suite>; with several suites, one folder per suite inside
     allow_unverified: bool = False  # evaluate a checkpoint without manifest.json (with a warning)
+    # Several suites in turn (each as eval.suite), then one table over them with their average
+    # (a policy trained on the tasks of all four LIBERO suites, say); empty: eval.suite alone.
+    suites: list[str] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -270,23 +273,37 @@ def resolve_eval_config(cli: EvalConfig, checkpoint, overridden: set[str]) -> tu
     return resolved, inherited
 
 
+def eval_folder_name(cfg: EvalConfig) -> str:
+    """`<suite>[-<split>][-widenM][-camerax,y,z]`: one folder per setting, so runs never mix."""
+    name = cfg.suite + ("" if cfg.split == "test" else f"-{cfg.split}")
+    name += f"-widen{cfg.placement_widen:g}" if cfg.placement_widen else ""
+    name += f"-camera{','.join(f'{v:g}' for v in cfg.camera_shift)}" if cfg.camera_shift else ""
+    return name
+
+
 def _eval(cfg) -> None:
-    from envs.evaluate import evaluate, format_table
+    from envs.evaluate import evaluate, format_table, suites_table
     from vla.checkpoint import Checkpoint
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)
     ckpt = Checkpoint(app.checkpoint, app.allow_unverified)
-    eval_cfg, inherited = resolve_eval_config(app.eval, ckpt, overridden_eval_keys(HydraConfig.get().overrides.task))
+    overridden = overridden_eval_keys(HydraConfig.get().overrides.task)
+    eval_cfg, inherited = resolve_eval_config(app.eval, ckpt, overridden)
     if inherited:
         shown = ", ".join(f"eval.{k}={v}" for k, v in sorted(inherited.items()))
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
-    name = eval_cfg.suite + ("" if eval_cfg.split == "test" else f"-{eval_cfg.split}")
-    name += f"-widen{eval_cfg.placement_widen:g}" if eval_cfg.placement_widen else ""
-    name += f"-camera{','.join(f'{v:g}' for v in eval_cfg.camera_shift)}" if eval_cfg.camera_shift else ""
-    out = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval" / name
-    res = evaluate(ckpt, eval_cfg, out)
-    print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
-    print(format_table(res))
+    configs = [replace(eval_cfg, suite=s, tasks=[]) for s in app.suites] if app.suites else [eval_cfg]
+    if app.suites and eval_cfg.tasks:
+        raise ValueError("eval.tasks names one suite's tasks; with suites=[...] every task of each suite runs")
+    base = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval"
+    results = {}
+    for one in configs:
+        out = base / eval_folder_name(one) if app.suites or not app.out_dir else base
+        results[one.suite] = res = evaluate(ckpt, one, out, desc=f"evaluating {one.suite}")
+        print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
+        print(format_table(res))
+    if len(results) > 1:
+        print("\n" + suites_table(results))
 
 
 def train_main() -> None:
