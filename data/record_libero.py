@@ -1,4 +1,5 @@
-"""Record scripted LIBERO-Object demonstrations as a LeRobotDataset v3 in the public ports' schema.
+"""Record scripted LIBERO demonstrations (each suite with an expert in envs.libero.experts) as
+a LeRobotDataset v3 in the public ports' schema.
 
 Episodes start from fresh draws of each task's own placement distribution (seeded), never from
 the 50 official initial states, which stay for evaluation. Recording resumes: every finished
