@@ -308,3 +308,8 @@ def test_vla_eval_over_several_suites_prints_one_table_with_their_average(tmp_pa
     assert calls == [("builtin", [], "builtin"), ("libero_object", [], "libero_object")]
     table = capsys.readouterr().out.split("suite ")[-1]
     assert "75.0%   21.7" in table and "25.0%   21.7" in table and "50.0%   15.3         8" in table
+    argv = ["vla-eval", f"checkpoint={ckpt}", "suites=[builtin,libero_object]", "eval.tasks=[lift_red]"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):  # hydra prints the error and exits 1
+        eval_main()
+    assert "every task of each suite runs" in capsys.readouterr().err

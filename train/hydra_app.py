@@ -292,9 +292,10 @@ def _eval(cfg) -> None:
     if inherited:
         shown = ", ".join(f"eval.{k}={v}" for k, v in sorted(inherited.items()))
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
-    configs = [replace(eval_cfg, suite=s, tasks=[]) for s in app.suites] if app.suites else [eval_cfg]
-    if app.suites and eval_cfg.tasks:
+    if app.suites and "tasks" in overridden:
         raise ValueError("eval.tasks names one suite's tasks; with suites=[...] every task of each suite runs")
+    # Tasks inherited from the checkpoint's training run belong to its own suite: every task runs.
+    configs = [replace(eval_cfg, suite=s, tasks=[]) for s in app.suites] if app.suites else [eval_cfg]
     base = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval"
     results = {}
     for one in configs:
