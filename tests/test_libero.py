@@ -187,6 +187,13 @@ class _InlinePool:
         ("libero_object", OBJECT_TASK),
         # The bowl stands on the ramekin: the rim grasp, a carry over the path's obstacles, the place.
         ("libero_spatial", "pick_up_the_black_bowl_on_the_ramekin_and_place_it_on_the_plate"),
+        # One LIBERO-Goal task per skill: drawer then rim grasp into it, the knob, a body grasp,
+        # the plate dragged around the cheese, the bottle leaned into the rack.
+        ("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside"),
+        ("libero_goal", "turn_on_the_stove"),
+        ("libero_goal", "put_the_cream_cheese_in_the_bowl"),
+        ("libero_goal", "push_the_plate_to_the_front_of_the_stove"),
+        ("libero_goal", "put_the_wine_bottle_on_the_rack"),
     ],
 )
 def test_each_suite_expert_solves_an_official_initial_state(suite, task):
@@ -202,6 +209,27 @@ def test_each_suite_expert_solves_an_official_initial_state(suite, task):
             if terminated or truncated:
                 break
         assert terminated, f"the scripted expert failed {suite}/{task} from official state 0"
+    finally:
+        env.close()
+
+
+def test_task_plan_has_one_skill_per_goal_predicate_and_names_what_it_cannot_do():
+    from envs.libero.experts import BottleRack, DrawerOpen, TaskPlanExpert, VesselPlaceExpert
+    from envs.libero.skills import Scene
+
+    env = libero.LiberoEnv("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside", cameras=False)
+    try:
+        env.reset(options={"init_state": 0})
+        scene, expert = Scene(env), TaskPlanExpert(env)
+        drawer, place = expert.plan(scene)  # the drawer starts closed: open it first, then place into it
+        assert isinstance(drawer, DrawerOpen) and drawer.joint == "wooden_cabinet_1_top_level"
+        assert isinstance(place, VesselPlaceExpert) and place.into and place.target == "wooden_cabinet_1_top_region"
+        assert not scene.holds(["open", "wooden_cabinet_1_top_region"])
+        env.sim.parsed_problem["goal_state"] = [["on", "wine_bottle_1", "wine_rack_1_top_region"]]
+        assert [type(s) for s in expert.plan(scene)] == [BottleRack]
+        env.sim.parsed_problem["goal_state"] = [["close", "wooden_cabinet_1_top_region"]]
+        with pytest.raises(ValueError, match="no scripted skill for the goal predicate"):
+            expert.plan(scene)
     finally:
         env.close()
 

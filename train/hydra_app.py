@@ -146,6 +146,9 @@ EXPERIMENTS = {
     # LIBERO-Spatial the same way with the rim-grasp expert; model, data size and decoding are
     # LIBERO-Object's, not yet chosen for this suite.
     "libero_spatial": Preset(_scripted_libero("libero_spatial")),
+    # LIBERO-Goal the same way: one scene, ten goals, one skill per goal predicate (drawer, knob,
+    # rim and body grasps, a plate dragged around the cheese, a bottle leaned into the rack).
+    "libero_goal": Preset(_scripted_libero("libero_goal")),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
     # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(

@@ -106,6 +106,26 @@ class Scene:
             raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)!r} has no {kind} geoms")
         return lo, hi
 
+    def extent_along(self, body: int, direction: np.ndarray) -> tuple[float, float]:
+        """Least and greatest projection of a body subtree's collision boxes on a world direction."""
+        m, d = self.model, self.data
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        values = []
+        for g in range(m.ngeom):
+            b = m.geom_bodyid[g]
+            while b not in (0, body):
+                b = m.body_parentid[b]
+            if b != body or not (m.geom_contype[g] or m.geom_conaffinity[g]):
+                continue
+            corners = (signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]) @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[
+                g
+            ]
+            values.append(corners @ direction)
+        if not values:
+            raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)!r} has no collision geoms")
+        values = np.concatenate(values)
+        return float(values.min()), float(values.max())
+
     def highest_along(self, start: np.ndarray, end: np.ndarray, radius: float, skip: tuple[str, ...] = ()) -> float:
         """Top (m) of the highest object or fixture whose collision box comes within `radius` of
         the straight xy path from `start` to `end`; -inf when nothing does."""
@@ -144,6 +164,23 @@ class Scene:
             outside = np.maximum(0.0, np.abs(local) - m.geom_aabb[g][3:])
             best = min(best, float(np.min(np.linalg.norm(outside, axis=1))))
         return best
+
+    def joint(self, name: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """A hinge or slide joint's position, its world axis and its world anchor."""
+        jid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, name)
+        if jid < 0:
+            raise KeyError(f"no joint named {name!r} in {self.env.suite}/{self.env.task}")
+        qpos = float(self.data.qpos[self.model.jnt_qposadr[jid]])
+        return qpos, self.data.xaxis[jid].copy(), self.data.xanchor[jid].copy()
+
+    def geoms(self, body: int) -> list[int]:
+        """The collision geoms of one body (not its children)."""
+        m = self.model
+        return [g for g in range(m.ngeom) if m.geom_bodyid[g] == body and (m.geom_contype[g] or m.geom_conaffinity[g])]
+
+    def holds(self, predicate: list[str]) -> bool:
+        """Whether one goal predicate (as in `goal()`) holds now, by LIBERO's own check."""
+        return bool(self.sim._eval_predicate(predicate))
 
     def goal(self) -> list[list[str]]:
         """The task's goal predicates as LIBERO parsed them, e.g. [["on", "akita_black_bowl_1", "plate_1"]]."""
