@@ -36,6 +36,8 @@ from envs.libero.conventions import SUITES as LIBERO_SUITES
 from envs.registry import SPLITS, SUITES, VALIDATION_SEED, get_suite
 from vla.configs import atomic_write_text
 
+DELAY_MODES = ("inpaint", "naive")
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,12 @@ class EvalConfig:
     # its own axes (x right, y up in the image, z backwards), e.g. [0.02, 0, 0]; empty: none.
     placement_widen: float = 0.0
     camera_shift: list[float] = field(default_factory=list)
+    # Inference latency in control steps (20 Hz LIBERO: 50 ms each): a chunk computed from the
+    # observation at step t is executed from step t + delay_steps, the previous one running
+    # meanwhile (`rollout`); 0 runs synchronously. delay_mode: "inpaint" commits the actions run
+    # during inference as the new chunk's prefix, "naive" does not.
+    delay_steps: int = 0
+    delay_mode: str = "inpaint"
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -90,6 +98,11 @@ class EvalConfig:
             raise ValueError(f"eval.camera_shift must be [x, y, z] metres, each within 0.1, got {shift}")
         if self.execute_steps < 0:
             raise ValueError(f"eval.execute_steps must be >= 0, got {self.execute_steps}")
+        if self.delay_steps < 0 or self.delay_mode not in DELAY_MODES:
+            raise ValueError(
+                f"eval.delay_steps must be >= 0 and eval.delay_mode one of {list(DELAY_MODES)}, got "
+                f"{self.delay_steps}, {self.delay_mode!r}"
+            )
         if not 0 <= self.video_size <= 1024:
             raise ValueError(
                 f"eval.video_size must be in [0, 1024] pixels (0: the policy's frames), got {self.video_size}"
@@ -116,6 +129,18 @@ def _video_frame(env, obs: dict, cameras: list[str], size: int) -> np.ndarray:
     return np.concatenate([views[c] for c in cameras], axis=1)
 
 
+def check_delay(chunk_size: int, execute_steps: int, delay_steps: int) -> None:
+    """A chunk requested with `delay_steps` of latency starts executing at its slot d and runs
+    until its successor arrives, max(execute_steps, d) steps later: it must hold that many."""
+    k = execute_steps or chunk_size
+    if delay_steps and delay_steps + max(k, delay_steps) > chunk_size:
+        raise ValueError(
+            f"eval.delay_steps={delay_steps} with execute_steps={k} needs chunks of at least "
+            f"{delay_steps + max(k, delay_steps)} actions; this policy's chunk_size is {chunk_size} "
+            "(lower eval.execute_steps or the delay, or train with a longer policy.chunk_size)"
+        )
+
+
 def rollout(
     policy,
     env,
@@ -124,29 +149,62 @@ def rollout(
     record: bool = False,
     init_state: int | None = None,
     video_size: int = 0,
+    delay_steps: int = 0,
+    delay_mode: str = "inpaint",
 ) -> dict:
     """One episode. Returns success, steps, inference time, and frames when `record` (drawn at
-    `video_size` pixels per camera, 0: the policy's own frames)."""
+    `video_size` pixels per camera, 0: the policy's own frames).
+
+    With `delay_steps` d > 0 the episode runs as a deployed policy does while it computes: a
+    chunk requested from the observation at step t arrives at t + d, the robot executing the
+    previous chunk's next d actions meanwhile, and the new chunk is executed from its slot d (the
+    slot for step t + d). A request goes out when execute_steps - d actions of the current chunk
+    remain to be run after it (at once if fewer), so every chunk is still executed for
+    execute_steps actions. `delay_mode` "inpaint" gives the policy those d actions as a committed
+    prefix (real-time chunking by inpainting), "naive" does not. The first chunk is computed
+    with the robot at rest and runs from slot 0. The simulator is stepped the same way whatever
+    the wall-clock time of inference, so a run is reproducible."""
+    if delay_mode not in DELAY_MODES:
+        raise ValueError(f"delay_mode must be one of {DELAY_MODES}, got {delay_mode!r}")
+    check_delay(policy.cfg.chunk_size, execute_steps, delay_steps)
     obs, info = env.reset(seed=seed, options=None if init_state is None else {"init_state": init_state})
     policy.reset(seed)
     instruction = env.unwrapped.instruction
-    k = execute_steps or policy.cfg.chunk_size
+    k, d = execute_steps or policy.cfg.chunk_size, delay_steps
     frames, steps, infer_s, success = [], 0, 0.0, False
-    done = False
-    while not done:
+
+    def step(action) -> bool:
+        nonlocal obs, steps, success
+        if record:
+            frames.append(_video_frame(env, obs, policy.cfg.cameras, video_size))
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        if terminated or truncated:
+            success = bool(info.get("success", terminated))
+        return bool(terminated or truncated)
+
+    def infer(prefix=None):
+        nonlocal infer_s
         t0 = time.perf_counter()
-        chunk = policy.infer(_observation(obs, instruction, policy.cfg.cameras))
+        chunk = policy.infer(_observation(obs, instruction, policy.cfg.cameras), fixed_actions=prefix)
         infer_s += time.perf_counter() - t0
-        for action in chunk[:k]:
-            if record:
-                frames.append(_video_frame(env, obs, policy.cfg.cameras, video_size))
-            obs, _, terminated, truncated, info = env.step(action)
-            steps += 1
-            if terminated or truncated:
-                success = bool(info.get("success", terminated))
-                done = True
-                break
-    return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+        return chunk
+
+    chunk, start = infer(), 0  # the first chunk: computed with the robot at rest
+    while True:
+        before = max(0, k - d)  # actions run before the next request
+        for action in chunk[start : start + before]:
+            if step(action):
+                return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+        if d == 0:
+            chunk = infer()
+            continue
+        during = chunk[start + before : start + before + d]  # run while the next chunk is computed
+        upcoming = infer(np.asarray(during) if delay_mode == "inpaint" else None)
+        for action in during:
+            if step(action):
+                return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+        chunk, start = upcoming, d
 
 
 _WORKER: dict = {}
@@ -221,12 +279,12 @@ def _init_worker(
     _WORKER["envs"] = {}
 
 
-def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
+def _run_episode(job: tuple[str, str, int, int | None, int, bool, int, str]) -> dict:
     from envs.registry import make_env
 
     if "error" in _WORKER:
         raise _WORKER["error"]
-    suite, task, seed, init_state, execute_steps, record = job
+    suite, task, seed, init_state, execute_steps, record, delay_steps, delay_mode = job
     policy = _WORKER["policy"]
     env = _WORKER["envs"].get(task)
     if env is None:
@@ -241,7 +299,9 @@ def _run_episode(job: tuple[str, str, int, int | None, int, bool]) -> dict:
         from vla.model import check_compatible
 
         check_compatible(policy.cfg, env.action_space.shape[0], obs_space["state"].shape[0], list(obs_space.keys()))
-    result = rollout(policy, env, seed, execute_steps, record, init_state, _WORKER["video_size"])
+    result = rollout(
+        policy, env, seed, execute_steps, record, init_state, _WORKER["video_size"], delay_steps, delay_mode
+    )
     return {"task": task, "seed": seed, "init_state": init_state, **result}
 
 
@@ -295,10 +355,12 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
 
 def episode_jobs(cfg: EvalConfig, tasks: list[str], states: list[int | None]) -> list[tuple]:
     """One job per episode: (suite, task, seed, initial state or None, execute_steps, record a
-    video). Episode e of every task has seed `seed + e` (test) or VALIDATION_SEED + e (validation)."""
+    video, delay_steps, delay_mode). Episode e of every task has seed `seed + e` (test) or
+    VALIDATION_SEED + e (validation)."""
     first_seed = VALIDATION_SEED if cfg.split == "validation" else cfg.seed
+    delay = (cfg.delay_steps, cfg.delay_mode)
     return [
-        (cfg.suite, task, first_seed + e, state, cfg.execute_steps, e < cfg.videos_per_task)
+        (cfg.suite, task, first_seed + e, state, cfg.execute_steps, e < cfg.videos_per_task, *delay)
         for task in tasks
         for e, state in enumerate(states)
     ]
@@ -424,6 +486,7 @@ def partial_header(weights_sha256: str, cfg: EvalConfig, render_mode: str) -> di
         "render_mode": render_mode,
         "execute_steps": cfg.execute_steps,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.perturbations().items()},
+        **({"delay_steps": cfg.delay_steps, "delay_mode": cfg.delay_mode} if cfg.delay_steps else {}),
     }
 
 
@@ -458,6 +521,7 @@ def evaluate(
     check_trained_for(checkpoint, cfg.suite, policy_cfg)
     sampler_with_overrides(policy_cfg.sampler, dict(cfg.sampler_overrides))
     tasks, states, render_mode = plan_episodes(cfg, policy_cfg)
+    check_delay(policy_cfg.chunk_size, cfg.execute_steps, cfg.delay_steps)
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
     jobs = episode_jobs(cfg, tasks, states)
@@ -564,6 +628,29 @@ def suites_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def delay_table(results: dict[tuple[str, int], dict]) -> str:
+    """One row per (delay mode, delay steps): success, its standard error, and the paired
+    difference from the synchronous run (delay 0) over the same episodes, with its standard error."""
+    key = lambda e: (e["task"], e.get("seed"), e.get("init_state"))  # noqa: E731
+    sync = next((r for (mode, d), r in results.items() if d == 0), None)
+    base = {key(e): float(e["success"]) for e in sync["episodes"]} if sync else {}
+    lines = [f"{'mode':<9}{'delay':>6}{'success':>9}{'s.e.':>7}{'vs sync':>9}{'s.e.':>7}{'episodes':>10}"]
+    lines.append("-" * len(lines[0]))
+    for (mode, d), res in results.items():
+        outcomes = np.array([float(e["success"]) for e in res["episodes"]])
+        p, n = float(outcomes.mean()), len(outcomes)
+        se = float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan")
+        row = f"{mode if d else 'sync':<9}{d:>6}{100 * p:8.1f}%{100 * se:7.1f}"
+        paired = [float(e["success"]) - base[key(e)] for e in res["episodes"] if key(e) in base]
+        if d and len(paired) > 1:
+            diff = np.array(paired)
+            row += f"{100 * diff.mean():+9.1f}{100 * diff.std(ddof=1) / np.sqrt(len(diff)):7.1f}"
+        else:
+            row += f"{'':>16}"
+        lines.append(row + f"{n:>10}")
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     per_task = results["per_task_success"]
     n = len(results["episodes"]) // max(1, len(per_task))
@@ -572,6 +659,8 @@ def format_table(results: dict) -> str:
     widen, shift = results["config"].get("placement_widen", 0.0), results["config"].get("camera_shift", [])
     widened = f", placements widened {100 * widen:g} cm" if widen else ""
     widened += f", camera moved ({', '.join(f'{100 * v:g}' for v in shift)}) cm" if shift else ""
+    delay = results["config"].get("delay_steps", 0)
+    widened += f", delay {delay} steps, {results['config'].get('delay_mode')}" if delay else ""
     lines = [f"{'task':<{width}}success ({n} {split} episodes each{widened})", "-" * (width + 28)]
     lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
     lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]

@@ -177,6 +177,10 @@ class EvalAppConfig:
     # Several suites in turn (each as eval.suite), then one table over them with their average
     # (a policy trained on the tasks of all four LIBERO suites, say); empty: eval.suite alone.
     suites: list[str] = field(default_factory=list)
+    # A delay sweep (each as eval.delay_steps, in each of delay_modes, default eval.delay_mode;
+    # 0 runs once, synchronously), then one table per suite with paired differences from delay 0.
+    delays: list[int] = field(default_factory=list)
+    delay_modes: list[str] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -281,11 +285,22 @@ def eval_folder_name(cfg: EvalConfig) -> str:
     name = cfg.suite + ("" if cfg.split == "test" else f"-{cfg.split}")
     name += f"-widen{cfg.placement_widen:g}" if cfg.placement_widen else ""
     name += f"-camera{','.join(f'{v:g}' for v in cfg.camera_shift)}" if cfg.camera_shift else ""
+    name += f"-delay{cfg.delay_steps}-{cfg.delay_mode}" if cfg.delay_steps else ""
     return name
 
 
+def delay_sweep(cfg: EvalConfig, delays: list[int], modes: list[str]) -> list[EvalConfig]:
+    """One config per point of a delay sweep: delay 0 once, every other delay in every mode."""
+    if not delays:
+        return [cfg]
+    if any(d < 0 for d in delays) or len(set(delays)) != len(delays):
+        raise ValueError(f"delays must be distinct and >= 0, got {delays}")
+    modes = modes or [cfg.delay_mode]
+    return [replace(cfg, delay_steps=d, delay_mode=m) for d in delays for m in (modes[:1] if d == 0 else modes)]
+
+
 def _eval(cfg) -> None:
-    from envs.evaluate import evaluate, format_table, suites_table
+    from envs.evaluate import delay_table, evaluate, format_table, suites_table
     from vla.checkpoint import Checkpoint
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)
@@ -297,15 +312,25 @@ def _eval(cfg) -> None:
         log.info("from the checkpoint's training config: %s (set any on the command line to change it)", shown)
     if app.suites and "tasks" in overridden:
         raise ValueError("eval.tasks names one suite's tasks; with suites=[...] every task of each suite runs")
+    if app.delays and overridden & {"delay_steps", "delay_mode"}:
+        raise ValueError(
+            "delays=[...] sweeps eval.delay_steps (and delay_modes=[...] eval.delay_mode): set one or the other"
+        )
     # Tasks inherited from the checkpoint's training run belong to its own suite: every task runs.
     configs = [replace(eval_cfg, suite=s, tasks=[]) for s in app.suites] if app.suites else [eval_cfg]
     base = Path(app.out_dir) if app.out_dir else ckpt.path.parent.parent / "eval"
     results = {}
-    for one in configs:
-        out = base / eval_folder_name(one) if app.suites or not app.out_dir else base
-        results[one.suite] = res = evaluate(ckpt, one, out, desc=f"evaluating {one.suite}")
-        print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
-        print(format_table(res))
+    for suite_cfg in configs:
+        sweep = {}
+        for one in delay_sweep(suite_cfg, app.delays, app.delay_modes):
+            out = base / eval_folder_name(one) if app.suites or app.delays or not app.out_dir else base
+            res = evaluate(ckpt, one, out, desc=f"evaluating {eval_folder_name(one)}")
+            sweep[(one.delay_mode, one.delay_steps)] = res
+            results.setdefault(one.suite, res)  # the suites table: each suite's first point of a sweep
+            print(f"\nresults: {out / 'results.json'}\nvideos:  {out / 'videos'}\n")
+            print(format_table(res))
+        if app.delays:
+            print(f"\n{suite_cfg.suite}, success against inference delay (control steps):\n" + delay_table(sweep))
     if len(results) > 1:
         print("\n" + suites_table(results))
 
