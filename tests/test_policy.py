@@ -1,3 +1,6 @@
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -180,3 +183,50 @@ def test_decode_trace_through_policy(model):
     trace = DecodeTrace([], [], [])
     tokens = model.predict_tokens(model_batch(model, batch()), trace=trace)
     assert len(trace.tokens) == model.cfg.sampler.steps and tokens.shape == (3, 4, 3)
+
+
+@pytest.mark.parametrize("arch", ["expert", "unified"])
+def test_training_prefix_gives_the_first_steps_clean_and_never_supervises_them(arch, monkeypatch):
+    """policy.prefix_max_steps (training-time action conditioning): the first d steps of each
+    chunk go in as the actions taken and carry no loss, the rest are masked as usual; off, the
+    loss is what it was (same random draws)."""
+    base = tiny_policy_config(decoder_arch=arch)
+    torch.manual_seed(0)
+    off = VLAModel(base, tiny_stats())
+    torch.manual_seed(0)
+    on = VLAModel(replace(base, prefix_max_steps=3), tiny_stats())
+    on.load_state_dict(off.state_dict())
+    bt = model_batch(off, batch())
+    seen = {}
+    decoder_forward = type(on.decoder).forward
+
+    def spy(self, inp, *args, **kwargs):
+        seen["inp"] = inp.clone()
+        return decoder_forward(self, inp, *args, **kwargs)
+
+    monkeypatch.setattr(type(on.decoder), "forward", spy)
+    tokens, valid = on.targets(bt)
+    d_seen = set()
+    for seed in range(12):
+        _, target = on._masked_logits(tokens, valid, on.chunk_cache(bt), torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        d = torch.randint(0, 4, (tokens.shape[0],), generator=gen)  # the draw _training_prefix makes first
+        for row in range(tokens.shape[0]):
+            k = int(d[row]) * on.cfg.action_dim
+            d_seen.add(int(d[row]))
+            assert torch.equal(seen["inp"][row, :k], tokens[row, :k])  # given clean
+            assert not target[row, :k].any() and target[row, k:].any()  # never supervised; the rest is
+            assert (seen["inp"][row, k:][target[row, k:]] == on.decoder.mask_id).all()
+    assert d_seen == {0, 1, 2, 3}
+    # Off: the mask is the cosine schedule over all slots, from the same two draws as before the option.
+    gen, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    b, n = tokens.shape
+    r = torch.rand(b, generator=ref)
+    k = torch.clamp(torch.round(n * torch.cos(math.pi * r / 2)), min=1).long()
+    expected = torch.rand(b, n, generator=ref).argsort(1).argsort(1) < k[:, None]
+    assert off._training_prefix(b, n, gen) is None
+    assert torch.equal(off._training_mask(b, n, gen), expected)
+    with pytest.raises(ValueError, match="prefix_max_steps must be in"):
+        tiny_policy_config(prefix_max_steps=4)
+    with pytest.raises(ValueError, match="autoregressive decoder always conditions"):
+        tiny_policy_config(prefix_max_steps=1, decoder_type="autoregressive")

@@ -59,6 +59,11 @@ class PolicyConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     action_tokenizer: ActionTokenizerConfig = field(default_factory=ActionTokenizerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Training-time action conditioning for real-time chunking: each training chunk gets a delay
+    # d drawn uniformly from 0..prefix_max_steps, its first d steps given as clean tokens of the
+    # actions taken (unsupervised), the rest masked as usual, so that decoding with a committed
+    # prefix (`infer(fixed_actions=)`, delayed execution) is what the model was trained on. 0: off.
+    prefix_max_steps: int = 0
 
     def __post_init__(self) -> None:
         self.decoder_type = choice(DecoderType, self.decoder_type, "policy.decoder_type")
@@ -74,6 +79,15 @@ class PolicyConfig:
         self.embodiment.check_widths(self.state_dim, self.action_dim)
         if self.decoder_type == "diffusion":  # the autoregressive decoder has no refinement steps
             self.sampler.check_steps(self.chunk_size * self.action_dim, "policy.sampler")
+        if not 0 <= self.prefix_max_steps < self.chunk_size:
+            raise ValueError(
+                f"policy.prefix_max_steps must be in [0, chunk_size={self.chunk_size}), got {self.prefix_max_steps}"
+            )
+        if self.prefix_max_steps and self.decoder_type != "diffusion":
+            raise ValueError(
+                "policy.prefix_max_steps conditions a masked decoder on a clean prefix; the autoregressive "
+                "decoder always conditions each step on the ones before it: leave it at 0"
+            )
 
     @property
     def image_size(self) -> int:
@@ -233,21 +247,39 @@ class VLAModel(nn.Module):
         return loss, {"loss": loss.detach(), "masked_acc": acc}
 
     def _masked_logits(self, tokens, valid, cache, generator):
-        target_mask = self._training_mask(*tokens.shape, generator) & valid
+        prefix = self._training_prefix(*tokens.shape, generator)
+        target_mask = self._training_mask(*tokens.shape, generator, prefix) & valid
         # Unsupervised slots are [MASK] in the input too: inference starts from an all-[MASK]
-        # chunk, and their labels (a recovery from an unforeseeable push) must not leak in.
-        inp = torch.where(target_mask | ~valid, self.decoder.mask_id, tokens)
+        # chunk, and their labels (a recovery from an unforeseeable push) must not leak in. A
+        # training prefix is the exception: those actions were taken, and are given.
+        given = prefix & valid if prefix is not None else torch.zeros_like(valid)
+        inp = torch.where((target_mask | ~valid) & ~given, self.decoder.mask_id, tokens)
         return self.decoder(inp, cache), target_mask
+
+    def _training_prefix(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """(B, L) slots of each chunk's first d steps, d ~ uniform on 0..prefix_max_steps; None when off."""
+        if not self.cfg.prefix_max_steps:
+            return None
+        d = torch.randint(0, self.cfg.prefix_max_steps + 1, (b,), generator=generator)
+        step = torch.arange(n) // self.cfg.action_dim
+        return (step[None] < d[:, None]).to(self.device)
 
     def _causal_logits(self, tokens, valid, cache, generator):
         inp = torch.cat([torch.full_like(tokens[:, :1], self.decoder.bos_id), tokens[:, :-1]], dim=1)
         return self.decoder(inp, cache, causal=True), valid
 
-    def _training_mask(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Cosine mask ratio g = cos(pi r / 2), k = max(1, round(L g)) slots chosen uniformly."""
+    def _training_mask(
+        self, b: int, n: int, generator: torch.Generator | None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cosine mask ratio g = cos(pi r / 2), k = max(1, round(L' g)) slots chosen uniformly
+        among the L' slots outside the training prefix (all L when there is none)."""
         r = torch.rand(b, generator=generator)
-        k = torch.clamp(torch.round(n * torch.cos(math.pi * r / 2)), min=1).long()  # (B,)
-        order = torch.rand(b, n, generator=generator).argsort(1).argsort(1)
+        free = torch.full((b,), float(n)) if prefix is None else n - prefix.sum(1).float().cpu()
+        k = torch.clamp(torch.round(free * torch.cos(math.pi * r / 2)), min=1).long()  # (B,)
+        noise = torch.rand(b, n, generator=generator)
+        if prefix is not None:  # prefix slots rank after every other: never among the k
+            noise = noise + prefix.float().cpu()
+        order = noise.argsort(1).argsort(1)
         return (order < k[:, None]).to(self.device)
 
     @torch.no_grad()
