@@ -1,5 +1,7 @@
 """Scripted LIBERO experts, one per suite (EXPERTS): LIBERO-Object's "pick up the X and place
-it in the basket" and LIBERO-Spatial's "pick up the black bowl ... and place it on the plate".
+it in the basket", LIBERO-Spatial's "pick up the black bowl ... and place it on the plate", and
+LIBERO-Goal's ten goals, each predicate of a goal turned into a skill (TaskPlanExpert: drawer,
+knob, rim and body grasps, a dragged plate, a bottle leaned into a rack).
 
 They read the simulator's privileged state (object and target poses, object extents) through
 envs/libero/skills.py and act through the same 7-D delta end-effector action as a policy. Like
