@@ -46,6 +46,7 @@ _ADDED_POLICY_FIELDS = {
     "camera_shapes": {},  # 513b2d2: frame sizes not recorded, any size accepted (what "{}" means)
     "render_mode": "",  # 292c6e7: rendering mode unknown (what "" means)
     "decoder_arch": "expert",  # 0527b2c: the action expert was the only architecture
+    "prefix_max_steps": 0,  # 1e1358e: no training-time prefix conditioning existed
 }
 # Checkpoints before the embodiment was recorded (CHECKPOINT_VERSION 1) say what their data was
 # only through train_config.json's data.source; these are the embodiments those sources meant
