@@ -522,6 +522,11 @@ def evaluate(
     sampler_with_overrides(policy_cfg.sampler, dict(cfg.sampler_overrides))
     tasks, states, render_mode = plan_episodes(cfg, policy_cfg)
     check_delay(policy_cfg.chunk_size, cfg.execute_steps, cfg.delay_steps)
+    if cfg.delay_steps and cfg.delay_mode == "inpaint" and policy_cfg.decoder_type != "diffusion":
+        raise ValueError(
+            f"eval.delay_mode=inpaint commits a prefix, which the {policy_cfg.decoder_type} decoder cannot take: "
+            "use eval.delay_mode=naive"
+        )
     checkpoint = str(checkpoint)
     out_dir = Path(out_dir)
     jobs = episode_jobs(cfg, tasks, states)

@@ -85,6 +85,28 @@ def test_a_delay_the_chunk_cannot_cover_is_refused_with_what_to_change():
         EvalConfig(delay_steps=-1)
 
 
+def test_an_inpainted_delay_on_an_autoregressive_policy_is_refused_before_any_worker(tmp_path):
+    import torch
+    from helpers import tiny_policy_config, tiny_stats
+
+    from envs.evaluate import EvalConfig, evaluate
+    from vla.model import VLAModel
+    from vla.policy import VLAPolicy
+
+    torch.manual_seed(0)
+    cfg = tiny_policy_config(
+        decoder_type="autoregressive",
+        action_dim=7,
+        state_dim=8,
+        cameras=["agentview", "wrist"],
+        camera_shapes={"agentview": [32, 32], "wrist": [32, 32]},
+    )
+    ckpt = VLAPolicy(VLAModel(cfg, tiny_stats(7, 8))).save(tmp_path / "ar")
+    ev = EvalConfig(tasks=["lift_red"], episodes_per_task=1, workers=1, execute_steps=2, delay_steps=2)
+    with pytest.raises(ValueError, match="use eval.delay_mode=naive"):
+        evaluate(ckpt, ev, tmp_path / "out", progress=False)
+
+
 def test_delayed_rollout_of_a_real_policy_on_the_built_in_suite(tmp_path):
     """The inpainting path through VLAPolicy.infer: the committed prefix comes back unchanged
     at the head of the chunk, and a delay of 0 is the synchronous rollout, step for step."""

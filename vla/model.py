@@ -252,17 +252,18 @@ class VLAModel(nn.Module):
         # Unsupervised slots are [MASK] in the input too: inference starts from an all-[MASK]
         # chunk, and their labels (a recovery from an unforeseeable push) must not leak in. A
         # training prefix is the exception: those actions were taken, and are given.
-        given = prefix & valid if prefix is not None else torch.zeros_like(valid)
+        given = prefix.to(self.device) & valid if prefix is not None else torch.zeros_like(valid)
         inp = torch.where((target_mask | ~valid) & ~given, self.decoder.mask_id, tokens)
         return self.decoder(inp, cache), target_mask
 
     def _training_prefix(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
-        """(B, L) slots of each chunk's first d steps, d ~ uniform on 0..prefix_max_steps; None when off."""
+        """(B, L) slots of each chunk's first d steps, d ~ uniform on 0..prefix_max_steps, on the
+        CPU like the masking draws; None when off."""
         if not self.cfg.prefix_max_steps:
             return None
         d = torch.randint(0, self.cfg.prefix_max_steps + 1, (b,), generator=generator)
         step = torch.arange(n) // self.cfg.action_dim
-        return (step[None] < d[:, None]).to(self.device)
+        return step[None] < d[:, None]
 
     def _causal_logits(self, tokens, valid, cache, generator):
         inp = torch.cat([torch.full_like(tokens[:, :1], self.decoder.bos_id), tokens[:, :-1]], dim=1)
@@ -274,11 +275,11 @@ class VLAModel(nn.Module):
         """Cosine mask ratio g = cos(pi r / 2), k = max(1, round(L' g)) slots chosen uniformly
         among the L' slots outside the training prefix (all L when there is none)."""
         r = torch.rand(b, generator=generator)
-        free = torch.full((b,), float(n)) if prefix is None else n - prefix.sum(1).float().cpu()
+        free = torch.full((b,), float(n)) if prefix is None else n - prefix.sum(1).float()
         k = torch.clamp(torch.round(free * torch.cos(math.pi * r / 2)), min=1).long()  # (B,)
         noise = torch.rand(b, n, generator=generator)
         if prefix is not None:  # prefix slots rank after every other: never among the k
-            noise = noise + prefix.float().cpu()
+            noise = noise + prefix.float()
         order = noise.argsort(1).argsort(1)
         return (order < k[:, None]).to(self.device)
 
