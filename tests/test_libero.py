@@ -182,39 +182,53 @@ class _InlinePool:
 
 
 @pytest.mark.parametrize(
-    "suite, task",
+    "suite, task, state",
     [
-        ("libero_object", OBJECT_TASK),
+        ("libero_object", OBJECT_TASK, 0),
         # The bowl stands on the ramekin: the rim grasp, a carry over the path's obstacles, the place.
-        ("libero_spatial", "pick_up_the_black_bowl_on_the_ramekin_and_place_it_on_the_plate"),
+        ("libero_spatial", "pick_up_the_black_bowl_on_the_ramekin_and_place_it_on_the_plate", 0),
         # One LIBERO-Goal task per skill: drawer then rim grasp into it, the knob, a body grasp,
         # the plate dragged around the cheese, the bottle leaned into the rack.
-        ("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside"),
-        ("libero_goal", "turn_on_the_stove"),
-        ("libero_goal", "put_the_cream_cheese_in_the_bowl"),
-        ("libero_goal", "push_the_plate_to_the_front_of_the_stove"),
-        ("libero_goal", "put_the_wine_bottle_on_the_rack"),
+        ("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside", 0),
+        ("libero_goal", "turn_on_the_stove", 0),
+        ("libero_goal", "put_the_cream_cheese_in_the_bowl", 0),
+        ("libero_goal", "push_the_plate_to_the_front_of_the_stove", 0),
+        ("libero_goal", "put_the_wine_bottle_on_the_rack", 0),
+        # LIBERO-10: two basket placements in a row; a bowl into an open bottom drawer, which is
+        # then pushed shut; two mugs onto plates (rim grasps away from the handle); a book turned
+        # into a caddy's slot; two moka pots side by side on a stove that is already on; a mug
+        # carried by its handle into the microwave, pushed in, the door swung shut.
+        ("libero_10", "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket", 0),
+        ("libero_10", "KITCHEN_SCENE4_put_the_black_bowl_in_the_bottom_drawer_of_the_cabinet_and_close_it", 2),
+        (
+            "libero_10",
+            "LIVING_ROOM_SCENE5_put_the_white_mug_on_the_left_plate_and_put_the_yellow_and_white_mug_on_the_right_plate",
+            0,
+        ),
+        ("libero_10", "STUDY_SCENE1_pick_up_the_book_and_place_it_in_the_back_compartment_of_the_caddy", 0),
+        ("libero_10", "KITCHEN_SCENE8_put_both_moka_pots_on_the_stove", 0),
+        ("libero_10", "KITCHEN_SCENE6_put_the_yellow_and_white_mug_in_the_microwave_and_close_it", 0),
     ],
 )
-def test_each_suite_expert_solves_an_official_initial_state(suite, task):
+def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
     from envs.libero.experts import expert_for
 
     env = libero.LiberoEnv(suite, task, cameras=False)
     expert = expert_for(suite, env)
     try:
-        env.reset(options={"init_state": 0})
+        env.reset(options={"init_state": state})
         expert.start()
         for _ in range(env.max_episode_steps):
             _, _, terminated, truncated, _ = env.step(expert.act())
             if terminated or truncated:
                 break
-        assert terminated, f"the scripted expert failed {suite}/{task} from official state 0"
+        assert terminated, f"the scripted expert failed {suite}/{task} from official state {state}"
     finally:
         env.close()
 
 
 def test_task_plan_has_one_skill_per_goal_predicate_and_names_what_it_cannot_do():
-    from envs.libero.experts import BottleRack, DrawerOpen, TaskPlanExpert, VesselPlaceExpert
+    from envs.libero.experts import BottleRack, DrawerClose, DrawerOpen, TaskPlanExpert, VesselPlaceExpert
     from envs.libero.skills import Scene
 
     env = libero.LiberoEnv("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside", cameras=False)
@@ -227,11 +241,82 @@ def test_task_plan_has_one_skill_per_goal_predicate_and_names_what_it_cannot_do(
         assert not scene.holds(["open", "wooden_cabinet_1_top_region"])
         env.sim.parsed_problem["goal_state"] = [["on", "wine_bottle_1", "wine_rack_1_top_region"]]
         assert [type(s) for s in expert.plan(scene)] == [BottleRack]
-        env.sim.parsed_problem["goal_state"] = [["close", "wooden_cabinet_1_top_region"]]
+        # Closing goes last whatever the goal's order; a skill whose predicate already holds
+        # when its turn comes is passed over, the last one is not.
+        env.sim.parsed_problem["goal_state"] = [
+            ["close", "wooden_cabinet_1_top_region"],
+            ["on", "akita_black_bowl_1", "plate_1"],
+            ["close", "wooden_cabinet_1_middle_region"],
+        ]
+        assert [type(s) for s in expert.plan(scene)] == [VesselPlaceExpert, DrawerClose, DrawerClose]
+        expert.start()
+        assert expert.current == 0
+        expert.skills[0].leaving = -1  # as if the bowl were placed and the hand gone
+        expert.skills[0].left_at = np.zeros(3)
+        expert.scene.holds = lambda p: p == ["close", "wooden_cabinet_1_top_region"]  # as if shut already
+        expert.act()
+        assert expert.current == 2, "the closed top drawer's skill was not passed over"
+        env.sim.parsed_problem["goal_state"] = [["in", "wine_bottle_1", "wooden_cabinet_1_top_region"]]
         with pytest.raises(ValueError, match="no scripted skill for the goal predicate"):
             expert.plan(scene)
     finally:
         env.close()
+
+
+def test_mug_handle_and_drawer_landing_are_read_from_the_scene():
+    """A mug's handle is found from its collision boxes (the yellow-and-white mug's faces out of
+    the microwave, -y; the white mug's +y), and a bowl going into LIBERO-10's bottom drawer lands
+    off the region's centre, towards the drawer's front, clear of the drawer above, while
+    LIBERO-Goal's top drawer keeps the centre (it has more than a centimetre of room there)."""
+    from envs.libero.experts import DrawerOpen, MugPlace, VesselPlaceExpert
+    from envs.libero.skills import Scene
+
+    cases = [
+        ("KITCHEN_SCENE6_put_the_yellow_and_white_mug_in_the_microwave_and_close_it", "white_yellow_mug_1", -1.0),
+        (
+            "LIVING_ROOM_SCENE5_put_the_white_mug_on_the_left_plate_and_put_the_yellow_and_white_mug_on_the_right_plate",
+            "porcelain_mug_1",
+            1.0,
+        ),
+    ]
+    for task, mug, handle_y in cases:
+        env = libero.LiberoEnv("libero_10", task, cameras=False)
+        try:
+            env.reset(options={"init_state": 0})
+            skill = MugPlace(env, mug, "plate_1")
+            skill.scene = Scene(env)
+            axes, _, (axis, sign) = skill._handle()
+            np.testing.assert_allclose(sign * axes[axis], [0.0, handle_y, 0.0], atol=1e-3, err_msg=mug)
+        finally:
+            env.close()
+    for suite, task, region, moved in [
+        (
+            "libero_10",
+            "KITCHEN_SCENE4_put_the_black_bowl_in_the_bottom_drawer_of_the_cabinet_and_close_it",
+            "white_cabinet_1_bottom_region",
+            True,
+        ),
+        ("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside", "wooden_cabinet_1_top_region", False),
+    ]:
+        env = libero.LiberoEnv(suite, task, cameras=False)
+        try:
+            env.reset(options={"init_state": 0})
+            if suite == "libero_goal":  # the top drawer starts closed: open it first, as the plan does
+                opener = DrawerOpen(env, region)
+                opener.start()
+                for _ in range(150):
+                    env.step(opener.act())
+                    if opener.done():
+                        break
+                assert opener.done(), "the top drawer did not open"
+            skill = VesselPlaceExpert(env, "akita_black_bowl_1", region, into=True, overhang=True)
+            skill.start()
+            if moved:
+                assert np.linalg.norm(skill.shift) > 0.0 and skill.shift[1] < 0.0, skill.shift  # towards the front (-y)
+            else:
+                np.testing.assert_array_equal(skill.shift, np.zeros(2))
+        finally:
+            env.close()
 
 
 def test_experts_measure_objects_by_collision_geometry():

@@ -23,6 +23,11 @@ GAIN = 0.6  # fraction of the remaining error asked per step (the controller lag
 HAND_RESPONSE = 0.25  # the hand moves about this fraction of the commanded translation per step
 DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # hand pointing down, fingers along y
 OPEN_GAP = 0.075  # finger gap (m) when fully open (about 2 x 0.039)
+ALIGNED = 0.005  # horizontal misalignment that counts as lined up (m)
+HOVER = 0.08  # approach height above the grasp point when far off (m)
+FUNNEL = 2.5  # approach height per metre of horizontal misalignment
+HELD_GAP = 0.008  # a gap above this once the fingers stopped closing means something is held
+HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narrow in x, wide in y
 
 
 def rot_z(angle: float) -> np.ndarray:
@@ -185,3 +190,50 @@ class Scene:
     def goal(self) -> list[list[str]]:
         """The task's goal predicates as LIBERO parsed them, e.g. [["on", "akita_black_bowl_1", "plate_1"]]."""
         return [list(p) for p in self.sim.parsed_problem["goal_state"]]
+
+
+def closing_along(direction: np.ndarray) -> np.ndarray:
+    """The hand pointing down with its fingers closing along the horizontal `direction` (DOWN
+    closes along y; the hand is symmetric under half a turn, so its yaw stays in (-90, 90] degrees)."""
+    yaw = np.arctan2(direction[1], direction[0]) - np.pi / 2
+    return rot_z(np.pi / 2 - (np.pi / 2 - yaw) % np.pi) @ DOWN
+
+
+def funnel(
+    target: np.ndarray, eef: np.ndarray, hover: float = HOVER, slope: float = FUNNEL, aligned: float = ALIGNED
+) -> np.ndarray:
+    off = np.linalg.norm((eef - target)[:2])
+    return target + np.array([0.0, 0.0, min(hover, slope * max(0.0, off - aligned))])
+
+
+class LetGo:
+    """What a placing skill does once its predicate holds and a later skill follows: open the
+    fingers where the hand is, rise RISE straight up (clear of the container or support, which
+    a hand moving sideways at once would drag along), then report `done()`."""
+
+    LET_GO = 6  # steps the fingers open before the hand moves
+    RISE = 0.10  # metres
+
+    STALL = 15  # steps without rising 2 mm after which the hand is as clear as it gets
+
+    def _start_leaving(self) -> None:
+        self.leaving, self.left_at = 0, None
+
+    def _leave(self, orientation: np.ndarray) -> np.ndarray:
+        eef, _ = self.scene.hand()
+        if self.left_at is None:
+            self.left_at, self.highest_z, self.stalled = eef, eef[2], 0
+        self.leaving += 1
+        up = self.left_at + np.array([0.0, 0.0, 0.0 if self.leaving <= self.LET_GO else self.RISE])
+        if self.leaving > self.LET_GO:
+            self.stalled = 0 if eef[2] > self.highest_z + 0.002 else self.stalled + 1
+            self.highest_z = max(self.highest_z, eef[2])
+            if np.linalg.norm(eef - up) < 0.02 or self.stalled > self.STALL:
+                self.leaving = -1  # done
+        return self.scene.move(up, -1.0, orientation)
+
+    def leaving_now(self) -> bool:
+        return self.left_at is not None and self.leaving >= 0
+
+    def done(self) -> bool:
+        return self.left_at is not None and self.leaving < 0
