@@ -199,7 +199,7 @@ class _InlinePool:
         # into a caddy's slot; two moka pots side by side on a stove that is already on; a mug
         # carried by its handle into the microwave, pushed in, the door swung shut.
         ("libero_10", "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket", 0),
-        ("libero_10", "KITCHEN_SCENE4_put_the_black_bowl_in_the_bottom_drawer_of_the_cabinet_and_close_it", 2),
+        ("libero_10", "KITCHEN_SCENE4_put_the_black_bowl_in_the_bottom_drawer_of_the_cabinet_and_close_it", 0),
         (
             "libero_10",
             "LIVING_ROOM_SCENE5_put_the_white_mug_on_the_left_plate_and_put_the_yellow_and_white_mug_on_the_right_plate",

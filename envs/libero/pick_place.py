@@ -240,9 +240,9 @@ class VesselPlaceExpert(LetGo):
         spot, surface = self._target()
         radius = 0.5 * float(np.max(hi[:2] - lo[:2]))
         self.highest = max(lo[2], surface, scene.highest_along(origin, spot, radius, skip=(self.obj, self.target)))
+        self.grasp_offset, self.hand = self._grasp(origin, lo, hi)
         round_object = self.into and self.SHIFT_LANDING
         self.shift = self._landing_shift(radius, float(hi[2] - lo[2])) if round_object else np.zeros(2)
-        self.grasp_offset, self.hand = self._grasp(origin, lo, hi)
         self.closing = 0
         self.predicate = ["in" if self.into else "on", self.obj, self.target]
         if self.CLEAR_APPROACH:
@@ -316,7 +316,8 @@ class VesselPlaceExpert(LetGo):
         way at the centre (the open part of a bottom drawer lies between its front panel and
         the drawer above, 13 cm for an 11.4 cm bowl): the spot nearest the centre where the
         object's column, 3 mm wider than the object, from 1.5 cm above the region's floor to a
-        centimetre above its top, is clearest. Zero when the centre's column has a centimetre of room."""
+        centimetre above its top, and the hand holding it there are clearest. Zero when the
+        centre's column has a centimetre of room."""
         scene = self.scene
         pos, rot, half = scene.site(self.target)
         extent = np.abs(rot) @ half  # the region's world half extents
@@ -326,11 +327,28 @@ class VesselPlaceExpert(LetGo):
         heights = np.arange(floor + 0.015, floor + height + 0.01, 0.005)
         column = np.array([[x, y, z] for x, y in ring for z in heights])
 
-        def room(shift: np.ndarray) -> float:
+        def column_room(shift: np.ndarray) -> float:
             return min(scene.clearance(column + np.append(pos[:2] + shift, 0.0), skip=(self.obj,)), 0.02)
 
-        if room(np.zeros(2)) >= 0.01:  # LIBERO-Goal's top drawer: 11.5 mm; LIBERO-10's bottom one: 2-7 mm
+        if column_room(np.zeros(2)) >= 0.01:  # LIBERO-Goal's top drawer: 11.5 mm; LIBERO-10's bottom one: 2-7 mm
             return np.zeros(2)
+        # The hand's lower part (from 2.4 cm above the grip, 20.8 cm along its closing axis) must
+        # come down there too: the cabinet's sides stand 21 cm apart around the drawer.
+        lo, _ = scene.box(scene.body(self.obj))
+        grip = np.append(pos[:2], floor + scene.origin(self.obj)[2] - lo[2]) + self.grasp_offset
+        closing, across, up = self.hand[:, 0], self.hand[:, 1], -self.hand[:, 2]
+        hull = np.array(
+            [
+                grip + a * closing + c * across + z * up
+                for a in np.linspace(-0.104, 0.104, 9)
+                for c in (-0.0345, 0.0, 0.0345)
+                for z in np.arange(0.024, 0.061, 0.004)
+            ]
+        )
+
+        def room(shift: np.ndarray) -> float:
+            return min(column_room(shift), scene.clearance(hull + np.append(shift, 0.0), skip=(self.obj,)))
+
         reach = np.maximum(extent[:2] - 0.02, 0.0)
         grid = [
             np.array([x, y])
