@@ -480,9 +480,10 @@ class HandleToEntrance(MugPlace):
     enclosure's floor as far in as the hand may go (LIBERO-10's mug into the microwave, first
     half). The hand holds the top of the handle loop from above, fingers closing across it; the
     hand's 6.9 cm width must stay in front of the enclosure's face (its top wall is lower than
-    the hand), so the mug goes in handle first... facing out: it is lowered outside, in front of
-    the entrance, to just above the floor, slid in level, set down, and let go (done). The
-    enclosure's face is where the target region starts along -y (the microwave opens to -y)."""
+    the hand), so the mug goes in cup first with its handle facing out (as the scene places it):
+    it is lowered outside, in front of the entrance, to just above the floor, slid in level, set
+    down, and let go (done). The enclosure's face is where the target region starts along -y
+    (the microwave opens to -y)."""
 
     SHIFT_LANDING = False
     CLEAR_APPROACH = True  # the hand starts over the open door
