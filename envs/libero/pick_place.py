@@ -237,6 +237,7 @@ class VesselPlaceExpert(LetGo):
         self.below_origin = origin[2] - lo[2]  # the bowl's bottom relative to its origin
         # What the carried bowl must clear: its own support, and whatever lies on the way to the
         # target (the other bowl may stand on the cabinet, 23 cm up, far off the path).
+        self.shift = np.zeros(2)  # the landing's offset in a region (below), none while planning the path
         spot, surface = self._target()
         radius = 0.5 * float(np.max(hi[:2] - lo[:2]))
         self.highest = max(lo[2], surface, scene.highest_along(origin, spot, radius, skip=(self.obj, self.target)))
@@ -304,7 +305,7 @@ class VesselPlaceExpert(LetGo):
         pos, rot, half = scene.site(self.target)
         depth = float(np.abs(rot[2]) @ half)  # the region's vertical half extent
         if self.into:
-            return pos[:2] + getattr(self, "shift", 0.0), float(pos[2] - depth)
+            return pos[:2] + self.shift, float(pos[2] - depth)
         # Two objects on one region: on its diagonal, the first placed far from the robot (+x)
         # and to the left (+y), the second near and to the right, so that the hand, whose long
         # side lies along x, lowers the second beside the first, not onto it.
