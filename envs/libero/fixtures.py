@@ -10,10 +10,39 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from envs.libero.skills import ALIGNED, DOWN, HAND_HALF, HOVER, Scene, closing_along, funnel, rot_z
+from envs.libero.skills import ALIGNED, DOWN, HAND_HALF, HOVER, Scene, closing_along, funnel, nearer_hand, rot_z
 
 
-class PushInto:
+class ComeDown:
+    """The first two phases of a tilted-hand push (DrawerClose, PushInto): "above" a point, turned,
+    or as near as the arm gets (it may stop 0.2-0.4 rad short of a tilted pose that low, so after
+    STALL steps there it goes on), then "down" to the point, or as far as the arm goes (it may
+    stop a few cm short at the end of its reach: STALL steps without 2 mm of progress)."""
+
+    STALL = 15
+
+    def _come_down(self, eef: np.ndarray, point: np.ndarray, above: np.ndarray, near: float, then: str):
+        """The action of the present phase, or None once past "down" (the phase is then `then`)."""
+        scene = self.scene
+        if self.phase == "above":
+            there = np.linalg.norm(eef - above) < near
+            self.count = self.count + 1 if there else 0
+            if there and (scene.turned(self.hand) < 0.15 or self.count > self.STALL):
+                self.phase, self.count, self.best = "down", 0, np.inf
+            else:
+                return scene.move(above, 1.0, self.hand)
+        if self.phase == "down":
+            gap = float(np.linalg.norm(eef - point))
+            self.count = 0 if gap < self.best - 0.002 else self.count + 1
+            self.best = min(self.best, gap)
+            if gap < 0.015 or self.count > self.STALL:
+                self.phase = then
+            else:
+                return scene.move(point, 1.0, self.hand)
+        return None
+
+
+class PushInto(ComeDown):
     """Push an object further into an enclosure with the fingertips (LIBERO-10's mug into the
     microwave, second half): the hand, fingers closed, tilted TILT from pointing down towards
     the enclosure (as DrawerClose: its body stays low and outside, only the fingertips go in),
@@ -24,7 +53,6 @@ class PushInto:
     DEPTH = 0.055  # the mug's origin this far past the region's front: its handle clears the door (m)
     HEIGHT = 0.03  # push this far above the floor (m)
     BEHIND = 0.03  # come down this far behind the object's back (m)
-    STALL = 15
 
     def __init__(self, env, obj: str, region: str) -> None:
         self.env, self.obj, self.region = env, obj, region
@@ -40,26 +68,16 @@ class PushInto:
         push = np.array([0.0, 1.0, 0.0])  # into the enclosure (the microwave opens to -y)
         closing = np.cross(push, z)
         approach = push * np.sin(self.TILT) - z * np.cos(self.TILT)
-        hands = [np.column_stack([s * closing, s * np.cross(approach, closing), approach]) for s in (1.0, -1.0)]
-        self.hand = min(hands, key=scene.turned)
+        self.hand = nearer_hand(scene, closing, approach)
         self.phase, self.count, self.best = "above", 0, np.inf
         # The hand's 20.8 cm long side goes in level with the opening: the x range left free by
         # the enclosure's parts standing in front of its face at the hand's height (the side
         # frames, the microwave's control panel).
-        m, d = scene.model, scene.data
         face, mug_x = pos[1] - extent[1], scene.origin(self.obj)[0]
         left, right = -np.inf, np.inf
-        signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
         root = scene.body(self.region.split("_heating")[0].split("_contain")[0])
-        for g in range(m.ngeom):
-            b = m.geom_bodyid[g]
-            while b not in (0, root):
-                b = m.body_parentid[b]
-            if b != root or not (m.geom_contype[g] or m.geom_conaffinity[g]):
-                continue
-            corners = (signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]) @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[
-                g
-            ]
+        for g in scene.subtree_geoms(root):
+            corners = scene.corners(g)
             glo, ghi = corners.min(0), corners.max(0)
             if glo[1] < face - 0.01 and ghi[2] > self.floor + 0.01 and glo[2] < self.floor + 0.1:
                 if ghi[0] <= mug_x:
@@ -79,22 +97,9 @@ class PushInto:
         obj = scene.origin(self.obj)
         lo, _ = scene.box(scene.body(self.obj))
         behind = np.array([self.push_x, lo[1] - self.BEHIND, self.floor + self.HEIGHT])
-        if self.phase == "above":
-            above = behind + np.array([0.0, 0.0, 0.08])
-            there = np.linalg.norm(eef - above) < 0.03
-            self.count = self.count + 1 if there else 0
-            if there and (scene.turned(self.hand) < 0.15 or self.count > self.STALL):
-                self.phase, self.count = "down", 0
-            else:
-                return scene.move(above, 1.0, self.hand)
-        if self.phase == "down":
-            gap = float(np.linalg.norm(eef - behind))
-            self.count = 0 if gap < self.best - 0.002 else self.count + 1
-            self.best = min(self.best, gap)
-            if gap < 0.015 or self.count > self.STALL:
-                self.phase = "push"
-            else:
-                return scene.move(behind, 1.0, self.hand)
+        action = self._come_down(eef, behind, behind + np.array([0.0, 0.0, 0.08]), near=0.03, then="push")
+        if action is not None:
+            return action
         if self.phase == "push":
             if obj[1] < self.goal_y:
                 return scene.move(
@@ -136,23 +141,11 @@ class DoorClose:
         self.height, self.top = 0.5 * (lo[2] + hi[2]), float(hi[2])
         # The door panel's thickness: its box geoms' reach off the hinge line on the outer side
         # (the handle's capsules stand farther out, at the door's far end).
-        m, d = scene.model, scene.data
+        m = scene.model
         door = m.jnt_bodyid[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, self.joint)]
         outward = np.array([np.sin(q), -np.cos(q), 0.0])
-        signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
-        reach = [
-            float(
-                np.max(
-                    (
-                        (signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]) @ d.geom_xmat[g].reshape(3, 3).T
-                        + d.geom_xpos[g]
-                    )
-                    @ outward
-                )
-            )
-            for g in scene.geoms(door)
-            if m.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX
-        ]
+        boxes = [g for g in scene.geoms(door) if m.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX]
+        reach = [float(np.max(scene.corners(g) @ outward)) for g in boxes]
         self.thickness = max(0.0, max(reach) - hinge @ outward)
         self.phase, self.count = "above", 0
 
@@ -228,11 +221,7 @@ class DrawerOpen:
         z = np.array([0.0, 0.0, 1.0])
         approach = -self.pull * np.cos(self.PITCH) - z * np.sin(self.PITCH)
         z = z * np.cos(self.PITCH) - self.pull * np.sin(self.PITCH)  # the closing axis
-        # Fingers close along z; of the two such hands (the hand is symmetric under half a turn
-        # about its approach axis) take the one nearer the hand's present orientation: the other
-        # winds the wrist towards its joint limits.
-        hands = [np.column_stack([sign * z, sign * np.cross(approach, z), approach]) for sign in (1.0, -1.0)]
-        self.hand = min(hands, key=scene.turned)
+        self.hand = nearer_hand(scene, z, approach)  # fingers closing along z
         body = scene.body(self.drawer)
         # The handle: the drawer's collision box that stands farthest out along the pull.
         self.handle_geom = max(scene.geoms(body), key=lambda g: float(scene.data.geom_xpos[g] @ self.pull))
@@ -292,7 +281,7 @@ class DrawerOpen:
         return scene.move(eef, -1.0, DOWN)
 
 
-class DrawerClose:
+class DrawerClose(ComeDown):
     """Push a cabinet's drawer shut (LIBERO's "Close" of a `<cabinet>_<level>_region`: only at its
     end stop). The hand, fingers closed, is tilted TILT from pointing down towards the cabinet,
     its closing axis level and across the pull, so the fingertips reach the bottom drawer's
@@ -304,7 +293,6 @@ class DrawerClose:
     STANDOFF = 0.08  # the fingertips come down this far in front of the handle (m)
     ABOVE = 0.08  # and from this far above that point (m)
     PUSH = 0.05  # the target leads the handle by this into the cabinet (m)
-    STALL = 15  # steps without progress after which the next phase starts
 
     def __init__(self, env, region: str) -> None:
         if not region.endswith("_region"):
@@ -322,8 +310,7 @@ class DrawerClose:
         closing = np.cross(self.pull, z)
         closing /= np.linalg.norm(closing)
         approach = -self.pull * np.sin(self.TILT) - z * np.cos(self.TILT)
-        hands = [np.column_stack([s * closing, s * np.cross(approach, closing), approach]) for s in (1.0, -1.0)]
-        self.hand = min(hands, key=scene.turned)
+        self.hand = nearer_hand(scene, closing, approach)
         body = scene.body(self.drawer)
         self.handle_geom = max(scene.geoms(body), key=lambda g: float(scene.data.geom_xpos[g] @ self.pull))
         self.phase, self.left_at, self.count = "above", None, 0
@@ -336,25 +323,9 @@ class DrawerClose:
         eef, _ = scene.hand()
         handle = scene.data.geom_xpos[self.handle_geom].copy()
         front = handle + self.STANDOFF * self.pull
-        if self.phase == "above":
-            above = front + np.array([0.0, 0.0, self.ABOVE])
-            there = np.linalg.norm(eef - above) < 0.04
-            self.count = self.count + 1 if there else 0
-            # Turned, or as near as the arm gets there (it may stop 0.2-0.4 rad short this low).
-            if there and (scene.turned(self.hand) < 0.15 or self.count > self.STALL):
-                self.phase, self.count, self.best = "down", 0, np.inf
-            else:
-                return scene.move(above, 1.0, self.hand)
-        if self.phase == "down":
-            # Down to the handle's height in front of it, or as far as the arm goes (it may stop
-            # a few cm short that low, at the end of its reach): then push.
-            gap = float(np.linalg.norm(eef - front))
-            self.count = 0 if gap < self.best - 0.002 else self.count + 1
-            self.best = min(self.best, gap)
-            if gap < 0.015 or self.count > self.STALL:
-                self.phase = "push"
-            else:
-                return scene.move(front, 1.0, self.hand)
+        action = self._come_down(eef, front, front + np.array([0.0, 0.0, self.ABOVE]), near=0.04, then="push")
+        if action is not None:
+            return action
         if self.phase == "push":
             if not scene.holds(["close", self.region]):
                 return scene.move(handle - self.PUSH * self.pull, 1.0, self.hand)

@@ -30,6 +30,9 @@ HELD_GAP = 0.008  # a gap above this once the fingers stopped closing means some
 HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narrow in x, wide in y
 
 
+_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+
+
 def rot_z(angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -91,41 +94,41 @@ class Scene:
     def box(self, body: int, collision: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """World axis-aligned bounding box of a body's subtree: its collision geoms (default)
         or its visual ones (geom group 1)."""
-        m, d = self.model, self.data
+        m = self.model
         lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-        for g in range(m.ngeom):
-            b = m.geom_bodyid[g]
-            while b not in (0, body):
-                b = m.body_parentid[b]
-            if b != body:
-                continue
-            keep = bool(m.geom_contype[g] or m.geom_conaffinity[g]) if collision else m.geom_group[g] == 1
-            if not keep:
-                continue
-            corners = signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]
-            w = corners @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g]
+        for g in self.subtree_geoms(body, collision):
+            w = self.corners(g)
             lo, hi = np.minimum(lo, w.min(0)), np.maximum(hi, w.max(0))
         if not np.isfinite(lo).all():
             kind = "collision" if collision else "visual"
             raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)!r} has no {kind} geoms")
         return lo, hi
 
-    def extent_along(self, body: int, direction: np.ndarray) -> tuple[float, float]:
-        """Least and greatest projection of a body subtree's collision boxes on a world direction."""
-        m, d = self.model, self.data
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-        values = []
+    def subtree_geoms(self, body: int, collision: bool = True) -> list[int]:
+        """The geoms of a body and its descendants: collision ones (default) or visual ones (group 1)."""
+        m = self.model
+        out = []
         for g in range(m.ngeom):
             b = m.geom_bodyid[g]
             while b not in (0, body):
                 b = m.body_parentid[b]
-            if b != body or not (m.geom_contype[g] or m.geom_conaffinity[g]):
+            if b != body:
                 continue
-            corners = (signs * m.geom_aabb[g][3:] + m.geom_aabb[g][:3]) @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[
-                g
-            ]
-            values.append(corners @ direction)
+            if bool(m.geom_contype[g] or m.geom_conaffinity[g]) if collision else m.geom_group[g] == 1:
+                out.append(g)
+        return out
+
+    def corners(self, geom: int) -> np.ndarray:
+        """The 8 world corners (8, 3) of a geom's bounding box, in its own frame."""
+        m, d = self.model, self.data
+        return (_SIGNS * m.geom_aabb[geom][3:] + m.geom_aabb[geom][:3]) @ d.geom_xmat[geom].reshape(
+            3, 3
+        ).T + d.geom_xpos[geom]
+
+    def extent_along(self, body: int, direction: np.ndarray) -> tuple[float, float]:
+        """Least and greatest projection of a body subtree's collision boxes on a world direction."""
+        m = self.model
+        values = [self.corners(g) @ direction for g in self.subtree_geoms(body)]
         if not values:
             raise ValueError(f"body {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, body)!r} has no collision geoms")
         values = np.concatenate(values)
@@ -204,6 +207,15 @@ def funnel(
 ) -> np.ndarray:
     off = np.linalg.norm((eef - target)[:2])
     return target + np.array([0.0, 0.0, min(hover, slope * max(0.0, off - aligned))])
+
+
+def nearer_hand(scene: Scene, closing: np.ndarray, approach: np.ndarray) -> np.ndarray:
+    """The hand orientation (columns: closing axis, across, approach) with its fingers closing
+    along `closing` and pointing along `approach`, of the two such hands (the hand is symmetric
+    under half a turn about its approach axis) the one nearer the hand's present orientation:
+    the other winds the wrist towards its joint limits."""
+    hands = [np.column_stack([s * closing, s * np.cross(approach, closing), approach]) for s in (1.0, -1.0)]
+    return min(hands, key=scene.turned)
 
 
 class LetGo:
