@@ -178,7 +178,12 @@ def main() -> None:
     args = parser.parse_args()
     tasks = suite_tasks(args.suite)
     if args.tasks:
-        tasks = [tasks[int(i)] for i in args.tasks.split(",")]
+        picked = [int(i) for i in args.tasks.split(",") if i.strip().lstrip("-").isdigit()]
+        if len(picked) != len(args.tasks.split(",")) or not all(0 <= i < len(tasks) for i in picked):
+            parser.error(
+                f"--tasks {args.tasks!r}: give task indices 0-{len(tasks) - 1} of {args.suite}, comma-separated"
+            )
+        tasks = [tasks[i] for i in picked]
     jobs = [(args.suite, t, i, args.widen) for t in tasks for i in range(args.states)]
     t0 = time.time()
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
