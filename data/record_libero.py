@@ -84,6 +84,17 @@ def recording_settings(cfg: LiberoRecordConfig) -> dict:
     return {"version": RECORDING_VERSION, **settings}
 
 
+# Settings that choose which episodes are recorded, not what an episode holds: episode j of a task
+# has the same seed and so the same content whatever they are, so a recording in progress can be
+# extended to more episodes or tasks (or cut short) and keep its finished parts.
+EXTENSIBLE = ("episodes_per_task", "tasks")
+
+
+def parts_settings(settings: dict) -> dict:
+    """The settings a finished episode part depends on."""
+    return {k: v for k, v in settings.items() if k not in EXTENSIBLE}
+
+
 def features(image_size: int) -> dict:
     from envs.libero.conventions import ACTION_NAMES, STATE_NAMES, spaces
 
@@ -158,11 +169,11 @@ def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     settings_file = parts / "recording.json"
     wanted = recording_settings(cfg)
-    if settings_file.is_file() and load_json(settings_file) != wanted:
+    if settings_file.is_file() and parts_settings(load_json(settings_file)) != parts_settings(wanted):
         raise ValueError(
             f"{parts} holds episodes recorded with other settings ({load_json(settings_file)}); remove it to start over"
         )
-    atomic_write_text(settings_file, json.dumps(wanted, indent=2))
+    atomic_write_text(settings_file, json.dumps(parts_settings(wanted), indent=2))
     for stale in parts.glob(".*.tmp.npz"):  # a worker killed while writing
         stale.unlink()
     jobs = []

@@ -2,6 +2,7 @@
 
     vla-bench-env                               # the built-in suite, every task
     vla-bench-env --suite libero_object         # LIBERO task 0: fast and LIBERO rendering modes
+    vla-bench-env --suite simpler_bridge --steps 60   # the four Bridge tasks (ManiSkill 3, 640 x 480 camera)
 
 Run it pinned to one core (`taskset -c 0 vla-bench-env ...`) to read the one-core figure.
 """
@@ -68,16 +69,47 @@ def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
         print(f"{mode.value:<12}{full:>9.1f}{render_ms:>16.1f}{physics:>14.1f}{faces:>13,}")
 
 
+def simpler(steps: int, image_size: int) -> None:
+    from envs.simpler.conventions import TASKS
+    from envs.simpler.env import SimplerBridgeEnv
+    from envs.simpler.setup import ready
+
+    folder, standins, driver = ready()
+    print(f"ManiSkill assets {folder}{' (stand-ins: ' + str(len(standins)) + ' files)' if standins else ''}; {driver}")
+    print(f"{'task':<34}{'build (s)':>10}{'reset (s)':>10}{'steps/s':>9}")
+    hold = np.array([0, 0, 0, 0, 0, 0, 1.0])
+    for task in TASKS:
+        t0 = time.perf_counter()
+        env = SimplerBridgeEnv(task, image_size=image_size)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        env.reset(seed=0, options={"init_state": 0})
+        reset = time.perf_counter() - t0
+
+        def step(env=env):
+            *_, truncated, _ = env.step(hold)
+            if truncated:
+                env.reset(seed=0, options={"init_state": 0})
+
+        rate = _rate(step, steps)
+        env.close()
+        print(f"{task:<34}{build:>10.1f}{reset:>10.2f}{rate:>9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="builtin", help="builtin or a LIBERO suite (libero_object, ...)")
+    parser.add_argument(
+        "--suite", default="builtin", help="builtin, a LIBERO suite (libero_object, ...) or simpler_bridge"
+    )
     parser.add_argument("--task", type=int, default=0, help="LIBERO: task index in the suite")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
     args = parser.parse_args()
     headless()
-    print(f"two {args.image_size} px cameras, cores usable: {len(os.sched_getaffinity(0))}")
-    if args.suite == "builtin":
+    print(f"{args.image_size} px policy frames, cores usable: {len(os.sched_getaffinity(0))}")
+    if args.suite == "simpler_bridge":
+        simpler(args.steps, args.image_size)
+    elif args.suite == "builtin":
         builtin(args.steps, args.image_size)
     else:
         libero(args.suite, args.task, args.steps, args.image_size)

@@ -171,7 +171,7 @@ def rollout(
     policy.reset(seed)
     instruction = env.unwrapped.instruction
     k, d = execute_steps or policy.cfg.chunk_size, delay_steps
-    frames, steps, infer_s, success = [], 0, 0.0, False
+    frames, steps, infer_s, success, extra = [], 0, 0.0, False, {}
 
     def step(action) -> bool:
         nonlocal obs, steps, success
@@ -181,6 +181,8 @@ def rollout(
         steps += 1
         if terminated or truncated:
             success = bool(info.get("success", terminated))
+            if "partial" in info:  # a suite's second metric (SimplerEnv: the source object was grasped)
+                extra["partial"] = bool(info["partial"])
         return bool(terminated or truncated)
 
     def infer(prefix=None):
@@ -195,7 +197,7 @@ def rollout(
         before = max(0, k - d)  # actions run before the next request
         for action in chunk[start : start + before]:
             if step(action):
-                return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+                return {"success": success, **extra, "steps": steps, "infer_s": infer_s, "frames": frames}
         if d == 0:
             chunk = infer()
             continue
@@ -203,7 +205,7 @@ def rollout(
         upcoming = infer(np.asarray(during) if delay_mode == "inpaint" else None)
         for action in during:
             if step(action):
-                return {"success": success, "steps": steps, "infer_s": infer_s, "frames": frames}
+                return {"success": success, **extra, "steps": steps, "infer_s": infer_s, "frames": frames}
         chunk, start = upcoming, d
 
 
@@ -318,26 +320,31 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
         raise KeyError(f"eval.tasks: {unknown} not in suite {cfg.suite!r}; available: {available}")
     observation, action = suite.spaces(render_size(policy_cfg))
     check_compatible(policy_cfg, action.shape[0], observation["state"].shape[0], list(observation.keys()))
-    if not suite.official_states:
-        if cfg.init_states:
-            raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
+    libero = cfg.suite in LIBERO_SUITES
+    if not libero:
         if cfg.perturbations():
             raise ValueError(f"eval.placement_widen and eval.camera_shift apply to LIBERO suites, not {cfg.suite!r}")
+        if cfg.render_mode:
+            raise ValueError(f"eval.render_mode applies to LIBERO suites, not {cfg.suite!r}")
+    if suite.official_states is None:
+        if cfg.init_states:
+            raise ValueError(f"eval.init_states applies to suites with official initial states, not {cfg.suite!r}")
         return tasks, [None] * cfg.episodes_per_task, ""
-    from envs.libero.conventions import RenderMode
-    from envs.libero.env import init_states
-
     if cfg.split == "validation":
         states = [None] * cfg.episodes_per_task  # fresh placements
     else:
         states = list(cfg.init_states) or list(range(cfg.episodes_per_task))
         for task in tasks:
-            n = len(init_states(cfg.suite, task))
+            n = suite.official_states(task)
             bad = [i for i in states if not 0 <= i < n]
             if bad:
                 raise IndexError(
                     f"eval.init_states: {bad} out of range for {cfg.suite}/{task}, which has {n} (0..{n - 1})"
                 )
+    if not libero:
+        return tasks, states, ""
+    from envs.libero.conventions import RenderMode
+
     trained = policy_cfg.render_mode
     mode = cfg.render_mode or trained or RenderMode.libero
     if mode not in {m.value for m in RenderMode}:
@@ -597,6 +604,12 @@ def evaluate(
         "config": {**cfg.__dict__, "init_states": [s for s in states if s is not None], "render_mode": render_mode},
         "per_task_success": per_task,
         "mean_success": float(np.mean(list(per_task.values()))),
+    }
+    if all("partial" in e for e in episodes):  # reported beside success, never mixed into it
+        partial_rate = {t: float(np.mean([e["partial"] for e in episodes if e["task"] == t])) for t in tasks}
+        results["per_task_partial"] = partial_rate
+        results["mean_partial"] = float(np.mean(list(partial_rate.values())))
+    results |= {
         "episodes": episodes,
         "wall_s": time.time() - t0,  # this invocation's: reused episodes cost nothing here
         "reused_episodes": len(jobs) - len(todo),
@@ -666,7 +679,11 @@ def format_table(results: dict) -> str:
     widened += f", camera moved ({', '.join(f'{100 * v:g}' for v in shift)}) cm" if shift else ""
     delay = results["config"].get("delay_steps", 0)
     widened += f", delay {delay} steps, {results['config'].get('delay_mode')}" if delay else ""
-    lines = [f"{'task':<{width}}success ({n} {split} episodes each{widened})", "-" * (width + 28)]
-    lines += [f"{t:<{width}}{100 * s:6.1f}%" for t, s in per_task.items()]
-    lines += ["-" * (width + 28), f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"]
+    partial = results.get("per_task_partial")
+    head = "success" + ("  partial (grasped)" if partial else "")
+    lines = [f"{'task':<{width}}{head} ({n} {split} episodes each{widened})", "-" * (width + 28)]
+    for t, s in per_task.items():
+        lines.append(f"{t:<{width}}{100 * s:6.1f}%" + (f"{100 * partial[t]:9.1f}%" if partial else ""))
+    mean = f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"
+    lines += ["-" * (width + 28), mean + (f"{100 * results['mean_partial']:9.1f}%" if partial else "")]
     return "\n".join(lines)

@@ -24,7 +24,9 @@ class Suite:
     tasks: Callable[[], list[str]]
     make: Callable[..., gym.Env]  # (task, image_size, render_mode, **perturbations) -> env
     spaces: Callable[[int], tuple]  # image_size -> (observation space, action space), without building an env
-    official_states: bool  # episodes start from the benchmark's fixed initial states (by index), not seeds
+    # The number of a task's official initial states (the benchmark's fixed episodes, by index),
+    # None for a suite without them, whose episodes start from seeds.
+    official_states: Callable[[str], int] | None
 
 
 def _builtin_tasks() -> list[str]:
@@ -91,12 +93,40 @@ def _libero(suite: str) -> Suite:
 
         return spaces(image_size)
 
-    return Suite("libero", tasks, make, spaces, official_states=True)
+    def states(task: str) -> int:
+        from envs.libero.env import init_states
+
+        return len(init_states(suite, task))
+
+    return Suite("libero", tasks, make, spaces, official_states=states)
+
+
+def _make_simpler(task: str, image_size: int, render_mode: str | None = None, **perturbations) -> gym.Env:
+    from envs.simpler.env import SimplerBridgeEnv
+
+    if render_mode not in (None, ""):
+        raise ValueError(f"simpler_bridge has one rendering; render_mode={render_mode!r} applies to LIBERO")
+    if any(perturbations.values()):
+        raise ValueError(f"{perturbations} apply to LIBERO suites, not simpler_bridge")
+    return SimplerBridgeEnv(task, image_size)
+
+
+def _simpler() -> Suite:
+    from envs.simpler import conventions
+
+    return Suite(
+        "widowx",
+        lambda: list(conventions.TASKS),
+        _make_simpler,
+        conventions.spaces,
+        official_states=lambda task: conventions.LAYOUTS,
+    )
 
 
 SUITES: dict[str, Suite] = {
-    "builtin": Suite("tabletop", _builtin_tasks, _make_builtin, _builtin_spaces, official_states=False),
+    "builtin": Suite("tabletop", _builtin_tasks, _make_builtin, _builtin_spaces, official_states=None),
     **{name: _libero(name) for name in LIBERO_SUITES},
+    "simpler_bridge": _simpler(),
 }
 
 

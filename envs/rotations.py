@@ -55,3 +55,22 @@ def canonical_axis_angle(v: np.ndarray) -> np.ndarray:
     if angle > np.pi / 2 and v[1] < 0:
         return -v / angle * (2 * np.pi - angle)
     return v
+
+
+def quat_wxyz_about_z(angle: float, q: np.ndarray) -> np.ndarray:
+    """The (w, x, y, z) quaternion q turned by `angle` radians about the world z axis."""
+    return mul_quat_wxyz(np.array([np.cos(angle / 2), 0.0, 0.0, np.sin(angle / 2)]), q)
+
+
+def mul_quat_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The product a * b of (w, x, y, z) quaternions (b applied first)."""
+    out = np.zeros(4)
+    mujoco.mju_mulQuat(out, np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    return out
+
+
+def rotate_by_quat_wxyz(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The vector v rotated by the (w, x, y, z) quaternion q."""
+    out = np.zeros(3)
+    mujoco.mju_rotVecQuat(out, np.asarray(v, dtype=np.float64), np.asarray(q, dtype=np.float64))
+    return out

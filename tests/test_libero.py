@@ -163,6 +163,20 @@ def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
         rec.record_libero(cfg, tmp_path / "other")
 
 
+def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds():
+    """Episode j of a task has the same seed whatever the episode count or task list, so parts
+    recorded for 40 episodes per task serve a recording of 60; noise or image size do not."""
+    from dataclasses import replace
+
+    from data import record_libero as rec
+
+    cfg = rec.LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=2)
+    same = rec.parts_settings(rec.recording_settings(cfg))
+    assert rec.parts_settings(rec.recording_settings(replace(cfg, episodes_per_task=60, tasks=[]))) == same
+    for changed in (replace(cfg, noise=cfg.noise + 0.1), replace(cfg, image_size=64), replace(cfg, seed=cfg.seed + 1)):
+        assert rec.parts_settings(rec.recording_settings(changed)) != same
+
+
 class _InlinePool:
     """ProcessPoolExecutor stand-in that runs jobs in this process (monkeypatched module globals apply)."""
 

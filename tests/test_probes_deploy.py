@@ -316,7 +316,7 @@ def test_configs_refuse_values_out_of_range():
         "fps=nan": (dict(fps=math.nan), r"policy.fps must be > 0"),
         "action_space": (
             dict(action_space="anything"),
-            r"policy.action_space must be one of \['delta_eef_libero', 'joint_pos'\]",
+            r"policy.action_space must be one of \['delta_eef_libero', 'delta_eef_widowx', 'joint_pos'\]",
         ),
         "state_margin": (dict(state_margin=-1.0), r"policy.state_margin must be >= 0"),
     }

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 # Action conventions a policy can declare (the handshake's `action_space`).
 ACTION_SPACES = {
     "delta_eef_libero": "7-D delta end effector in [-1, 1], -1 opens the gripper (the built-in suite, LIBERO)",
+    "delta_eef_widowx": "7-D WidowX end-effector target delta: metres, XYZ Euler radians, then +1 opens and -1 closes "
+    "the gripper (SimplerEnv's Bridge tasks in ManiSkill 3)",
     "joint_pos": "absolute joint goal positions in the robot's units (lerobot arms, SO-101)",
 }
 
