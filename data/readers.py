@@ -38,7 +38,9 @@ class LeRobotKeys:
 LIBERO_LEROBOT_KEYS = LeRobotKeys(
     cameras={"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"}
 )
-BRIDGE_LEROBOT_KEYS = LeRobotKeys(cameras={"agentview": "observation.images.image_0"})
+# The BridgeData V2 ports (IPEC-COMMUNITY/bridge_orig_lerobot): the third-person camera, which
+# simpler_bridge calls `image`.
+BRIDGE_LEROBOT_KEYS = LeRobotKeys(cameras={"image": "observation.images.image_0"})
 
 
 def read_lerobot(

@@ -1,38 +1,35 @@
 """Record scripted LIBERO demonstrations (each suite with an expert in envs.libero.experts) as
-a LeRobotDataset v3 in the public ports' schema.
+a LeRobotDataset v3 in the public ports' schema, resumably (`data.record_scripted`).
 
 Episodes start from fresh draws of each task's own placement distribution (seeded), never from
-the 50 official initial states, which stay for evaluation. Recording resumes: every finished
-episode (kept or failed) is written atomically to `<root>.parts/` first, and a re-run records
-only the missing ones; the dataset is assembled with lerobot's API into a temporary folder that
-replaces `root` only when complete, and the parts are then removed.
+the 50 official initial states, which stay for evaluation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import multiprocessing as mp
-import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from data.episode import PERTURBED_KEY
+from data.record_scripted import (
+    SEED_STRIDE,
+    Family,
+    Job,
+    episode_seed,
+    parts_folder,
+    record_scripted,
+    save_part,
+)
+from data.record_scripted import check_recording as check_settings
 from envs.libero.experts import EXPERTS, expert_for
 from envs.registry import VALIDATION_SEED
-from vla.configs import atomic_dir, atomic_write_text, load_json, save_json, to_dict
+from vla.configs import to_dict
 
 log = logging.getLogger(__name__)
 
 # Bump when the expert, the environment wrapper or the rendering change what a recording holds.
 RECORDING_VERSION = 1
-RECORDING_FILE = "meta/recording.json"
 FPS = 20
 # The public LeRobot ports' keys (HuggingFaceVLA/libero and the IPEC-COMMUNITY ports).
 PORT_KEYS = {
@@ -41,9 +38,6 @@ PORT_KEYS = {
     "state": "observation.state",
     "action": "action",
 }
-
-
-SEED_STRIDE = 1_000_000  # episode seeds of libero.seed s: s * SEED_STRIDE + task index * 10000 + episode
 
 
 @dataclass
@@ -84,17 +78,6 @@ def recording_settings(cfg: LiberoRecordConfig) -> dict:
     return {"version": RECORDING_VERSION, **settings}
 
 
-# Settings that choose which episodes are recorded, not what an episode holds: episode j of a task
-# has the same seed and so the same content whatever they are, so a recording in progress can be
-# extended to more episodes or tasks (or cut short) and keep its finished parts.
-EXTENSIBLE = ("episodes_per_task", "tasks")
-
-
-def parts_settings(settings: dict) -> dict:
-    """The settings a finished episode part depends on."""
-    return {k: v for k, v in settings.items() if k not in EXTENSIBLE}
-
-
 def features(image_size: int) -> dict:
     from envs.libero.conventions import ACTION_NAMES, STATE_NAMES, spaces
 
@@ -112,35 +95,22 @@ def features(image_size: int) -> dict:
 _WORKER: dict = {}
 
 
-def _episode(job: tuple) -> tuple[str, bool]:
+def _episode(job: Job) -> tuple[str, bool]:
     """Record one episode into its part file; returns (part path, success)."""
     from envs.libero.env import LiberoEnv
     from envs.tabletop.experts import run_expert_episode
 
-    suite, task, seed, image_size, render_mode, widen, noise, faults, part = job
-    env = _WORKER.get(task)
+    suite, image_size, render_mode, widen, noise, faults = job.args
+    env = _WORKER.get(job.task)
     if env is None:
         for old in _WORKER.values():  # one scene alive per worker
             old.close()
         _WORKER.clear()
-        env = _WORKER[task] = LiberoEnv(
-            suite, task, image_size=image_size, render_mode=render_mode, placement_widen=widen
+        env = _WORKER[job.task] = LiberoEnv(
+            suite, job.task, image_size=image_size, render_mode=render_mode, placement_widen=widen
         )
-    frames, ok = run_expert_episode(env, seed, noise=noise, faults=faults, expert=expert_for(suite, env))
-    arrays = {"success": np.array(ok)}
-    if ok:
-        arrays |= {
-            "agentview": np.stack([f["agentview"] for f in frames]),
-            "wrist": np.stack([f["wrist"] for f in frames]),
-            "state": np.stack([f["state"] for f in frames]).astype(np.float32),
-            "action": np.stack([f["action"] for f in frames]).astype(np.float32),
-            "perturbed": np.array([f["perturbed"] for f in frames], dtype=bool),
-        }
-    part = Path(part)
-    tmp = part.with_name(f".{part.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, part)  # a part exists only once complete
-    return str(part), ok
+    frames, ok = run_expert_episode(env, job.seed, noise=noise, faults=faults, expert=expert_for(suite, env))
+    return save_part(job.part, frames, ok, ["agentview", "wrist", "state", "action"])
 
 
 def _init_worker() -> None:
@@ -151,106 +121,36 @@ def _init_worker() -> None:
 
 def record_libero(cfg: LiberoRecordConfig, root: str | Path) -> Path:
     """Record successful expert episodes of every task (resuming from `<root>.parts/`)."""
-    from datasets.utils import logging as hf_datasets_logging
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     from envs.libero.env import setup, suite_tasks
 
     setup()
-    root = Path(root)
-    if (root / "meta" / "info.json").exists():
-        raise FileExistsError(f"{root} already holds a dataset; remove it or record elsewhere")
     available = suite_tasks(cfg.suite)
     tasks = list(cfg.tasks) or available
     unknown = [t for t in tasks if t not in available]
     if unknown:
         raise KeyError(f"libero.tasks: {unknown} not in {cfg.suite}; available: {available}")
-    parts = root.parent / f"{root.name}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    settings_file = parts / "recording.json"
-    wanted = recording_settings(cfg)
-    if settings_file.is_file() and parts_settings(load_json(settings_file)) != parts_settings(wanted):
-        raise ValueError(
-            f"{parts} holds episodes recorded with other settings ({load_json(settings_file)}); remove it to start over"
-        )
-    atomic_write_text(settings_file, json.dumps(parts_settings(wanted), indent=2))
-    for stale in parts.glob(".*.tmp.npz"):  # a worker killed while writing
-        stale.unlink()
-    jobs = []
-    for task in tasks:
-        for j in range(cfg.episodes_per_task):
-            part = parts / f"{available.index(task):02d}_{j:04d}.npz"
-            # Seeds disjoint per task and episode; LIBERO's sampler draws the placement from it.
-            seed = cfg.seed * SEED_STRIDE + available.index(task) * 10_000 + j
-            job = (cfg.suite, task, seed, cfg.image_size, cfg.render_mode, cfg.placement_widen, cfg.noise, cfg.faults)
-            jobs.append((*job, str(part)))
-    todo = [j for j in jobs if not Path(j[-1]).is_file()]
-    if len(todo) < len(jobs):
-        log.info(
-            "resuming a LIBERO recording: %d of %d episodes already recorded in %s",
-            len(jobs) - len(todo),
-            len(jobs),
-            parts,
-        )
-    bars_were_on = hf_datasets_logging.is_progress_bar_enabled()
-    hf_datasets_logging.disable_progress_bar()
-    kept = failed = 0
-    per_task: dict[str, list[int]] = {}
-    recorded = iter(())
-    try:
-        with contextlib.ExitStack() as stack:
-            if todo:
-                pool = stack.enter_context(
-                    ProcessPoolExecutor(
-                        max(1, cfg.workers), mp_context=mp.get_context("spawn"), initializer=_init_worker
-                    )
-                )
-                # Results come back in job order; the dataset is written here while the workers
-                # record the next episodes (writing costs about half as much CPU as recording).
-                recorded = pool.map(_episode, todo)
-            missing = {job[-1] for job in todo}
-            tmp = stack.enter_context(atomic_dir(root, "recording"))
-            ds = LeRobotDataset.create(
-                f"local/vla_{cfg.suite}",
-                FPS,
-                features(cfg.image_size),
-                root=tmp,
-                robot_type="panda",
-                use_videos=False,
-                image_writer_threads=2,  # PNG encoding releases the GIL: frames of an episode in parallel
-            )
-            for suite, task, *_, part in tqdm(jobs, desc=f"recording and writing {cfg.suite} demos"):
-                if part in missing:
-                    next(recorded)  # wait for this episode's part
-                instruction = _instruction(suite, task)
-                with np.load(part, allow_pickle=False) as z:
-                    ep = {k: z[k] for k in z.files}  # each z[k] reads the file again: once per array
-                ok = bool(ep["success"])
-                per_task.setdefault(task, [0, 0])[0 if ok else 1] += 1
-                if not ok:
-                    failed += 1
-                    continue
-                for t in range(len(ep["action"])):
-                    ds.add_frame(
-                        {
-                            PORT_KEYS["agentview"]: ep["agentview"][t],
-                            PORT_KEYS["wrist"]: ep["wrist"][t],
-                            PORT_KEYS["state"]: ep["state"][t],
-                            PORT_KEYS["action"]: ep["action"][t],
-                            PERTURBED_KEY: ep["perturbed"][t : t + 1],
-                            "task": instruction,
-                        }
-                    )
-                ds.save_episode()
-                kept += 1
-            ds.finalize()
-            save_json(tmp / RECORDING_FILE, {**wanted, "expert_success": per_task})
-    finally:
-        if bars_were_on:
-            hf_datasets_logging.enable_progress_bar()
-    shutil.rmtree(parts, ignore_errors=True)
-    log.info("recorded %d episodes (%d expert failures skipped) to %s", kept, failed, root)
-    return root
+    root = Path(root)
+    args = (cfg.suite, cfg.image_size, cfg.render_mode, cfg.placement_widen, cfg.noise, cfg.faults)
+    jobs = [
+        Job(task, episode_seed(cfg.seed, available.index(task), j), str(_part(root, available.index(task), j)), args)
+        for task in tasks
+        for j in range(cfg.episodes_per_task)
+    ]
+    family = Family(
+        name=cfg.suite,
+        fps=FPS,
+        robot_type="panda",
+        features=features(cfg.image_size),
+        keys=PORT_KEYS,
+        episode=_episode,
+        init_worker=_init_worker,
+        instruction=lambda task: _instruction(cfg.suite, task),
+    )
+    return record_scripted(family, jobs, recording_settings(cfg), root, cfg.workers)
+
+
+def _part(root: Path, task_index: int, episode: int) -> Path:
+    return parts_folder(root) / f"{task_index:02d}_{episode:04d}.npz"
 
 
 _INSTRUCTIONS: dict = {}
@@ -266,14 +166,4 @@ def _instruction(suite: str, task: str) -> str:
 
 def check_recording(cfg: LiberoRecordConfig, root: str | Path) -> None:
     """Refuse a recording made with other settings than `cfg` asks for."""
-    path = Path(root) / RECORDING_FILE
-    saved = load_json(path) if path.is_file() else {}
-    saved = {k: v for k, v in saved.items() if k != "expert_success"}
-    wanted = recording_settings(cfg)
-    if saved != wanted:
-        diff = sorted(k for k in wanted.keys() | saved.keys() if saved.get(k) != wanted.get(k))
-        detail = ", ".join(f"{k}: recorded {saved.get(k)!r}, asked {wanted.get(k)!r}" for k in diff)
-        raise ValueError(
-            f"the demonstrations at {root} were recorded with other settings ({detail}); "
-            f"remove {root} (and its .zarr cache) to record again, or point data.root elsewhere"
-        )
+    check_settings(recording_settings(cfg), root)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from data.cache import ZarrCache, build_cache, cache_source, files_fingerprint, source_differences
 from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from data.record_libero import LiberoRecordConfig
+from data.record_simpler import SimplerRecordConfig
 from vla.configs import choice, recover_dir
 from vla.embodiment import Embodiment
 
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 class DataSource(StrEnum):
     builtin = "builtin"  # record the built-in suite with scripted experts if missing
     libero_scripted = "libero_scripted"  # record LIBERO (data.libero) with its scripted expert if missing
+    simpler_scripted = "simpler_scripted"  # record SimplerEnv's Bridge tasks (data.simpler) if missing
     lerobot = "lerobot"  # a LeRobotDataset v3 folder
     libero_hdf5 = "libero_hdf5"  # a folder of LIBERO's original .hdf5 files
 
@@ -51,6 +55,7 @@ class DataConfig:
     rebuild_cache: bool = False
     record: RecordConfig = field(default_factory=RecordConfig)  # source=builtin
     libero: LiberoRecordConfig = field(default_factory=LiberoRecordConfig)  # source=libero_scripted
+    simpler: SimplerRecordConfig = field(default_factory=SimplerRecordConfig)  # source=simpler_scripted
     loader: LoaderConfig = field(default_factory=LoaderConfig)
 
     def __post_init__(self) -> None:
@@ -72,20 +77,12 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
     root = Path(cfg.root)
     for folder in {root.parent, cache.parent}:  # what a killed recording or cache build left behind
         recover_dir(folder)
-    if cfg.source == "builtin" and (root.exists() or not cache.exists()):  # a lone cache is checked below
-        from data.record import check_recording, record_builtin
-
+    recorder = _recorder(cfg)
+    if recorder and (root.exists() or not cache.exists()):  # a lone cache is checked below
         if not (root / "meta" / "info.json").exists():
-            log.info("no demonstrations at %s: recording the built-in suite with scripted experts", root)
-            record_builtin(cfg.record, root)
-        check_recording(cfg.record, root)
-    if cfg.source == "libero_scripted" and (root.exists() or not cache.exists()):
-        from data.record_libero import check_recording, record_libero
-
-        if not (root / "meta" / "info.json").exists():
-            log.info("no demonstrations at %s: recording %s with its scripted expert", root, cfg.libero.suite)
-            record_libero(cfg.libero, root)
-        check_recording(cfg.libero, root)
+            log.info("no demonstrations at %s: recording them with the scripted experts (%s)", root, cfg.source)
+            recorder.record(recorder.cfg, root)
+        recorder.check(recorder.cfg, root)
     wanted = source_record(cfg)
     build = not cache.exists()
     if not build:
@@ -112,6 +109,30 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
     return opened
 
 
+class _Recorder(NamedTuple):
+    record: Callable  # (sub-config, root) -> root
+    check: Callable  # (sub-config, root): refuses a recording made with other settings
+    settings: Callable  # sub-config -> what decides the recording's content
+    cfg: object  # the sub-config: data.record, data.libero or data.simpler
+
+
+def _recorder(cfg: DataConfig) -> _Recorder | None:
+    """How a source recorded here by scripted experts is recorded; None for the others."""
+    if cfg.source == "builtin":
+        from data import record as m
+
+        return _Recorder(m.record_builtin, m.check_recording, m.recording_settings, cfg.record)
+    if cfg.source == "libero_scripted":
+        from data import record_libero as m
+
+        return _Recorder(m.record_libero, m.check_recording, m.recording_settings, cfg.libero)
+    if cfg.source == "simpler_scripted":
+        from data import record_simpler as m
+
+        return _Recorder(m.record_simpler, m.check_recording, m.recording_settings, cfg.simpler)
+    return None
+
+
 def source_record(cfg: DataConfig) -> dict:
     """What decides a cache's content: the source kind, its key maps, a recording's settings,
     and (when the source folder exists) a fingerprint of its files."""
@@ -121,14 +142,9 @@ def source_record(cfg: DataConfig) -> dict:
         "state_key": cfg.state_key,
         "action_key": cfg.action_key,
     }
-    if cfg.source == "builtin":
-        from data.record import recording_settings
-
-        record["recording"] = recording_settings(cfg.record)
-    elif cfg.source == "libero_scripted":
-        from data.record_libero import recording_settings
-
-        record["recording"] = recording_settings(cfg.libero)
+    recorder = _recorder(cfg)
+    if recorder:
+        record["recording"] = recorder.settings(recorder.cfg)
     root = Path(cfg.root)
     if root.exists():
         patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else ["meta/**/*", "data/**/*", "videos/**/*"]
@@ -148,10 +164,19 @@ def source_frames(cfg: DataConfig) -> int | None:
 
 
 def read_source(cfg: DataConfig):
-    from data.readers import LIBERO_LEROBOT_KEYS, LeRobotKeys, LiberoHDF5Keys, read_lerobot, read_libero_hdf5
+    from data.readers import (
+        BRIDGE_LEROBOT_KEYS,
+        LIBERO_LEROBOT_KEYS,
+        LeRobotKeys,
+        LiberoHDF5Keys,
+        read_lerobot,
+        read_libero_hdf5,
+    )
 
-    if cfg.source in ("builtin", "lerobot", "libero_scripted"):
-        keys = LIBERO_LEROBOT_KEYS if cfg.source == "libero_scripted" else LeRobotKeys()
+    if cfg.source != "libero_hdf5":
+        keys = {"libero_scripted": LIBERO_LEROBOT_KEYS, "simpler_scripted": BRIDGE_LEROBOT_KEYS}.get(
+            cfg.source, LeRobotKeys()
+        )
         keys = replace(
             keys,
             cameras=dict(cfg.camera_keys) or keys.cameras,
@@ -185,6 +210,10 @@ def embodiment_of(cfg: DataConfig) -> Embodiment:
         from envs.libero.conventions import ACTION_NAMES, STATE_NAMES
 
         return Embodiment("libero", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
+    if cfg.source == "simpler_scripted":
+        from envs.simpler.conventions import ACTION_NAMES, FPS, STATE_NAMES
+
+        return Embodiment("widowx", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_widowx", float(FPS))
     info_path = Path(cfg.root) / "meta" / "info.json"
     if not info_path.is_file():  # a lone cache: the source that would say is gone
         return Embodiment()

@@ -73,3 +73,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class InlinePool:
+    """ProcessPoolExecutor stand-in that runs jobs in this process (monkeypatched module globals apply)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, jobs):
+        return (fn(j) for j in jobs)

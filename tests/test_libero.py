@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_policy_config, tiny_stats
+from helpers import InlinePool, tiny_policy_config, tiny_stats
 
 from envs.libero import conventions
 from envs.libero import env as libero
@@ -131,6 +131,7 @@ def test_recorded_frames_are_the_frames_evaluation_feeds_the_policy(tmp_path):
 
 def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
     import data.record_libero as rec
+    import data.record_scripted as core
 
     cfg = rec.LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=2, image_size=32, workers=1, faults=0.0)
     calls = []
@@ -142,7 +143,7 @@ def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user stops the recording during episode 2
         return real(job)
 
-    monkeypatch.setattr(rec, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(core, "ProcessPoolExecutor", InlinePool)
     monkeypatch.setattr(rec, "_episode", failing_second)
     with pytest.raises(KeyboardInterrupt):
         rec.record_libero(cfg, tmp_path / "demos")
@@ -169,30 +170,13 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
     from dataclasses import replace
 
     from data import record_libero as rec
+    from data.record_scripted import parts_settings
 
     cfg = rec.LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=2)
-    same = rec.parts_settings(rec.recording_settings(cfg))
-    assert rec.parts_settings(rec.recording_settings(replace(cfg, episodes_per_task=60, tasks=[]))) == same
+    same = parts_settings(rec.recording_settings(cfg))
+    assert parts_settings(rec.recording_settings(replace(cfg, episodes_per_task=60, tasks=[]))) == same
     for changed in (replace(cfg, noise=cfg.noise + 0.1), replace(cfg, image_size=64), replace(cfg, seed=cfg.seed + 1)):
-        assert rec.parts_settings(rec.recording_settings(changed)) != same
-
-
-class _InlinePool:
-    """ProcessPoolExecutor stand-in that runs jobs in this process (monkeypatched module globals apply)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, jobs):
-        import data.record_libero as rec
-
-        return (rec._episode(j) for j in jobs)
+        assert parts_settings(rec.recording_settings(changed)) != same
 
 
 @pytest.mark.parametrize(

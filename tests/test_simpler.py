@@ -126,6 +126,7 @@ def test_each_task_resets_to_the_protocols_layouts_and_steps(bridge_env):
     import torch
 
     env, base = bridge_env, bridge_env._env.unwrapped
+    assert env.instruction == base.get_language_instruction()[0]  # recordings write it without a scene
     n_quat = len(base.quat_configs)
     layout = 5  # ManiSkill's episode_id: position pair id // n_quat, orientation id % n_quat
     obs, info = env.reset(seed=0, options={"init_state": layout})
@@ -206,3 +207,64 @@ def test_the_expert_solves_fresh_placements(bridge_env):
         for _ in range(env.max_episode_steps):
             *_, truncated, info = env.step(expert.act())
         assert truncated and info["success"] and info["partial"], f"{env.task} seed {seed}: {info}"
+
+
+def test_a_recording_holds_the_frames_evaluation_feeds_the_policy(tmp_path, monkeypatch):
+    """Record one expert episode (in this process), read it back through the training reader
+    and compare it with what the environment gives a policy for the same reset; the episode ends
+    when the plan is done, and other settings are refused."""
+    _simulator_or_skip()
+    from helpers import InlinePool
+
+    import data.record_scripted as core
+    from data.readers import BRIDGE_LEROBOT_KEYS, read_lerobot
+    from data.record_simpler import _WORKER, SimplerRecordConfig, check_recording, record_simpler
+    from envs.simpler.env import SimplerBridgeEnv
+
+    monkeypatch.setattr(core, "ProcessPoolExecutor", InlinePool)
+    cfg = SimplerRecordConfig(tasks=["put_carrot_on_plate"], episodes_per_task=1, image_size=32, faults=0.0)
+    try:
+        root = record_simpler(cfg, tmp_path / "demos")
+    finally:
+        for env in _WORKER.values():  # the inline "worker" is this process
+            env.close()
+        _WORKER.clear()
+    check_recording(cfg, root)
+    (episode,) = read_lerobot(root, BRIDGE_LEROBOT_KEYS)
+    assert episode.task == "put carrot on plate" and set(episode.images) == {"image"}
+    assert 20 < len(episode.actions) < TASKS["put_carrot_on_plate"].max_steps  # stops when the plan is done
+    assert np.abs(episode.actions[:, :3]).max() < 0.05 and set(np.unique(episode.actions[:, 6])) <= {-1.0, 1.0}
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["fps"] == 5 and info["robot_type"] == "widowx"
+    env = SimplerBridgeEnv("put_carrot_on_plate", image_size=32)
+    try:
+        obs, _ = env.reset(seed=0)  # the recorder's seed for episode 0 of task 0
+        np.testing.assert_array_equal(episode.images["image"][0], obs["image"])
+        np.testing.assert_allclose(episode.state[0], obs["state"], atol=1e-6)
+        _the_expert_recovers_from_a_drop(env)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="noise: recorded 0.1, asked 0.2"):
+        check_recording(
+            SimplerRecordConfig(tasks=cfg.tasks, episodes_per_task=1, image_size=32, faults=0.0, noise=0.2), root
+        )
+
+
+def _the_expert_recovers_from_a_drop(env):
+    """A fault opens the gripper during the carry (the carrot falls): the expert plans again
+    from where the carrot lies and still puts it on the plate, so recordings show recoveries."""
+    from envs.simpler.experts import BridgeExpert
+
+    expert = BridgeExpert(env)
+    env.reset(seed=0)
+    expert.start()
+    opened = None
+    for t in range(env.max_episode_steps):
+        action = expert.act()
+        if expert.index == 4 and opened is None:  # carrying it over to the plate
+            opened = t
+        if opened is not None and t < opened + 4:
+            action = action.copy()
+            action[6] = 1.0
+        *_, info = env.step(action)
+    assert opened is not None and expert.replans == 1 and info["success"], info

@@ -155,6 +155,30 @@ EXPERIMENTS = {
     # LIBERO-10 the same way: two subtasks per task, each goal predicate planned into skills;
     # LIBERO-Goal's 12,000 steps (its job has not been run end to end yet: docs/libero.md).
     "libero_10": Preset({**_scripted_libero("libero_10"), "optim.steps": 12000}),
+    # SimplerEnv's four Bridge tasks end to end (docs/simpler.md): record the scripted WidowX
+    # expert's demonstrations from fresh placements if missing, train, evaluate on the protocol's
+    # 24 layouts per task. LIBERO-Object's model, data budget per task and decoding.
+    "simpler_bridge": Preset(
+        {
+            "run_dir": "runs/simpler_bridge",
+            "data.source": "simpler_scripted",
+            "data.root": "runs/data/simpler_bridge",
+            "data.simpler.episodes_per_task": 60,
+            "data.loader.batch_size": 32,
+            "policy.cameras": ["image"],  # the third-person view, the suite's one camera
+            "policy.state_dim": 7,  # end-effector position, rotation vector, gripper opening
+            "policy.backbone.image_size": 64,
+            "policy.sampler.confidence": "random",
+            "optim.steps": 6000,
+            "optim.lr": 1e-3,
+            "optim.warmup_steps": 100,
+            "save_every": 1000,
+            "eval.suite": "simpler_bridge",
+            "eval.episodes_per_task": 24,
+            "eval.videos_per_task": 1,
+            "eval.execute_steps": 4,
+        }
+    ),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
     # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(

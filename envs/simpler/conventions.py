@@ -28,14 +28,19 @@ class BridgeTask:
     env_id: str
     max_steps: int
     jitter: float  # metres, the bound of a fresh placement's offset in x and y
+    instruction: str  # ManiSkill's get_language_instruction(), known without building the scene
     move_target: bool = True  # False: the target is an invisible success region fixed to the scene
 
 
 TASKS = {
-    "put_carrot_on_plate": BridgeTask("PutCarrotOnPlateInScene-v1", 60, 0.03),
-    "put_spoon_on_towel": BridgeTask("PutSpoonOnTableClothInScene-v1", 60, 0.03),
-    "stack_green_cube_on_yellow_cube": BridgeTask("StackGreenCubeOnYellowCubeBakedTexInScene-v1", 60, 0.03),
-    "put_eggplant_in_basket": BridgeTask("PutEggplantInBasketScene-v1", 120, 0.015, move_target=False),
+    "put_carrot_on_plate": BridgeTask("PutCarrotOnPlateInScene-v1", 60, 0.03, "put carrot on plate"),
+    "put_spoon_on_towel": BridgeTask("PutSpoonOnTableClothInScene-v1", 60, 0.03, "put the spoon on the towel"),
+    "stack_green_cube_on_yellow_cube": BridgeTask(
+        "StackGreenCubeOnYellowCubeBakedTexInScene-v1", 60, 0.03, "stack the green block on the yellow block"
+    ),
+    "put_eggplant_in_basket": BridgeTask(
+        "PutEggplantInBasketScene-v1", 120, 0.015, "put eggplant into yellow basket", move_target=False
+    ),
 }
 
 

@@ -64,7 +64,7 @@ class SimplerBridgeEnv(gym.Env):
         self.observation_space, self.action_space = spaces(image_size)
         self.max_episode_steps = self.spec_.max_steps
         self._env, self.standins = make_maniskill(self.spec_.env_id, asset_dir)
-        self.instruction = self._env.unwrapped.get_language_instruction()[0]
+        self.instruction = self.spec_.instruction
         self._steps, self._success_once, self._grasped, self._last = 0, False, False, None
 
     # ------------------------------------------------------------------ gym API

@@ -116,6 +116,7 @@ def run_expert_episode(
     faults: float = 0.0,
     rng: np.random.Generator | None = None,
     expert=None,
+    translation_scale: float = 1.0,
 ):
     """Roll out the expert once. Returns (frames, success); frames hold obs + clean action +
     `perturbed` (a fault replaced the executed action at that frame).
@@ -124,7 +125,10 @@ def run_expert_episode(
     probability that a fault starts; for FAULT_STEPS steps it replaces the executed translation
     by a random constant push, or (half of the faults) inverts the executed gripper command.
     `expert`: the built-in suite's by default; another suite's expert has `start()` (called
-    after the reset) and `act()`, and its env a `max_episode_steps`."""
+    after the reset) and `act()`, and its env a `max_episode_steps`. An expert with `finished()`
+    ends the episode when it has done its plan or at the step limit, judged by the env's
+    `info["success"]` then (for suites that judge at the last step instead of terminating). `translation_scale`: what 1 is in
+    the action's translation units (noise, fault pushes and the clip scale with it)."""
     rng = rng or np.random.default_rng(seed)
     expert = expert or ScriptedExpert(env)
     obs, info = env.reset(seed=seed)
@@ -140,10 +144,12 @@ def run_expert_episode(
         if noise > 0:
             # Translation only: rotation noise would move the controller's (unobserved) target
             # orientation, and the expert's corrections of it become unpredictable labels.
-            executed[:3] = np.clip(executed[:3] + rng.normal(0, noise, 3), -1, 1)
+            scale = translation_scale
+            executed[:3] = np.clip(executed[:3] + rng.normal(0, noise * scale, 3), -scale, scale)
         if fault_left == 0 and faults > 0 and rng.random() < faults:
             fault_left = int(rng.integers(FAULT_STEPS[0], FAULT_STEPS[1] + 1))
-            push = rng.uniform(-1, 1, 3) if rng.random() < 0.5 else None  # None: gripper fault
+            # None: gripper fault
+            push = rng.uniform(-translation_scale, translation_scale, 3) if rng.random() < 0.5 else None
         faulted = fault_left > 0
         if faulted:
             if push is None:
@@ -157,6 +163,9 @@ def run_expert_episode(
         obs, _, terminated, truncated, info = env.step(executed)
         if terminated:
             success = True
+            break
+        if hasattr(expert, "finished") and (expert.finished() or truncated):
+            success = bool(info["success"])  # judged now, as such a suite's protocol judges its last step
             break
         if truncated:
             break
