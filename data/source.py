@@ -20,7 +20,7 @@ from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from data.record_libero import LiberoRecordConfig
 from data.record_simpler import SimplerRecordConfig
-from vla.configs import choice, recover_dir
+from vla.configs import ConfigError, choice, recover_dir
 from vla.embodiment import Embodiment
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,12 @@ class DataSource(StrEnum):
     simpler_scripted = "simpler_scripted"  # record SimplerEnv's Bridge tasks (data.simpler) if missing
     lerobot = "lerobot"  # a LeRobotDataset v3 folder
     libero_hdf5 = "libero_hdf5"  # a folder of LIBERO's original .hdf5 files
+
+
+class Convert(StrEnum):
+    none = "none"  # the source's state and action as they are
+    # a BridgeData V2 LeRobot port's 8-D state and 0/1 gripper onto simpler_bridge's conventions
+    bridge_port = "bridge_port"
 
 
 class CacheMode(StrEnum):
@@ -50,6 +56,9 @@ class DataConfig:
     camera_keys: dict = field(default_factory=dict)
     state_key: str = ""  # e.g. data.state_key=state (openpi's port) or observation.state
     action_key: str = ""  # e.g. data.action_key=actions (openpi's port) or action
+    # A LeRobot source's state and action turned into a simulated suite's conventions on reading
+    # (docs/data.md): bridge_port for the BridgeData V2 ports evaluated on simpler_bridge.
+    convert: Convert = Convert.none
     cache_mode: CacheMode = CacheMode.auto  # where training reads the zarr cache from
     # A cache built from other data than asked for is refused; true rebuilds it from the source.
     rebuild_cache: bool = False
@@ -61,6 +70,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.source = choice(DataSource, self.source, "data.source")
         self.cache_mode = choice(CacheMode, self.cache_mode, "data.cache_mode")
+        self.convert = choice(Convert, self.convert, "data.convert")
+        if self.convert != Convert.none and self.source != DataSource.lerobot:
+            raise ConfigError(f"data.convert={self.convert} reads a LeRobot port: set data.source=lerobot")
 
     @property
     def cache_path(self) -> str:
@@ -142,6 +154,8 @@ def source_record(cfg: DataConfig) -> dict:
         "state_key": cfg.state_key,
         "action_key": cfg.action_key,
     }
+    if cfg.convert != Convert.none:  # absent when unset, so caches built before the option stay valid
+        record["convert"] = str(cfg.convert)
     recorder = _recorder(cfg)
     if recorder:
         record["recording"] = recorder.settings(recorder.cfg)
@@ -183,7 +197,8 @@ def read_source(cfg: DataConfig):
             state=cfg.state_key or keys.state,
             action=cfg.action_key or keys.action,
         )
-        return read_lerobot(cfg.root, keys)
+        episodes = read_lerobot(cfg.root, keys)
+        return _bridge_port_episodes(episodes) if cfg.convert == Convert.bridge_port else episodes
     files = sorted(Path(cfg.root).glob("*.hdf5"))
     if not files:
         raise FileNotFoundError(f"data.root={cfg.root} holds no LIBERO .hdf5 files")
@@ -194,6 +209,14 @@ def read_source(cfg: DataConfig):
     keys = LiberoHDF5Keys()
     keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
     return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
+
+
+def _bridge_port_episodes(episodes):
+    from envs.simpler.conventions import from_bridge_port
+
+    for ep in episodes:
+        state, actions = from_bridge_port(ep.state, ep.actions, ep.source)
+        yield replace(ep, state=state, actions=actions).validate()
 
 
 def embodiment_of(cfg: DataConfig) -> Embodiment:
@@ -210,7 +233,7 @@ def embodiment_of(cfg: DataConfig) -> Embodiment:
         from envs.libero.conventions import ACTION_NAMES, STATE_NAMES
 
         return Embodiment("libero", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_libero", float(FPS))
-    if cfg.source == "simpler_scripted":
+    if cfg.source == "simpler_scripted" or cfg.convert == Convert.bridge_port:
         from envs.simpler.conventions import ACTION_NAMES, FPS, STATE_NAMES
 
         return Embodiment("widowx", list(STATE_NAMES), list(ACTION_NAMES), "delta_eef_widowx", float(FPS))

@@ -212,7 +212,7 @@ def _write_port(
 
 @pytest.mark.parametrize(
     ("keys", "state_dim"),
-    [(LIBERO_LEROBOT_KEYS, 8), (BRIDGE_LEROBOT_KEYS, 7)],
+    [(LIBERO_LEROBOT_KEYS, 8), (BRIDGE_LEROBOT_KEYS, 8)],
     ids=["libero_port", "bridge_port"],
 )
 def test_public_lerobot_port_schemas(tmp_path, keys, state_dim):
@@ -223,6 +223,79 @@ def test_public_lerobot_port_schemas(tmp_path, keys, state_dim):
     assert eps[0].task == "put the carrot on the plate"
     build_cache(eps, tmp_path / "c.zarr")
     assert ZarrCache(tmp_path / "c.zarr").cameras == sorted(keys.cameras)
+
+
+def _euler_xyz_matrix(roll, pitch, yaw):
+    """Bridge's convention written out: R = Rz(yaw) Ry(pitch) Rx(roll)."""
+    c, s = np.cos, np.sin
+    rx = np.array([[1, 0, 0], [0, c(roll), -s(roll)], [0, s(roll), c(roll)]])
+    ry = np.array([[c(pitch), 0, s(pitch)], [0, 1, 0], [-s(pitch), 0, c(pitch)]])
+    rz = np.array([[c(yaw), -s(yaw), 0], [s(yaw), c(yaw), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def test_a_bridge_port_reads_in_simpler_bridge_conventions(tmp_path):
+    """data.convert=bridge_port: the port's (x, y, z, roll, pitch, yaw, pad, gripper) state becomes
+    simpler_bridge's (position, rotation vector from pointing down, opening), its 0/1 gripper
+    command -1/+1, and the run's embodiment is the suite's."""
+    from data.source import DataConfig, embodiment_of, read_source
+    from envs.rotations import mat_to_rotvec
+    from envs.simpler.conventions import ACTION_NAMES, STATE_NAMES
+    from vla.configs import ConfigError
+
+    root = _write_port(tmp_path / "port", BRIDGE_LEROBOT_KEYS.cameras, 8, t=[3, 5])
+    raw = list(read_lerobot(root, BRIDGE_LEROBOT_KEYS))
+    cfg = DataConfig(
+        source="lerobot", root=str(root), camera_keys={"image": "observation.images.image_0"}, convert="bridge_port"
+    )
+    ours = list(read_source(cfg))
+    assert [len(e.actions) for e in ours] == [3, 5] and set(ours[0].images) == {"image"}
+    for r, e in zip(raw, ours, strict=True):
+        assert e.state.shape == (len(r.state), 7) and e.actions.shape == (len(r.state), 7)
+        np.testing.assert_array_equal(e.state[:, :3], r.state[:, :3])
+        np.testing.assert_array_equal(e.state[:, 6], r.state[:, 7])  # the pad (6) is dropped
+        for t in range(len(r.state)):
+            want = mat_to_rotvec(_euler_xyz_matrix(*r.state[t, 3:6].astype(np.float64)))
+            np.testing.assert_allclose(e.state[t, 3:6], want, atol=1e-5)
+        np.testing.assert_array_equal(e.actions[:, :6], r.actions[:, :6])
+        np.testing.assert_allclose(e.actions[:, 6], 2 * r.actions[:, 6] - 1, atol=1e-6)
+        np.testing.assert_array_equal(e.images["image"], r.images["image"])
+    found = embodiment_of(cfg)
+    assert (found.robot, found.action_space, found.fps) == ("widowx", "delta_eef_widowx", 5.0)
+    assert found.state_names == STATE_NAMES and found.action_names == ACTION_NAMES
+
+    seven = _write_port(tmp_path / "seven", BRIDGE_LEROBOT_KEYS.cameras, 7)  # not a Bridge port
+    cfg.root = str(seven)
+    with pytest.raises(ValueError, match=r"\(T, 8\) states .*data.convert=bridge_port"):
+        list(read_source(cfg))
+    with pytest.raises(ConfigError, match="data.source=lerobot"):
+        DataConfig(source="builtin", convert="bridge_port")
+    with pytest.raises(ConfigError, match="data.convert"):
+        DataConfig(source="lerobot", convert="bridge")
+
+
+def test_the_bridge_preset_trains_on_a_port_for_simpler_bridge(tmp_path):
+    """experiment=bridge with only the paths given (and sizes cut for a test): the checkpoint it
+    writes is one that vla-eval accepts for simpler_bridge."""
+    from helpers import composed
+
+    from envs.evaluate import EvalConfig, plan_episodes
+    from train.hydra_app import to_train_config
+    from train.loop import train
+    from vla.policy import VLAPolicy
+
+    root = _write_port(tmp_path / "port", BRIDGE_LEROBOT_KEYS.cameras, 8, t=[6, 6], size=32)
+    small = ["policy.backbone.image_size=32", "policy.backbone.layers=1", "policy.backbone.vision_layers=1"]
+    small += ["policy.backbone.lora_rank=0", "policy.decoder.layers=1", "policy.chunk_size=4", "optim.steps=2"]
+    small += ["optim.warmup_steps=1", "data.loader.batch_size=4", "data.loader.workers=0", "eval_at_end=false"]
+    paths = [f"data.root={root}", "policy.backbone.source=tiny", f"run_dir={tmp_path}/run"]
+    cfg = to_train_config(composed(["experiment=bridge", *paths, *small]))
+    out = train(cfg)
+    policy = VLAPolicy.load(out["checkpoint"])
+    emb = policy.cfg.embodiment
+    assert (emb.robot, emb.action_space) == ("widowx", "delta_eef_widowx") and policy.cfg.cameras == ["image"]
+    tasks, states, _ = plan_episodes(EvalConfig(suite="simpler_bridge", episodes_per_task=2), policy.cfg)
+    assert len(tasks) == 4 and states == [0, 1]  # the protocol's first two layouts
 
 
 @pytest.mark.parametrize("videos", [False, True], ids=["image_storage", "video_storage"])

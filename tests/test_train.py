@@ -15,7 +15,10 @@ from train.loop import train
 from vla.configs import load_json
 from vla.policy import VLAPolicy
 
-REQUIRED = {"libero": ["data.root=/data/libero_spatial", "policy.backbone.source=/models/smolvlm"]}
+REQUIRED = {
+    "libero": ["data.root=/data/libero_spatial", "policy.backbone.source=/models/smolvlm"],
+    "bridge": ["data.root=/data/bridge_orig_lerobot", "policy.backbone.source=/models/smolvlm"],
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

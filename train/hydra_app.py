@@ -179,6 +179,29 @@ EXPERIMENTS = {
             "eval.execute_steps": 4,
         }
     ),
+    # BridgeData V2 from a downloaded LeRobot port (IPEC-COMMUNITY/bridge_orig_lerobot, converted to
+    # codebase v3.0), evaluated on simpler_bridge: the third-person camera, the port's 8-D state and
+    # 0/1 gripper turned into the suite's conventions on reading (docs/simpler.md#bridge-data).
+    "bridge": Preset(
+        {
+            "run_dir": "runs/bridge",
+            "data.source": "lerobot",
+            "data.camera_keys": {"image": "observation.images.image_0"},
+            "data.convert": "bridge_port",
+            "policy.cameras": ["image"],
+            "policy.state_dim": 7,
+            "policy.backbone.image_size": 224,
+            "policy.backbone.freeze_vision": True,
+            "policy.backbone.lora_rank": 32,
+            "optim.steps": 150000,
+            "optim.lr": 5e-4,
+            "optim.warmup_steps": 1000,
+            "eval.suite": "simpler_bridge",
+            "eval.episodes_per_task": 24,
+            "eval.videos_per_task": 1,
+        },
+        required=("data.root", "policy.backbone.source"),
+    ),
     # LIBERO from a LeRobot-format port with a pretrained backbone: LIBERO's camera keys live
     # here, not in the generic defaults (image orientation is the ports' own, see envs/libero/env.py).
     "libero": Preset(
