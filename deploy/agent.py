@@ -9,7 +9,9 @@ observe the robot; take the server's replies and merge a fresh chunk into the pl
 mode; request the next chunk when the plan runs low; send one command through the safety
 filter, or hold, or stop.
 
-Timing. A chunk answers the observation of tick s: its action i is for tick s + i. The next
+Timing. A chunk answers the observation of tick s: its action i is for tick s + i, except when
+the robot held from s until the chunk arrived (nothing planned, no chunk since): then none of it
+has run, and action 0 is for the arrival tick. The next
 chunk is requested when the plan would run out within the estimated delay plus a margin, or
 when `execute_steps` of the current chunk will have run by the time it arrives. The delay is a
 rolling high percentile of measured round trips (a window, so a warm-up spike ages out).
@@ -195,7 +197,8 @@ class RobotAgent:
         self.seq = 0
         self.events: Counter = Counter()
         self.log: deque[dict] = deque(maxlen=cfg.log_ticks)  # the last ticks (mode, command), bounded
-        self._sent: dict[int, tuple[float, int]] = {}  # seq -> (sent at, tick), the last 64
+        # seq -> (sent at, tick, merges so far if nothing was planned then, else None), the last 64
+        self._sent: dict[int, tuple[float, int, int | None]] = {}
         self._prefix: dict[int, dict[int, np.ndarray]] = {}  # seq -> the actions frozen for it (rtc)
         self._reset_episode()
 
@@ -294,8 +297,14 @@ class RobotAgent:
         if sent is None:
             self.events["dropped_unknown"] += 1
             return
-        sent_at, s = sent
+        sent_at, s, idle_mark = sent
         self.delay.add(now - sent_at)
+        if idle_mark is not None and idle_mark == self.events["merged"] and self.k - s < len(r.actions):
+            # Nothing was planned when the observation was taken and no chunk has come since: the
+            # robot held all along, so none of this chunk has run. It starts at its action 0 now;
+            # skipping the actions of the ticks it held through would drop motions never made. A
+            # reply older than its own chunk is still dropped as late below (a stale view).
+            s = self.k
         if self.mode == Mode.SAFE_STOP:
             return
         try:
@@ -385,7 +394,7 @@ class RobotAgent:
             )
         )
         self._first_request = False
-        self._sent[self.seq] = (now, self.k)
+        self._sent[self.seq] = (now, self.k, self.events["merged"] if planned == 0 else None)
         self._prefix[self.seq] = frozen
         for old in [q for q in self._sent if q < self.seq - 64]:  # bounded: no growth in a long run
             self._sent.pop(old, None)

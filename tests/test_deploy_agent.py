@@ -39,9 +39,10 @@ def test_normal_flow_and_rtc_prefix():
     assert client.submitted[0].reset and client.submitted[0].prefix_actions is None
     clock.advance(DT)
     client.push(client.answer())  # chunk for tick 0, arriving at tick 1
-    rows = step(agent, clock, 3)
-    assert [r["command"] for r in rows] == ["act"] * 3 and agent.mode == Mode.NORMAL
-    np.testing.assert_allclose(rows[0]["action"][:6], 0.11, atol=1e-6)  # the chunk's action 1, for tick 1
+    rows = step(agent, clock, 4)
+    assert [r["command"] for r in rows] == ["act"] * 4 and agent.mode == Mode.NORMAL
+    # the robot held while the first chunk was computed: its action 0 runs first (nothing is skipped)
+    np.testing.assert_allclose(rows[0]["action"][:6], 0.10, atol=1e-6)
     # the next request freezes what will run while it is in flight (this tick's and the delay's)
     req = client.submitted[-1]
     assert req.seq == 2 and req.prefix_actions is not None and not req.reset
@@ -96,7 +97,7 @@ def test_stale_duplicate_reordered_and_late_replies_are_dropped():
     step(agent, clock, 1)
     first = client.submitted[-1]
     client.push(client.answer())
-    step(agent, clock, 3)
+    step(agent, clock, 4)
     second = client.submitted[-1]
     assert second.seq == 2
     client.push(client.answer(second), client.answer(first), client.answer(second))  # newer, reordered older, duplicate
@@ -147,13 +148,14 @@ def test_temporal_ensembling_averages_overlapping_chunks():
     agent, client, robot, clock = make(merge=Merge.ensemble, ensemble_decay=0.0)
     step(agent, clock, 1)
     a = client.submitted[-1]
-    client.push(client.answer(a, value=0.0))
-    step(agent, clock, 3)
+    client.push(client.answer(a, value=0.0))  # arrives at tick 1, the robot having held: its action 0 is for tick 1
+    step(agent, clock, 4)
     b = client.submitted[-1]
+    assert b.seq == 2
     client.push(client.answer(b, value=0.4))
     r = step(agent, clock, 1)[0]
     k = r["k"]
-    want = ((0.0 + 0.01 * (k - 0)) + (0.4 + 0.01 * (k - (b.seq and agent._sent[b.seq][1])))) / 2
+    want = ((0.0 + 0.01 * (k - 1)) + (0.4 + 0.01 * (k - agent._sent[b.seq][1]))) / 2
     np.testing.assert_allclose(r["action"][0], want, atol=1e-5)
 
 
@@ -167,6 +169,47 @@ def test_delay_estimate_recovers_from_a_warm_up_spike():
     for _ in range(5):
         d.add(0.05)
     assert d.value == pytest.approx(0.05)  # aged out: an all-time max would stay at 3 s
+
+
+@pytest.mark.parametrize("merge", [Merge.rtc, Merge.naive, Merge.ensemble])
+def test_a_chunk_that_arrives_while_the_robot_held_starts_at_its_action_0(merge):
+    """A peer bug: the first chunk arrives d ticks after its observation, the robot having held
+    meanwhile; aligning it to the observation's tick skips its first d actions, motions never
+    made (with delta actions the arm ends short by them)."""
+    agent, client, robot, clock = make(merge=merge)
+    rows = step(agent, clock, 3)  # nothing planned: holding, the first request in flight
+    assert [r["command"] for r in rows] == ["hold"] * 3 and len(client.submitted) == 1
+    client.push(client.answer())
+    rows = step(agent, clock, 2)
+    assert [r["command"] for r in rows] == ["act", "act"]
+    np.testing.assert_allclose(rows[0]["action"][:6], 0.10, atol=1e-6)  # action 0, not action 3
+    np.testing.assert_allclose(rows[1]["action"][:6], 0.11, atol=1e-6)
+
+
+def test_the_rtc_prefix_is_what_runs_from_the_observed_tick_never_padded():
+    """Peer bugs: a prefix padded with zeros to a fixed length (zeros decode to the data's mean)
+    and a prefix shifted by the observed delay. Over a run with replies 3 ticks late, every row
+    of every prefix sent is the action the robot executes at the request's tick + row."""
+    agent, client, robot, clock = make(initial_delay_s=0.15)
+    sent_at, due, executed = {}, [], {}
+    for _ in range(80):
+        for obs in [o for when, o in due if when == agent.k]:
+            client.push(client.answer(obs, value=0.1 + 0.05 * (obs.seq % 3)))  # chunks that differ
+        n = len(client.submitted)
+        row = agent.tick()
+        if row["command"] == "act":
+            executed[row["k"]] = row["action"]
+        for obs in client.submitted[n:]:
+            sent_at[obs.seq] = row["k"]
+            due.append((row["k"] + 3, obs))
+        clock.advance(DT)
+    prefixed = [o for o in client.submitted if o.prefix_actions is not None]
+    assert len(prefixed) >= 10 and agent.events["merged"] >= 10
+    for obs in [o for o in prefixed if sent_at[o.seq] + 4 < 80]:  # the run covers the prefix's ticks
+        k = sent_at[obs.seq]
+        assert 0 < len(obs.prefix_actions) <= 4  # this tick's and the delay's (3 ticks), no padding
+        for i, a in enumerate(obs.prefix_actions):
+            np.testing.assert_allclose(a, executed[k + i], atol=1e-6, err_msg=f"request {obs.seq}, row {i}")
 
 
 def test_safety_filter_limits_delta_cap_workspace_and_escalation():
