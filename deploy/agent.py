@@ -378,7 +378,10 @@ class RobotAgent:
         planned = self._planned()
         if not self.merging.wants_chunk(planned, d, self.k - self.chunk_start):
             return
-        frozen = self.merging.prefix(self.plan, self.k, planned, d, self.spec.chunk_size)
+        # A policy trained with committed prefixes up to N steps is sent at most N (what it was
+        # trained on); one trained without them inpaints any prefix shorter than its chunk.
+        longest = self.spec.prefix_trained_steps or self.spec.chunk_size - 1
+        frozen = self.merging.prefix(self.plan, self.k, planned, d, longest)
         prefix = np.stack([frozen[t] for t in sorted(frozen)]).astype(np.float32) if frozen else None
         self.seq += 1
         instruction = self.cfg.instruction or self.robot.instruction

@@ -57,8 +57,8 @@ class MergeMode:
         when `execute_steps` of the current chunk will have run by the time the answer arrives."""
         return not planned or planned <= delay_steps + self.margin_steps or ran + delay_steps >= self.execute_steps
 
-    def prefix(self, plan: Plan, k: int, planned: int, delay_steps: int, chunk_size: int) -> dict[int, np.ndarray]:
-        """The planned actions a request freezes (sent as `prefix_actions`): none here."""
+    def prefix(self, plan: Plan, k: int, planned: int, delay_steps: int, longest: int) -> dict[int, np.ndarray]:
+        """The planned actions a request freezes (sent as `prefix_actions`, at most `longest`): none here."""
         return {}
 
     def merge(self, plan: Plan, actions: np.ndarray, s: int, k: int, frozen: dict[int, np.ndarray]) -> None:
@@ -75,8 +75,8 @@ class RealTimeChunking(MergeMode):
 
     name = "rtc"
 
-    def prefix(self, plan: Plan, k: int, planned: int, delay_steps: int, chunk_size: int) -> dict[int, np.ndarray]:
-        n = min(planned, delay_steps + 1, chunk_size - 1)
+    def prefix(self, plan: Plan, k: int, planned: int, delay_steps: int, longest: int) -> dict[int, np.ndarray]:
+        n = min(planned, delay_steps + 1, longest)
         return {k + i: plan.actions[k + i] for i in range(n)} if planned else {}
 
     def merge(self, plan: Plan, actions: np.ndarray, s: int, k: int, frozen: dict[int, np.ndarray]) -> None:

@@ -66,6 +66,9 @@ class PolicySpec:
     binary_dims: list[int] = field(default_factory=list)  # action dims decoded as open/close (gripper)
     action_low: list[float] = field(default_factory=list)  # the action tokenizer's range per dim
     action_high: list[float] = field(default_factory=list)
+    # The longest committed prefix the policy was trained with (policy.prefix_max_steps); 0: none,
+    # it inpaints prefixes at inference only. An agent sends no longer prefix than this.
+    prefix_trained_steps: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -74,6 +77,10 @@ class PolicySpec:
             raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
         if type(self.takes_prefix_actions) is not bool:
             raise ValueError(f"takes_prefix_actions must be a bool, got {self.takes_prefix_actions!r}")
+        if type(self.prefix_trained_steps) is not int or not 0 <= self.prefix_trained_steps < self.chunk_size:
+            raise ValueError(
+                f"prefix_trained_steps must be an int in [0, chunk_size={self.chunk_size}), got {self.prefix_trained_steps!r}"
+            )
 
     @property
     def state_dim(self) -> int:
@@ -103,11 +110,11 @@ class PolicySpec:
         if msg.get("protocol") != PROTOCOL:
             raise ProtocolError("version", f"server speaks protocol {msg.get('protocol')!r}, this client {PROTOCOL!r}")
         names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(msg))
+        missing = sorted(names - set(msg) - _ADDED_FIELDS)
         if missing:
             raise ProtocolError("bad_handshake", f"server metadata lacks {missing}")
         try:
-            spec = cls(**{k: msg[k] for k in names})
+            spec = cls(**{k: msg[k] for k in names if k in msg})
             cams = {str(c): [int(h), int(w)] for c, (h, w) in spec.cameras.items()}
             return cls(**{**spec.to_wire(), "cameras": cams, "fps": float(spec.fps)})
         except (TypeError, ValueError) as e:
@@ -123,6 +130,11 @@ class PolicySpec:
             elif _norm(mine[k]) != _norm(v):
                 out.append(f"{k}: server has {mine[k]!r}, robot expects {v!r}")
         return out
+
+
+# Handshake fields added after the protocol's first release: a server that predates one omits it,
+# and the field's default (what that server's policies did) stands.
+_ADDED_FIELDS = {"prefix_trained_steps"}
 
 
 def _norm(v):

@@ -163,6 +163,7 @@ def spec_from_checkpoint(ckpt, takes_prefix_actions: bool, fps: float = 0.0, act
         binary_dims=[int(d) for d in tokenizer.get("binary_dims", [])],
         action_low=[float(x) for x in tokenizer["low"]],
         action_high=[float(x) for x in tokenizer["high"]],
+        prefix_trained_steps=int(cfg.prefix_max_steps),
     )
 
 

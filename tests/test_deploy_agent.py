@@ -212,6 +212,22 @@ def test_the_rtc_prefix_is_what_runs_from_the_observed_tick_never_padded():
             np.testing.assert_allclose(a, executed[k + i], atol=1e-6, err_msg=f"request {obs.seq}, row {i}")
 
 
+@pytest.mark.parametrize(("trained", "longest"), [(0, 6), (2, 2)])
+def test_the_prefix_is_no_longer_than_the_policy_was_trained_for(trained, longest):
+    """The handshake's prefix_trained_steps caps the rtc prefix (a longer one is a case the policy
+    never saw in training); 0 (no prefix training) leaves the delay to decide, up to the chunk's
+    length less one. A delay of 5 ticks would freeze 6 actions."""
+    clock = FakeClock()
+    client = FakeClient(spec(prefix_trained_steps=trained))
+    agent = RobotAgent(AgentConfig(), client, FakeRobot(clock, client.spec), clock)
+    agent.arm()
+    step(agent, clock, 5)
+    client.push(client.answer())  # a round trip of 5 ticks: the estimate the next request uses
+    step(agent, clock, 1)
+    prefixes = [len(o.prefix_actions) for o in client.submitted if o.prefix_actions is not None]
+    assert prefixes and max(prefixes) == longest
+
+
 def test_safety_filter_limits_delta_cap_workspace_and_escalation():
     s = spec()
     f = SafetyFilter(

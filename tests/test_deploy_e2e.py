@@ -117,6 +117,10 @@ def test_a_checkpoint_drives_the_sim_robot(tmp_path):
         CheckpointPolicyConfig(checkpoint=str(tmp_path / "ckpt"), fps=20, action_space="delta_eef_libero")
     )
     assert policy.spec.weights_sha256 and policy.spec.cameras == {"agentview": [32, 32], "wrist": [32, 32]}
+    assert policy.spec.prefix_trained_steps == 0  # trained without committed prefixes
+    tiny_checkpoint(tmp_path / "prefixed", prefix_max_steps=3)
+    prefixed = CheckpointPolicyConfig(checkpoint=str(tmp_path / "prefixed"), fps=20, action_space="delta_eef_libero")
+    assert CheckpointPolicy(prefixed).spec.prefix_trained_steps == 3  # what the handshake tells the agent
     clock = MonotonicClock()
     robot = SimRobot("lift_red", 32, clock, seed=0)
     agent, out = drive(policy, robot, clock, 30, AgentConfig(hold_after_s=0.5, safe_stop_after_s=2.0))

@@ -148,3 +148,8 @@ def test_reply_and_spec_round_trip():
     ]
     with pytest.raises(ProtocolError, match="protocol"):
         PolicySpec.from_wire({**s.to_wire(), "protocol": "vla-deploy/0"})
+    # a server from before the field omits it: the policy was trained without committed prefixes
+    older = {k: v for k, v in spec(prefix_trained_steps=2).to_wire().items() if k != "prefix_trained_steps"}
+    assert PolicySpec.from_wire(older).prefix_trained_steps == 0
+    with pytest.raises(ProtocolError, match="prefix_trained_steps"):
+        PolicySpec.from_wire({**s.to_wire(), "prefix_trained_steps": s.chunk_size})
