@@ -93,6 +93,19 @@ def _scripted_libero(suite: str) -> dict:
     }
 
 
+# A public port with a pretrained backbone (the `libero` and `bridge` presets): frozen vision,
+# LoRA on the language model, a GPU-sized schedule.
+_PRETRAINED_ON_A_PORT = {
+    "data.source": "lerobot",
+    "policy.backbone.image_size": 224,
+    "policy.backbone.freeze_vision": True,
+    "policy.backbone.lora_rank": 32,
+    "optim.steps": 150000,
+    "optim.lr": 5e-4,
+    "optim.warmup_steps": 1000,
+}
+
+
 EXPERIMENTS = {
     # The main job on the built-in suite, sized for 2 CPU cores and ~30 minutes (docs/training.md).
     "builtin": Preset(
@@ -185,17 +198,11 @@ EXPERIMENTS = {
     "bridge": Preset(
         {
             "run_dir": "runs/bridge",
-            "data.source": "lerobot",
             "data.camera_keys": {"image": "observation.images.image_0"},
             "data.convert": "bridge_port",
             "policy.cameras": ["image"],
             "policy.state_dim": 7,
-            "policy.backbone.image_size": 224,
-            "policy.backbone.freeze_vision": True,
-            "policy.backbone.lora_rank": 32,
-            "optim.steps": 150000,
-            "optim.lr": 5e-4,
-            "optim.warmup_steps": 1000,
+            **_PRETRAINED_ON_A_PORT,
             "eval.suite": "simpler_bridge",
             "eval.episodes_per_task": 24,
             "eval.videos_per_task": 1,
@@ -207,14 +214,8 @@ EXPERIMENTS = {
     "libero": Preset(
         {
             "run_dir": "runs/libero",
-            "data.source": "lerobot",
             "data.camera_keys": {"agentview": "observation.images.image", "wrist": "observation.images.wrist_image"},
-            "policy.backbone.image_size": 224,
-            "policy.backbone.freeze_vision": True,
-            "policy.backbone.lora_rank": 32,
-            "optim.steps": 150000,
-            "optim.lr": 5e-4,
-            "optim.warmup_steps": 1000,
+            **_PRETRAINED_ON_A_PORT,
             "eval.suite": "libero",
         },
         required=("data.root", "policy.backbone.source"),
