@@ -1,5 +1,6 @@
 """Every console script runs on tiny inputs, so that none can silently rot."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from helpers import debug_train_config
+
+from envs.registry import VALIDATION_SEED
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).parent.parent
@@ -76,6 +79,12 @@ def test_vla_ablate(checkpoint, tmp_path):
     # A second call with the same settings reuses the finished row instead of running it again.
     again = run(*args)
     assert "reused" in again and "one-shot parallel, T=1" in again
+    # The validation split is another setting: the row runs again, on the validation episodes.
+    val = run(*args, "--split", "validation")
+    assert "reused" not in val and "validation split" in val
+    saved = json.loads(next((tmp_path / "ab").glob("variant_*/results.json")).read_text())
+    assert saved["config"]["split"] == "validation"
+    assert all(e["seed"] >= VALIDATION_SEED for e in saved["episodes"])
 
 
 def test_vla_ablate_labels_the_sampler_each_row_runs(tmp_path):
@@ -129,6 +138,45 @@ def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
     assert offline_action_error(str(checkpoint), {}, opened, 5, 2) == first  # seeded: the same frames and draws
     with pytest.raises(ValueError, match="exceeds the policy's chunk"):
         offline_action_error(str(checkpoint), {}, opened, 5, 99)
+
+
+def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_data_root, monkeypatch):
+    """--prefix-steps hands each frame's own recorded first d actions to the decoder and scores
+    the actions after them; --swap-images keeps the frame's state and prefix but shows another
+    frame's images."""
+    import numpy as np
+
+    from data.cache import ZarrCache
+    from train.ablation import offline_action_error
+    from vla.policy import VLAPolicy
+
+    cache = ZarrCache(f"{debug_data_root}.zarr", in_memory=False)
+    calls = []
+    real = VLAPolicy.infer
+
+    def spy(self, obs, fixed_actions=None):
+        out = real(self, obs, fixed_actions=fixed_actions)
+        calls.append((obs, fixed_actions, out))
+        return out
+
+    monkeypatch.setattr(VLAPolicy, "infer", spy)
+    for swap in (False, True):
+        calls.clear()
+        offline_action_error(str(checkpoint), {}, cache, 6, 2, prefix_steps=2, swap_images=swap)
+        assert len(calls) == 6
+        moved = 0
+        for obs, fixed, out in calls:
+            frames = np.flatnonzero((cache.state == obs["state"]).all(1))  # a state can repeat at rest
+            assert any(np.array_equal(fixed, cache.action[i : i + 2]) for i in frames)  # the frame's own actions
+            np.testing.assert_allclose(out[:2], fixed, atol=0.1)  # committed: decoded back as given
+            own = any(
+                all(np.array_equal(obs["images"][c], np.asarray(cache.images[c][i])) for c in obs["images"])
+                for i in frames
+            )
+            moved += not own
+        assert moved == (len(calls) if swap else 0)
+    with pytest.raises(ValueError, match="prefix_steps must be in"):
+        offline_action_error(str(checkpoint), {}, cache, 2, 1, prefix_steps=99)
 
 
 def test_paired_difference_counts_discordant_episodes():

@@ -98,6 +98,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--suite", default="builtin", help="builtin or a LIBERO suite (libero_object, ...)")
     parser.add_argument("--tasks", default="", help="comma-separated tasks (default: every task of the suite)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="validation selects settings (LIBERO: fresh placements, never the official initial states); "
+        "test measures the chosen one (eval.split)",
+    )
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument(
         "--offline",
@@ -106,6 +113,18 @@ def main() -> None:
         "recorded ones on --frames frames (seconds per row; open-loop, a diagnostic, not success)",
     )
     parser.add_argument("--frames", type=int, default=200, help="--offline: frames drawn from the cache")
+    parser.add_argument(
+        "--prefix-steps",
+        type=int,
+        default=0,
+        help="--offline: give the recorded first N actions as a committed prefix (delayed execution) "
+        "and compare the actions after them",
+    )
+    parser.add_argument(
+        "--swap-images",
+        action="store_true",
+        help="--offline: decode each frame with another frame's camera images (does the decode look at the scene?)",
+    )
     parser.add_argument(
         "--only",
         default="",
@@ -125,8 +144,10 @@ def main() -> None:
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}, "autoregressive"))
     if args.offline:
-        offline_table(runs, args.offline, args.frames, args.execute_steps, out)
+        offline_table(runs, args.offline, args.frames, args.execute_steps, out, args.prefix_steps, args.swap_images)
         return
+    if args.prefix_steps or args.swap_images:
+        parser.error("--prefix-steps and --swap-images go with --offline (closed loop: vla-eval eval.delay_steps=N)")
     rows = []
     for name, ckpt, over, folder in runs:
         cfg = EvalConfig(
@@ -137,6 +158,7 @@ def main() -> None:
             sampler_overrides=over,
             tasks=tasks,
             suite=args.suite,
+            split=args.split,
         )
         res = _saved(out / folder, ckpt, cfg)
         if res is None:
@@ -154,7 +176,10 @@ def main() -> None:
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)
     tasks = list(rows[0]["per_task_success"])
     n = args.episodes * len(tasks)
-    same = "same initial states" if args.suite != "builtin" else "same seeds"
+    if args.split == "validation":
+        same = "validation split, same fresh placements"
+    else:
+        same = "same initial states" if args.suite != "builtin" else "same seeds"
     lines = [
         f"| decoding ({n} episodes each, {same}) | mean | s.e. | vs first row (paired s.e.) | "
         + " | ".join(tasks)
@@ -191,12 +216,25 @@ def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
 
 
 def offline_action_error(
-    checkpoint: str, overrides: dict, cache, frames: int, horizon: int, seed: int = 0
+    checkpoint: str,
+    overrides: dict,
+    cache,
+    frames: int,
+    horizon: int,
+    seed: int = 0,
+    prefix_steps: int = 0,
+    swap_images: bool = False,
 ) -> dict[str, float]:
     """Decode at `frames` frames of `cache` (drawn with `seed`, each decode seeded by its index)
     and compare the chunk's first `horizon` actions (0: all) with the recorded ones: mean absolute error
     of the arm dimensions (all but the last) and of all, the arm actions' magnitude against the
-    recorded ones', and how often the gripper (the last dimension) has the recorded sign."""
+    recorded ones', and how often the gripper (the last dimension) has the recorded sign.
+
+    prefix_steps = d: the recorded first d actions are given as a committed prefix (what delayed
+    execution hands the decoder) and the `horizon` actions after them are compared. swap_images:
+    every frame is decoded with the camera images of another drawn frame (state, instruction and
+    prefix its own), so the error's rise says how much the decode looks at the scene rather than
+    continuing the prefix (the prefix shortcut)."""
     import numpy as np
 
     from envs.evaluate import sampler_with_overrides
@@ -206,26 +244,31 @@ def offline_action_error(
     policy = VLAPolicy.load(checkpoint)
     policy.with_sampler(sampler_with_overrides(policy.cfg.sampler, overrides))
     check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
-    horizon = horizon or policy.cfg.chunk_size  # 0: the whole chunk, as eval.execute_steps=0 executes
-    if horizon > policy.cfg.chunk_size:
-        raise ValueError(f"horizon {horizon} exceeds the policy's chunk of {policy.cfg.chunk_size}")
-    # Frames whose next `horizon` recorded actions lie in the same episode.
+    chunk = policy.cfg.chunk_size
+    if not 0 <= prefix_steps < chunk:
+        raise ValueError(f"prefix_steps must be in [0, {chunk}) for the policy's chunk of {chunk}, got {prefix_steps}")
+    horizon = horizon or chunk - prefix_steps  # 0: the whole chunk, as eval.execute_steps=0 executes
+    if prefix_steps + horizon > chunk:
+        raise ValueError(f"horizon {horizon} after {prefix_steps} prefix steps exceeds the policy's chunk of {chunk}")
+    # Frames whose next prefix_steps + horizon recorded actions lie in the same episode.
+    span = prefix_steps + horizon
     starts, ends = cache.episode_starts, cache.episode_ends
-    valid = np.concatenate(
-        [np.arange(a, b - horizon + 1) for a, b in zip(starts, ends, strict=True) if b - a >= horizon]
-    )
+    valid = np.concatenate([np.arange(a, b - span + 1) for a, b in zip(starts, ends, strict=True) if b - a >= span])
     picks = np.sort(np.random.default_rng(seed).choice(valid, min(frames, len(valid)), replace=False))
     episode = np.searchsorted(ends, picks, side="right")
+    # The images of a frame drawn from another episode wherever the recording has more than one.
+    seen = np.roll(picks, len(picks) // 2) if swap_images else picks
     predicted, recorded = [], []
     for j, (i, ep) in enumerate(zip(picks, episode, strict=True)):
         policy.reset(j)
         obs = {
-            "images": {c: np.asarray(cache.images[c][i]) for c in policy.cfg.cameras},
+            "images": {c: np.asarray(cache.images[c][seen[j]]) for c in policy.cfg.cameras},
             "state": cache.state[i],
             "instruction": cache.tasks[int(cache.task_index[ep])],
         }
-        predicted.append(policy.infer(obs)[:horizon])
-        recorded.append(cache.action[i : i + horizon])
+        given = cache.action[i : i + prefix_steps] if prefix_steps else None
+        predicted.append(policy.infer(obs, fixed_actions=given)[prefix_steps:span])
+        recorded.append(cache.action[i + prefix_steps : i + span])
     p, r = np.stack(predicted), np.stack(recorded)
     return {
         "frames": len(picks),
@@ -236,17 +279,26 @@ def offline_action_error(
     }
 
 
-def offline_table(runs: list, cache_path: str, frames: int, horizon: int, out: Path) -> list[dict]:
+def offline_table(
+    runs: list, cache_path: str, frames: int, horizon: int, out: Path, prefix_steps: int = 0, swap_images: bool = False
+) -> list[dict]:
     from data.cache import ZarrCache
 
     cache = ZarrCache(cache_path, in_memory=False)
     rows = []
     for name, ckpt, over, _ in runs:
-        r = {"variant": name, "overrides": over, **offline_action_error(ckpt, over, cache, frames, horizon)}
+        err = offline_action_error(
+            ckpt, over, cache, frames, horizon, prefix_steps=prefix_steps, swap_images=swap_images
+        )
+        r = {"variant": name, "overrides": over, "prefix_steps": prefix_steps, "swap_images": swap_images, **err}
         rows.append(r)
         print(f"{name:<45} arm L1 {r['arm_l1']:.4f}", flush=True)
+    which = f"first {horizon or 'all'} actions"
+    if prefix_steps:
+        which = f"{horizon or 'all'} actions after the recorded first {prefix_steps} given"
+    which += ", images of another frame" if swap_images else ""
     lines = [
-        f"| decoding ({rows[0]['frames']} frames of {cache_path}, first {horizon or 'all'} actions) | arm L1 | all L1 | "
+        f"| decoding ({rows[0]['frames']} frames of {cache_path}, {which}) | arm L1 | all L1 | "
         "arm magnitude / recorded | gripper sign agrees |",
         "| --- | --- | --- | --- | --- |",
     ]
