@@ -27,8 +27,9 @@ seam check compares the first new action with the last executed one (continuous 
 fraction of each range): above `seam_limit` the old plan is kept and the event counted.
 
 Modes, by time since the last merged fresh chunk: NORMAL; DEGRADED (plan low or server
-unreachable: keep executing); HOLD (no planned action, `hold_after_s` without a fresh chunk, a
-non-finite chunk, or the safety filter clamping too often: the adapter holds); SAFE_STOP
+unreachable: keep executing, slowed with `degraded_slowdown`); HOLD (no planned action,
+`hold_after_s` without a fresh chunk, a non-finite chunk, or the safety filter clamping too
+often: the adapter holds); SAFE_STOP
 (`safe_stop_after_s` without a fresh chunk, stale or frozen observations, a driver fault or
 e-stop, a server whose spec changed): the adapter stops, and only `arm()` leaves it. On a
 reconnect the plan and any unsent request are dropped, never replayed. Observations pass the
@@ -50,13 +51,18 @@ from enum import StrEnum
 import numpy as np
 
 from deploy.client import Connected, Disconnected, ServerError
-from deploy.merge import MERGE_MODES, Plan
+from deploy.merge import MERGE_MODES, Plan, stretch
 from deploy.protocol import Observation, Reply
 from deploy.robots import Robot
 from deploy.safety import SafetyConfig, SafetyFilter, UnsafeAction
 from deploy.watchdog import ObservationWatchdog
 
 log = logging.getLogger("vla.robot")
+
+
+# Action spaces whose actions are absolute targets (`vla.embodiment.ACTION_SPACES`); "delta_*" are
+# per-tick displacements.
+ABSOLUTE = ("joint_pos",)
 
 
 class Mode(StrEnum):
@@ -91,6 +97,11 @@ class AgentConfig:
     ensemble_decay: float = 0.1  # ACT's m: weight exp(-m * i), i = 0 for the oldest chunk
     hold_after_s: float = 0.3
     safe_stop_after_s: float = 1.0
+    # DEGRADED's slowed playback: on entering it, the plan not yet promised to an in-flight
+    # request runs over this many times as many ticks (`deploy.merge.stretch`), so a slow reply
+    # finds the robot still moving, slower, rather than holding; the next merged chunk runs at the
+    # normal rate. 1: off (the plan keeps its rate). Delta and absolute action spaces only.
+    degraded_slowdown: int = 1
     stale_observation_s: float = 0.25  # an observation stamped longer ago than this is stale
     # a camera frame unchanged this many ticks while the state moved; 0 = off. Skipped for a
     # robot with `deterministic_frames` (a simulator renders a slow motion as the same pixels).
@@ -118,6 +129,7 @@ class AgentConfig:
             "stale_observation_s": (self.stale_observation_s > 0, "> 0"),
             "frozen_frames": (self.frozen_frames >= 0, ">= 0 (0: off)"),
             "log_ticks": (self.log_ticks >= 1, ">= 1"),
+            "degraded_slowdown": (self.degraded_slowdown >= 1, ">= 1 (1: off)"),
         }
         for name, (ok, rule) in rules.items():
             if not ok:  # a NaN fails every rule
@@ -176,7 +188,14 @@ class RobotAgent:
             log.warning("%s: merging with agent.on_no_prefix=%s instead", why, cfg.on_no_prefix)
             cfg = replace(cfg, merge=Merge(cfg.on_no_prefix))
         robot.check_spec(spec)
+        if cfg.degraded_slowdown > 1 and not (spec.action_space.startswith("delta_") or spec.action_space in ABSOLUTE):
+            raise ValueError(
+                f"agent.degraded_slowdown={cfg.degraded_slowdown} re-times the plan, which needs to know whether an "
+                f"action is a per-tick delta or an absolute target; the policy's action_space is "
+                f"{spec.action_space!r}: declare it (policy.embodiment.action_space) or set agent.degraded_slowdown=1"
+            )
         self.cfg, self.client, self.robot, self.spec = cfg, client, robot, spec
+        self._binary = np.isin(np.arange(spec.action_dim), spec.binary_dims)
         self.clock = clock or MonotonicClock()
         self.period = 1.0 / spec.fps
         safety = cfg.safety
@@ -215,6 +234,7 @@ class RobotAgent:
         self.hold_latch = ""
         self.watchdog.reset()
         self._first_request = True
+        self._stretched = False  # the plan was slowed since the last merged chunk
 
     def arm(self) -> None:
         """Start a new episode (a new epoch: replies to the old one are dropped). The only way
@@ -335,6 +355,7 @@ class RobotAgent:
         self.last_server_error = ""
         self.chunk_start = s
         self.hold_latch = ""
+        self._stretched = False
         self.events["merged"] += 1
 
     def _planned(self) -> int:
@@ -360,8 +381,21 @@ class RobotAgent:
             )
         elif not self.client.connected or self._planned() <= self._delay_steps():
             self.mode, self.reason = Mode.DEGRADED, "server unreachable" if not self.client.connected else "plan low"
+            self._slow_down()
         else:
             self.mode, self.reason = Mode.NORMAL, ""
+
+    def _slow_down(self) -> None:
+        """DEGRADED's slowed playback, once per merged chunk. The actions promised to the request in
+        flight (rtc's prefix) keep their ticks: the decoder was told they run as they are."""
+        if self.cfg.degraded_slowdown == 1 or self._stretched or self.merging.holds_during_inference:
+            return
+        frozen = self._prefix.get(self.in_flight, {}) if self.in_flight is not None else {}
+        start = max(self.k, max(frozen, default=self.k - 1) + 1)
+        delta = self.spec.action_space.startswith("delta_")
+        if stretch(self.plan, start, self.cfg.degraded_slowdown, delta, self._binary, self.last_executed):
+            self._stretched = True
+            self.events["slowed"] += 1
 
     def _delay_steps(self) -> int:
         return math.ceil(self.delay.value / self.period)

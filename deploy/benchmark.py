@@ -195,7 +195,7 @@ def jitter(seconds: float) -> dict:
     return out
 
 
-def success(checkpoint: str, episodes: int, delays: list[float], merges: list[str]) -> list[dict]:
+def success(checkpoint: str, episodes: int, delays: list[float], merges: list[str], slowdown: int = 1) -> list[dict]:
     from deploy.agent import AgentConfig, MonotonicClock, RobotAgent
     from deploy.client import PolicyClient
     from deploy.robots import SimRobot
@@ -210,7 +210,12 @@ def success(checkpoint: str, episodes: int, delays: list[float], merges: list[st
             for merge in merges:
                 # the ladder's clocks grow with the injected delay: a fresh chunk cannot come sooner
                 hold = max(0.3, delay / 1e3 + 0.2)
-                cfg = AgentConfig(merge=merge, hold_after_s=hold, safe_stop_after_s=max(1.0, hold + 0.7))
+                cfg = AgentConfig(
+                    merge=merge,
+                    hold_after_s=hold,
+                    safe_stop_after_s=max(1.0, hold + 0.7),
+                    degraded_slowdown=slowdown,
+                )
                 wins = stops = 0
                 for task in TASKS:
                     robot = SimRobot(task, h, clock, seed=10_000)
@@ -291,6 +296,9 @@ def main(argv=None) -> None:
     p.add_argument("--delays", default="0,100,300")
     p.add_argument("--merges", default="rtc,naive,ensemble,sync")
     p.add_argument("--soak-s", type=float, default=120.0)
+    p.add_argument(
+        "--degraded-slowdown", type=int, default=1, help="the success rows' agent.degraded_slowdown (1: off)"
+    )
     a = p.parse_args(argv)
     parts = a.only.split(",")
     if ("success" in parts or "soak" in parts) and not a.checkpoint:
@@ -310,7 +318,8 @@ def main(argv=None) -> None:
         )
     if "success" in parts:
         print(f"\ntask success through server + agent, {a.episodes} episodes x {len(TASKS)} built-in tasks per cell")
-        rows = success(a.checkpoint, a.episodes, [float(x) for x in a.delays.split(",")], a.merges.split(","))
+        delays = [float(x) for x in a.delays.split(",")]
+        rows = success(a.checkpoint, a.episodes, delays, a.merges.split(","), a.degraded_slowdown)
         merges = a.merges.split(",")
         print(f"\n{'added delay':>11} " + " ".join(f"{m:>14}" for m in merges))
         for d in sorted({r["delay"] for r in rows}):

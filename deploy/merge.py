@@ -116,4 +116,29 @@ class Synchronous(MergeMode):
         plan.actions = {k + i: actions[i] for i in range(min(self.execute_steps, len(actions)))}
 
 
+def stretch(plan: Plan, start: int, factor: int, delta: bool, binary: np.ndarray, before: np.ndarray | None) -> int:
+    """Re-time the planned actions from tick `start` on over `factor` times as many ticks (slowed
+    playback); returns how many planned actions were stretched. Delta actions (a displacement per
+    tick) are split into `factor` equal parts, so the motion's path and length are kept at
+    1/factor of the speed; absolute targets are reached through `factor` evenly spaced ones from
+    the target before (`before`, else the action itself: a held target). Binary dims (the gripper)
+    keep their value. Ensembled plans (no action stored per tick) are left as they are."""
+    n = plan.planned(start)
+    actions = [plan.actions[start + i] for i in range(n)]
+    if not n or any(a is None for a in actions):
+        return 0
+    retimed = {}
+    prev = plan.actions.get(start - 1, before)
+    for i, a in enumerate(actions):
+        origin = a if prev is None else prev
+        for j in range(factor):
+            part = a / factor if delta else origin + (a - origin) * (j + 1) / factor
+            retimed[start + i * factor + j] = np.where(binary, a, part).astype(a.dtype)
+        prev = a
+    for t in range(start, start + n):
+        del plan.actions[t]
+    plan.actions.update(retimed)
+    return n
+
+
 MERGE_MODES: dict[str, type[MergeMode]] = {m.name: m for m in (RealTimeChunking, MergeMode, Ensemble, Synchronous)}

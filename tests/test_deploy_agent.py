@@ -396,3 +396,79 @@ def test_every_robot_adapter_implements_the_robot_interface():
 
     with pytest.raises(TypeError, match="hold"):
         NoHold()
+
+
+@pytest.mark.parametrize("merge", [Merge.naive, Merge.rtc])
+def test_degraded_slows_the_plan_keeps_the_path_and_the_promised_prefix(merge):
+    """With agent.degraded_slowdown=2 and a server that stops answering, the plan left when the
+    agent turns DEGRADED runs over twice the ticks at half the step (the same total motion, the
+    gripper unchanged)."""
+    slow = dict(degraded_slowdown=2, hold_after_s=1.0, safe_stop_after_s=2.0)
+    agent, client, robot, clock = make(merge, **slow)
+    step(agent, clock, 1)
+    client.push(client.answer())  # the first chunk: 0.10 .. 0.17 on the continuous dims
+    step(agent, clock, 1)  # the server never answers any later request
+    rows = step(agent, clock, 30)
+    acts = [r["action"] for r in [agent.log[1], *rows] if r["command"] == "act"]
+    dx = np.array([a[0] for a in acts])
+    assert agent.events["slowed"] == 1 and "DEGRADED" in [r["mode"] for r in rows]
+    assert len(acts) > 8  # the chunk's 8 actions lasted longer than 8 ticks
+    np.testing.assert_allclose(dx.sum(), sum(0.1 + 0.01 * i for i in range(8)), atol=1e-5)  # the same path
+    assert all(a[6] == 1.0 for a in acts)  # the gripper is not re-timed
+    halves = [x for x in dx if x < 0.09]
+    assert len(halves) == 2 * (len(acts) - 8) and np.allclose(halves[0::2], halves[1::2])
+    # off (the default): the same run keeps the rate and holds when the plan is used up
+    agent, client, robot, clock = make(merge, hold_after_s=1.0, safe_stop_after_s=2.0)
+    step(agent, clock, 1)
+    client.push(client.answer())
+    rows = step(agent, clock, 31)
+    assert sum(r["command"] == "act" for r in rows) == 8 and agent.events["slowed"] == 0
+
+
+def test_stretch_retimes_deltas_and_absolute_targets():
+    from deploy.merge import Plan, stretch
+
+    binary = np.array([False, True])
+    plan = Plan({5: np.array([0.4, 1.0]), 6: np.array([0.2, -1.0])})
+    assert stretch(plan, 5, 2, True, binary, None) == 2
+    assert sorted(plan.actions) == [5, 6, 7, 8]
+    np.testing.assert_allclose([plan.actions[t] for t in range(5, 9)], [[0.2, 1], [0.2, 1], [0.1, -1], [0.1, -1]])
+    # absolute targets: evenly spaced from the target before (the last executed one here)
+    plan = Plan({5: np.array([1.0, 1.0]), 6: np.array([2.0, -1.0])})
+    assert stretch(plan, 5, 2, False, binary, np.array([0.0, -1.0])) == 2
+    np.testing.assert_allclose([plan.actions[t] for t in range(5, 9)], [[0.5, 1], [1, 1], [1.5, -1], [2, -1]])
+    # from a later tick: what comes before keeps its ticks; an ensembled plan is left alone
+    plan = Plan({5: np.array([0.4, 1.0]), 6: np.array([0.2, 1.0])})
+    assert stretch(plan, 6, 3, True, binary, None) == 1 and sorted(plan.actions) == [5, 6, 7, 8]
+    assert stretch(Plan({5: None}), 5, 2, True, binary, None) == 0
+
+
+def test_slowed_playback_needs_to_know_the_action_space():
+    clock = FakeClock()
+    client = FakeClient(spec(action_space=""))
+    robot = FakeRobot(clock)
+    robot.action_space = ""
+    with pytest.raises(ValueError, match="agent.degraded_slowdown=2 re-times the plan"):
+        RobotAgent(AgentConfig(degraded_slowdown=2), client, robot, clock)
+    RobotAgent(AgentConfig(), client, robot, clock)  # off: any action space
+    with pytest.raises(ValueError, match="degraded_slowdown must be >= 1"):
+        AgentConfig(degraded_slowdown=0)
+
+
+def test_slowed_playback_keeps_the_actions_promised_to_the_request_in_flight():
+    """rtc sent the actions that run while its request is in flight as the prefix the decoder
+    keeps: when the link drops meanwhile (DEGRADED at once), those still run at their ticks and
+    full size; only the plan after them is slowed."""
+    agent, client, robot, clock = make(Merge.rtc, degraded_slowdown=2, hold_after_s=1.0, safe_stop_after_s=2.0)
+    step(agent, clock, 3)  # the first reply takes 3 ticks: the delay estimate is 3 ticks
+    client.push(client.answer())
+    while len(client.submitted) < 2:
+        step(agent, clock, 1)
+    promised = agent._prefix[2]
+    assert len(promised) == 4 and min(promised) == agent.k - 1  # this tick's action and the next 3
+    client.connected = False  # no reply will come; the agent turns DEGRADED on its next tick
+    step(agent, clock, 20)
+    ran = {r["k"]: r["action"] for r in agent.log if r["command"] == "act"}
+    assert agent.events["slowed"] == 1 and all(np.array_equal(ran[t], a) for t, a in promised.items())
+    slowed = sorted(k for k, a in ran.items() if a[0] < 0.09)
+    assert slowed[0] == max(promised) + 1 and len(slowed) == 2 * (len(ran) - 8)

@@ -203,3 +203,5 @@ def test_benchmarks(checkpoint, debug_data_root):
     assert "built a 300-frame synthetic cache" in out and "300" in out
     out = run("vla-bench-env", "--suite", "libero_object", "--steps", "3", "--image-size", "32")
     assert "fast" in out and "libero" in out and "faces drawn" in out
+    out = run("vla-bench-deploy", "--only", "overhead", "--round-trips", "5")
+    assert "round-trip overhead" in out
