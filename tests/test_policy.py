@@ -7,6 +7,7 @@ import torch
 from helpers import model_batch, tiny_policy_config, tiny_stats
 
 from vla.action_tokenizer import ActionTokenizerConfig
+from vla.contract import ObservationError
 from vla.model import VLAModel, check_compatible
 from vla.policy import VLAPolicy
 from vla.sampling import DecodeTrace
@@ -230,3 +231,21 @@ def test_training_prefix_gives_the_first_steps_clean_and_never_supervises_them(a
         tiny_policy_config(prefix_max_steps=4)
     with pytest.raises(ValueError, match="autoregressive decoder always conditions"):
         tiny_policy_config(prefix_max_steps=1, decoder_type="autoregressive")
+
+
+def test_actions_clipped_to_action_bounds_are_accepted_as_fixed_actions(policy):
+    """`action_bounds` are float32 values: an action clipped to them is still inside after
+    `infer`'s cast to float32 (LIBERO-Object's tokenizer bound -0.0225833 was refused when clipped
+    to its float64 bound), and the next float32 outside is still refused."""
+    tok = policy.model.action_tokenizer
+    tok.low = torch.tensor([-0.0225833, -0.7, -1.0])
+    tok.span = torch.tensor([0.0498144, 1.3, 2.0])
+    low, high = policy.action_bounds
+    assert (low.astype(np.float32).astype(np.float64) == low).all()
+    assert (high.astype(np.float32).astype(np.float64) == high).all()
+    far = np.array([[-5.0, -5.0, -5.0], [5.0, 5.0, 5.0]])
+    assert policy.infer(observation(), fixed_actions=np.clip(far, low, high)).shape == (4, 3)
+    beyond = np.float32(low[0])
+    beyond = np.nextafter(beyond, np.float32(-np.inf))
+    with pytest.raises(ObservationError, match=r"fixed_actions\[0, 0\]"):
+        policy.infer(observation(), fixed_actions=np.array([[beyond, 0.0, 0.0]], np.float32))

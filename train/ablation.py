@@ -266,7 +266,9 @@ def offline_action_error(
             "state": cache.state[i],
             "instruction": cache.tasks[int(cache.task_index[ep])],
         }
-        given = cache.action[i : i + prefix_steps] if prefix_steps else None
+        # Clipped to the tokenizer's range, as training targets are: recorded actions past its
+        # quantile bounds are the edge bins' to the decoder.
+        given = np.clip(cache.action[i : i + prefix_steps], *policy.action_bounds) if prefix_steps else None
         predicted.append(policy.infer(obs, fixed_actions=given)[prefix_steps:span])
         recorded.append(cache.action[i + prefix_steps : i + span])
     p, r = np.stack(predicted), np.stack(recorded)

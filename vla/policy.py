@@ -30,6 +30,12 @@ from vla.sampling import SamplerConfig
 STATE_MARGIN = 10.0  # VLAPolicy's and vla-serve's default range check on the state
 
 
+def _float32_at_most(x: np.ndarray) -> np.ndarray:
+    """The largest float32 values <= x (float64 out)."""
+    y = x.astype(np.float32)
+    return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y).astype(np.float64)
+
+
 class VLAPolicy:
     """`state_margin`: `infer` refuses a state beyond the training states' [min, max] by more than
     this many times the dimension's scale (`ObservationProcessor.state_bounds`: its recorded
@@ -95,13 +101,16 @@ class VLAPolicy:
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed actions `infer` accepts, float64 (D,) low and high: what the action tokenizer
         represents. A continuous dim: its [low, high] (to float32 rounding), outside which it clips;
-        a binary dim: [-1, 1] (it decodes to -1 / +1 and encodes by sign)."""
+        a binary dim: [-1, 1] (it decodes to -1 / +1 and encodes by sign). Both bounds are float32
+        values, so an action clipped to them is still inside after `infer`'s cast to float32."""
         tok = self.model.action_tokenizer
         low = tok.low.double().numpy()
         high = low + tok.span.double().numpy()
         slack = 1e-6 * (high - low)  # the float32 rounding of a decoded edge bin's centre, with room
         binary = tok.binary.numpy()
-        return np.where(binary, -1.0, low - slack), np.where(binary, 1.0, high + slack)
+        low = _float32_at_most(np.where(binary, -1.0, low - slack))
+        high = -_float32_at_most(-np.where(binary, 1.0, high + slack))
+        return low, high
 
     def preprocess(self, observation: dict) -> tuple[dict, bool]:
         """Raw observation (single or batched) -> the network's inputs, and whether it was single."""
