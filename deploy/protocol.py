@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vla.contract import ObservationError, check_instruction, first_outside
+from vla.contract import ObservationError, action_range_bounds, check_instruction, first_outside
 
 PROTOCOL = "vla-deploy/1"
 OBSERVATION_KEYS = frozenset({"images", "state", "instruction", "seq", "epoch", "prefix_actions", "reset"})
@@ -91,10 +91,8 @@ class PolicySpec:
         docstring); None when the spec gives no action range."""
         if not self.action_low:
             return None
-        low, high = np.asarray(self.action_low, np.float64), np.asarray(self.action_high, np.float64)
-        slack = 1e-6 * (high - low)  # float32 rounding of a decoded edge value (as VLAPolicy.action_bounds)
-        binary = np.isin(np.arange(len(low)), self.binary_dims)
-        return np.where(binary, -1.0, low - slack), np.where(binary, 1.0, high + slack)
+        binary = np.isin(np.arange(len(self.action_low)), self.binary_dims)
+        return action_range_bounds(self.action_low, self.action_high, binary)  # as VLAPolicy.action_bounds
 
     @property
     def action_dim(self) -> int:

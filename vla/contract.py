@@ -34,6 +34,21 @@ def check_instruction(text: object, where: str = "instruction") -> str:
     return text
 
 
+def action_range_bounds(low, high, binary) -> tuple[np.ndarray, np.ndarray]:
+    """The actions a tokenizer of range [low, high] (D,) represents, as float32 values in float64
+    (D,): each continuous dim widened by 1e-6 of its range (the float32 rounding of a decoded edge
+    bin's centre, with room) and rounded outward, so an action clipped to them stays inside after
+    a cast to float32; a binary dim: [-1, 1]."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    slack = 1e-6 * (high - low)
+    lo = np.where(binary, -1.0, low - slack)
+    hi = np.where(binary, 1.0, high + slack)
+    lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+    lo32 = np.where(lo32 > lo, np.nextafter(lo32, np.float32(-np.inf)), lo32)
+    hi32 = np.where(hi32 < hi, np.nextafter(hi32, np.float32(np.inf)), hi32)
+    return lo32.astype(np.float64), hi32.astype(np.float64)
+
+
 def first_outside(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[tuple[int, ...], float] | None:
     """The index and value of the first entry of `values` (..., D) outside [low, high] (D,), or
     None; NaN counts as outside."""

@@ -22,18 +22,12 @@ import numpy as np
 import torch
 
 from vla.checkpoint import Checkpoint, save_checkpoint
-from vla.contract import NonFiniteError
+from vla.contract import NonFiniteError, action_range_bounds
 from vla.model import PolicyConfig, VLAModel
 from vla.processor import ObservationProcessor
 from vla.sampling import SamplerConfig
 
 STATE_MARGIN = 10.0  # VLAPolicy's and vla-serve's default range check on the state
-
-
-def _float32_at_most(x: np.ndarray) -> np.ndarray:
-    """The largest float32 values <= x (float64 out)."""
-    y = x.astype(np.float32)
-    return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y).astype(np.float64)
 
 
 class VLAPolicy:
@@ -105,12 +99,7 @@ class VLAPolicy:
         values, so an action clipped to them is still inside after `infer`'s cast to float32."""
         tok = self.model.action_tokenizer
         low = tok.low.double().numpy()
-        high = low + tok.span.double().numpy()
-        slack = 1e-6 * (high - low)  # the float32 rounding of a decoded edge bin's centre, with room
-        binary = tok.binary.numpy()
-        low = _float32_at_most(np.where(binary, -1.0, low - slack))
-        high = -_float32_at_most(-np.where(binary, 1.0, high + slack))
-        return low, high
+        return action_range_bounds(low, low + tok.span.double().numpy(), tok.binary.numpy())
 
     def preprocess(self, observation: dict) -> tuple[dict, bool]:
         """Raw observation (single or batched) -> the network's inputs, and whether it was single."""
