@@ -646,26 +646,89 @@ def suites_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def episode_outcomes(results: dict) -> dict[str, bool]:
+    """Success per episode of a results dict, keyed by task and initial state (or seed): what
+    makes two rows' episodes the same episode."""
+    return {
+        f"{e['task']}/{e['init_state'] if e.get('init_state') is not None else e.get('seed')}": bool(e["success"])
+        for e in results["episodes"]
+    }
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
+    """Mean of a - b over the episodes both rows ran (`episode_outcomes`), with the paired
+    standard error; a ValueError when they share none."""
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        raise ValueError("the two rows share no episodes (other tasks, seeds or initial states)")
+    d = [float(a[k]) - float(b[k]) for k in keys]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return {
+        "difference": mean,
+        "standard_error": math.sqrt(var / len(d)) if len(d) > 1 else float("nan"),
+        "episodes": len(keys),
+        "only_this_row_succeeded": sum(x > 0 for x in d),
+        "only_first_row_succeeded": sum(x < 0 for x in d),
+    }
+
+
+def _success_and_se(results: dict) -> tuple[float, float, int]:
+    outcomes = np.array([float(e["success"]) for e in results["episodes"]])
+    p, n = float(outcomes.mean()), len(outcomes)
+    return p, (float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan")), n
+
+
 def delay_table(results: dict[tuple[str, int], dict]) -> str:
     """One row per (delay mode, delay steps): success, its standard error, and the paired
     difference from the synchronous run (delay 0) over the same episodes, with its standard error."""
-    key = lambda e: (e["task"], e.get("seed"), e.get("init_state"))  # noqa: E731
     sync = next((r for (mode, d), r in results.items() if d == 0), None)
-    base = {key(e): float(e["success"]) for e in sync["episodes"]} if sync else {}
+    base = episode_outcomes(sync) if sync else {}
     lines = [f"{'mode':<9}{'delay':>6}{'success':>9}{'s.e.':>7}{'vs sync':>9}{'s.e.':>7}{'episodes':>10}"]
     lines.append("-" * len(lines[0]))
     for (mode, d), res in results.items():
-        outcomes = np.array([float(e["success"]) for e in res["episodes"]])
-        p, n = float(outcomes.mean()), len(outcomes)
-        se = float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan")
+        p, se, n = _success_and_se(res)
         row = f"{mode if d else 'sync':<9}{d:>6}{100 * p:8.1f}%{100 * se:7.1f}"
-        paired = [float(e["success"]) - base[key(e)] for e in res["episodes"] if key(e) in base]
-        if d and len(paired) > 1:
-            diff = np.array(paired)
-            row += f"{100 * diff.mean():+9.1f}{100 * diff.std(ddof=1) / np.sqrt(len(diff)):7.1f}"
+        own = episode_outcomes(res)
+        if d and len(own.keys() & base.keys()) > 1:
+            diff = paired_difference(own, base)
+            row += f"{100 * diff['difference']:+9.1f}{100 * diff['standard_error']:7.1f}"
         else:
             row += f"{'':>16}"
         lines.append(row + f"{n:>10}")
+    return "\n".join(lines)
+
+
+# Settings that do not change an episode's outcome, left out of compare_table's "differs in".
+_OUTCOME_NEUTRAL = {"workers", "videos_per_task", "video_size", "threads_per_worker"}
+
+
+def compare_table(named: list[tuple[str, dict]]) -> str:
+    """Rows of results compared with the first, episode by episode: success, s.e., the paired
+    difference over the episodes both ran (s.e.), how many episodes only one of the two won, and
+    each row's settings that differ from the first's (checkpoint, delay, placements, sampler)."""
+    first = named[0][1]
+    base = episode_outcomes(first)
+    width = max(12, *(len(n) for n, _ in named)) + 2
+    head = f"{'row':<{width}}{'success':>9}{'s.e.':>7}{'vs first':>10}{'s.e.':>7}{'paired':>8}{'+/-':>9}  differs in"
+    lines = [head, "-" * len(head)]
+    for name, res in named:
+        p, se, n = _success_and_se(res)
+        row = f"{name:<{width}}{100 * p:8.1f}%{100 * se:7.1f}"
+        if res is first:
+            row += f"{'':>10}{'':>7}{n:>8}{'':>9}"
+        else:
+            d = paired_difference(episode_outcomes(res), base)
+            wins = f"{d['only_this_row_succeeded']}/{d['only_first_row_succeeded']}"
+            row += f"{100 * d['difference']:+10.1f}{100 * d['standard_error']:7.1f}{d['episodes']:>8}{wins:>9}"
+        changed = {
+            k: v
+            for k, v in res.get("config", {}).items()
+            if first.get("config", {}).get(k) != v and k not in _OUTCOME_NEUTRAL
+        }
+        if res.get("checkpoint") != first.get("checkpoint"):
+            changed = {"checkpoint": res.get("checkpoint"), **changed}
+        lines.append(row + "  " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     return "\n".join(lines)
 
 

@@ -180,7 +180,7 @@ def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_d
 
 
 def test_paired_difference_counts_discordant_episodes():
-    from train.ablation import paired_difference
+    from envs.evaluate import paired_difference
 
     a = {"t/0": True, "t/1": True, "t/2": False, "t/3": False}
     b = {"t/0": True, "t/1": False, "t/2": False, "t/3": True, "t/9": True}  # t/9: not in both rows
@@ -190,6 +190,36 @@ def test_paired_difference_counts_discordant_episodes():
     assert abs(d["standard_error"] - (2 / 3 / 4) ** 0.5) < 1e-12  # sample variance of [0, 1, 0, -1]
     same = paired_difference(a, a)
     assert same["difference"] == 0.0 and same["standard_error"] == 0.0
+
+
+def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, capsys):
+    import json
+
+    from train.compare import main
+
+    def results(name, wins, **config):
+        episodes = [{"task": "t", "seed": s, "init_state": None, "success": w} for s, w in enumerate(wins)]
+        folder = tmp_path / name
+        folder.mkdir()
+        body = {"checkpoint": "ck", "config": {"split": "validation", "workers": 2, **config}, "episodes": episodes}
+        (folder / "results.json").write_text(json.dumps(body))
+        return str(folder)
+
+    a = results("sync", [True, True, False, True], delay_steps=0)
+    b = results("late", [True, False, False, False], delay_steps=4, workers=1)  # workers: outcome-neutral
+    main([a, b])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].split()[:2] == ["sync", "75.0%"]
+    late = rows[3].split()
+    assert late[:2] == ["late", "25.0%"] and late[3] == "-50.0" and late[5:7] == ["4", "0/2"]
+    assert rows[3].endswith("delay_steps=4")  # the row's one outcome-deciding difference, not workers
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"episodes": [{"task": "u", "seed": 0, "success": True}]}))
+    with pytest.raises(ValueError, match="share no episodes"):
+        main([a, str(other)])
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        main([a, str(tmp_path / "missing")])
 
 
 def test_benchmarks(checkpoint, debug_data_root):

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from envs.evaluate import EvalConfig, evaluate
+from envs.evaluate import EvalConfig, episode_outcomes, evaluate, paired_difference
 from vla.configs import atomic_write_text
 
 # Rows: a key (what --only matches, besides the label) and the sampler overrides. Each row runs
@@ -170,7 +169,7 @@ def main() -> None:
                 "variant": name,
                 "overrides": over,
                 **{k: res[k] for k in ("mean_success", "per_task_success")},
-                "outcomes": _outcomes(res),
+                "outcomes": episode_outcomes(res),
             }
         )
         print(f"{name:<45} {100 * res['mean_success']:5.1f}%", flush=True)
@@ -314,31 +313,6 @@ def offline_table(
     atomic_write_text(out / "offline.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
-
-
-def _outcomes(res: dict) -> dict[str, bool]:
-    """Success per episode, keyed by task and initial state (or seed)."""
-    return {
-        f"{e['task']}/{e['init_state'] if e['init_state'] is not None else e['seed']}": bool(e["success"])
-        for e in res["episodes"]
-    }
-
-
-def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
-    """Mean of a - b over the episodes both rows ran, with the paired standard error."""
-    keys = sorted(a.keys() & b.keys())
-    if not keys:
-        raise ValueError("the two rows share no episodes")
-    d = [float(a[k]) - float(b[k]) for k in keys]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
-    return {
-        "difference": mean,
-        "standard_error": math.sqrt(var / len(d)),
-        "episodes": len(keys),
-        "only_this_row_succeeded": sum(x > 0 for x in d),
-        "only_first_row_succeeded": sum(x < 0 for x in d),
-    }
 
 
 if __name__ == "__main__":
