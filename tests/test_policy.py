@@ -180,6 +180,49 @@ def test_learns_a_language_and_image_conditioned_task():
     assert pol.fully_masked_accuracy(sample(128, gen)) > 0.9
 
 
+def test_prefix_trained_policy_follows_the_scene_when_the_prefix_disagrees():
+    """The prefix-shortcut guard: trained with policy.prefix_max_steps on chunks whose taken
+    prefix predicts the rest 70% of the time (the scene changed in the others), the decoded
+    continuation must follow the image, not the prefix: given one colour's prefix and another
+    colour's image, the last steps decode to the image's colour's actions."""
+    torch.manual_seed(0)
+    cfg = tiny_policy_config(prefix_max_steps=2, action_tokenizer=ActionTokenizerConfig(bins=16, binary_dims=[]))
+    pol = VLAModel(cfg, tiny_stats())
+    colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0]])
+    table = torch.rand(3, 4, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9  # a chunk per colour
+
+    def images(c, gen):
+        img = colours[c][:, None, :, None, None].expand(len(c), 1, 3, 32, 32).clone()
+        return (img + 0.05 * torch.rand(img.shape, generator=gen)).clamp(0, 1)
+
+    def sample(n, gen):
+        c = torch.randint(0, 3, (n,), generator=gen)
+        changed = torch.rand(n, generator=gen) < 0.3
+        before = torch.where(changed, (c + torch.randint(1, 3, (n,), generator=gen)) % 3, c)
+        actions = torch.cat([table[before, :2], table[c, 2:]], dim=1)  # prefix from the scene before
+        raw = {"images": images(c, gen), "state": torch.zeros(n, 2), "instruction": ["go"] * n}
+        return model_batch(pol, {**raw, "actions": actions, "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)})
+
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
+    for _ in range(300):
+        loss, _ = pol.compute_loss(sample(32, gen), gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pol.eval()
+    prefix_colour = torch.tensor([0, 0, 1, 1, 2, 2] * 8)
+    scene_colour = (prefix_colour + torch.tensor([1, 2] * 24)) % 3  # always another colour
+    inputs = model_batch(
+        pol, {"images": images(scene_colour, gen), "state": torch.zeros(48, 2), "instruction": ["go"] * 48}
+    )
+    tokens = pol.predict_tokens(inputs, gen, fixed_actions=table[prefix_colour, :2])
+    tok = pol.action_tokenizer
+    follows_scene = (tokens[:, 2:] == tok.encode(table[scene_colour, 2:])).float().mean()
+    follows_prefix = (tokens[:, 2:] == tok.encode(table[prefix_colour, 2:])).float().mean()
+    assert follows_scene > 0.9 and follows_prefix < 0.2, (follows_scene, follows_prefix)
+
+
 def test_decode_trace_through_policy(model):
     trace = DecodeTrace([], [], [])
     tokens = model.predict_tokens(model_batch(model, batch()), trace=trace)
