@@ -42,6 +42,10 @@ VARIANTS: list[tuple[str, dict]] = [
     ("threshold", {"remask_threshold": True}),
     ("residual", {"remask_delta": 0.3}),
     ("max_prob", {"confidence": "max_prob"}),
+    # Easy-first with candidates still sampled at the last commits (the temperature held instead
+    # of decayed to 0, where the argmax picks the saturated end bins: docs/libero.md).
+    ("max_prob held", {"confidence": "max_prob", "temperature_schedule": "constant"}),
+    ("T=4 max_prob held", {"confidence": "max_prob", "temperature_schedule": "constant", "steps": 4}),
 ]
 
 _ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
