@@ -601,6 +601,7 @@ def evaluate(
     per_task = {task: float(np.mean([e["success"] for e in episodes if e["task"] == task])) for task in tasks}
     results = {
         "checkpoint": checkpoint,
+        "weights_sha256": header["weights_sha256"],  # which weights, wherever the folder was
         "config": {**cfg.__dict__, "init_states": [s for s in states if s is not None], "render_mode": render_mode},
         "per_task_success": per_task,
         "mean_success": float(np.mean(list(per_task.values()))),
@@ -726,7 +727,14 @@ def compare_table(named: list[tuple[str, dict]]) -> str:
             for k, v in res.get("config", {}).items()
             if first.get("config", {}).get(k) != v and k not in _OUTCOME_NEUTRAL
         }
-        if res.get("checkpoint") != first.get("checkpoint"):
+        # The weights' hash says whether two rows ran the same policy; a path only where the
+        # results predate it (a path depends on where the command ran).
+        same = (
+            res["weights_sha256"] == first["weights_sha256"]
+            if "weights_sha256" in res and "weights_sha256" in first
+            else res.get("checkpoint") == first.get("checkpoint")
+        )
+        if not same:
             changed = {"checkpoint": res.get("checkpoint"), **changed}
         lines.append(row + "  " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     return "\n".join(lines)

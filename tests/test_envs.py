@@ -180,6 +180,7 @@ def test_an_interrupted_evaluation_runs_only_the_episodes_it_lacks(tmp_path, cap
     ev = EvalConfig(tasks=["lift_red"], episodes_per_task=3, workers=1, videos_per_task=0)
     full = evaluate(ckpt, ev, tmp_path / "full", progress=False)
     assert not (tmp_path / "full" / PARTIAL_FILE).exists()  # removed once results.json is written
+    assert full["weights_sha256"] == Checkpoint(ckpt).sha256("model.safetensors")  # which policy ran
 
     def outcome(res):
         return [(e["task"], e["seed"], e["success"], e["steps"]) for e in res["episodes"]]

@@ -214,6 +214,16 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
     late = rows[3].split()
     assert late[:2] == ["late", "25.0%"] and late[3] == "-50.0" and late[5:7] == ["4", "0/2"]
     assert rows[3].endswith("delay_steps=4")  # the row's one outcome-deciding difference, not workers
+    # The same weights evaluated from another folder: the hash, not the path, says it is one policy.
+    for folder, path in ((a, "runs/x/checkpoints/latest"), (b, "/elsewhere/x/checkpoints/latest")):
+        body = json.loads((Path(folder) / "results.json").read_text())
+        (Path(folder) / "results.json").write_text(json.dumps({**body, "checkpoint": path, "weights_sha256": "ab"}))
+    main([a, b])
+    assert "checkpoint=" not in capsys.readouterr().out
+    body = json.loads((Path(b) / "results.json").read_text())
+    (Path(b) / "results.json").write_text(json.dumps({**body, "weights_sha256": "cd"}))
+    main([a, b])
+    assert "checkpoint=/elsewhere/x/checkpoints/latest, delay_steps=4" in capsys.readouterr().out
     other = tmp_path / "other"
     other.mkdir()
     (other / "results.json").write_text(json.dumps({"episodes": [{"task": "u", "seed": 0, "success": True}]}))
