@@ -144,7 +144,7 @@ def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
 def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_data_root, monkeypatch):
     """--prefix-steps hands each frame's own recorded first d actions to the decoder and scores
     the actions after them; --swap-images keeps the frame's state and prefix but shows another
-    frame's images."""
+    frame's images, and reports how many action values that changes against the frame's own."""
     import numpy as np
 
     from data.cache import ZarrCache
@@ -163,8 +163,13 @@ def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_d
     monkeypatch.setattr(VLAPolicy, "infer", spy)
     for swap in (False, True):
         calls.clear()
-        offline_action_error(str(checkpoint), {}, cache, 6, 2, prefix_steps=2, swap_images=swap)
-        assert len(calls) == 6
+        err = offline_action_error(str(checkpoint), {}, cache, 6, 2, prefix_steps=2, swap_images=swap)
+        assert len(calls) == (12 if swap else 6)  # swapped: each frame's own images too, same draws
+        assert ("changed_by_swap" in err) == swap
+        if swap:  # the share of differing values between each pair of decodes
+            pairs = [(calls[k][2][2:4], calls[k + 1][2][2:4]) for k in range(0, 12, 2)]
+            assert err["changed_by_swap"] == np.mean([np.abs(a - b) > 1e-6 for a, b in pairs])
+            calls[:] = calls[1::2]
         moved = 0
         for obs, fixed, out in calls:
             frames = np.flatnonzero((cache.state == obs["state"]).all(1))  # a state can repeat at rest

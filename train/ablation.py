@@ -261,21 +261,25 @@ def offline_action_error(
     episode = np.searchsorted(ends, picks, side="right")
     # The images of a frame drawn from another episode wherever the recording has more than one.
     seen = np.roll(picks, len(picks) // 2) if swap_images else picks
-    predicted, recorded = [], []
+    predicted, recorded, unswapped = [], [], []
     for j, (i, ep) in enumerate(zip(picks, episode, strict=True)):
-        policy.reset(j)
-        obs = {
-            "images": {c: np.asarray(cache.images[c][seen[j]]) for c in policy.cfg.cameras},
-            "state": cache.state[i],
-            "instruction": cache.tasks[int(cache.task_index[ep])],
-        }
         # Clipped to the tokenizer's range, as training targets are: recorded actions past its
         # quantile bounds are the edge bins' to the decoder.
         given = np.clip(cache.action[i : i + prefix_steps], *policy.action_bounds) if prefix_steps else None
-        predicted.append(policy.infer(obs, fixed_actions=given)[prefix_steps:span])
+        state, instruction = cache.state[i], cache.tasks[int(cache.task_index[ep])]
+        targets = ([(i, unswapped)] if swap_images else []) + [(seen[j], predicted)]
+        for frame, into in targets:
+            policy.reset(j)  # the same draws for the frame's own images and the swapped ones
+            images = {c: np.asarray(cache.images[c][frame]) for c in policy.cfg.cameras}
+            obs = {"images": images, "state": state, "instruction": instruction}
+            into.append(policy.infer(obs, fixed_actions=given)[prefix_steps:span])
         recorded.append(cache.action[i + prefix_steps : i + span])
     p, r = np.stack(predicted), np.stack(recorded)
+    # With the decode's random draws fixed, the share of action values that another frame's
+    # images change at all: near 0 means the decode does not look at the scene.
+    changed = {"changed_by_swap": float((np.abs(p - np.stack(unswapped)) > 1e-6).mean())} if swap_images else {}
     return {
+        **changed,
         "frames": len(picks),
         "arm_l1": float(np.abs(p[..., :-1] - r[..., :-1]).mean()),
         "all_l1": float(np.abs(p - r).mean()),
@@ -298,18 +302,19 @@ def offline_table(
         r = {"variant": name, "overrides": over, "prefix_steps": prefix_steps, "swap_images": swap_images, **err}
         rows.append(r)
         print(f"{name:<45} arm L1 {r['arm_l1']:.4f}", flush=True)
+    swapped = "changed_by_swap" in rows[0]
     which = f"first {horizon or 'all'} actions"
     if prefix_steps:
         which = f"{horizon or 'all'} actions after the recorded first {prefix_steps} given"
     which += ", images of another frame" if swap_images else ""
     lines = [
         f"| decoding ({rows[0]['frames']} frames of {cache_path}, {which}) | arm L1 | all L1 | "
-        "arm magnitude / recorded | gripper sign agrees |",
-        "| --- | --- | --- | --- | --- |",
+        "arm magnitude / recorded | gripper sign agrees |" + (" action values the swap changes |" if swapped else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- |" if swapped else ""),
     ]
     lines += [
         f"| {r['variant']} | {r['arm_l1']:.4f} | {r['all_l1']:.4f} | {r['arm_magnitude_ratio']:.3f} | "
-        f"{r['gripper_sign_agreement']:.3f} |"
+        f"{r['gripper_sign_agreement']:.3f} |" + (f" {r['changed_by_swap']:.3f} |" if swapped else "")
         for r in rows
     ]
     out.mkdir(parents=True, exist_ok=True)
