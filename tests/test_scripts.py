@@ -82,6 +82,12 @@ def test_vla_ablate(checkpoint, tmp_path):
     # The validation split is another setting: the row runs again, on the validation episodes.
     val = run(*args, "--split", "validation")
     assert "reused" not in val and "validation split" in val
+    # The same weights from another folder: still the same row.
+    import shutil
+
+    shutil.copytree(checkpoint, tmp_path / "moved")
+    moved = run(*[str(tmp_path / "moved") if a == str(checkpoint) else a for a in args], "--split", "validation")
+    assert "reused" in moved
     saved = json.loads(next((tmp_path / "ab").glob("variant_*/results.json")).read_text())
     assert saved["config"]["split"] == "validation"
     assert all(e["seed"] >= VALIDATION_SEED for e in saved["episodes"])

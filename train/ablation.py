@@ -205,7 +205,7 @@ def main() -> None:
 
 
 def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
-    """A finished row in `folder` run with the same checkpoint and settings, else None."""
+    """A finished row in `folder` run with the same weights and settings, else None."""
     path = folder / "results.json"
     if not path.is_file():
         return None
@@ -215,7 +215,13 @@ def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
     skip = ("workers", "init_states", "render_mode")
     ran = {k: v for k, v in res["config"].items() if k not in skip}
     wanted = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k not in skip}
-    return res if res["checkpoint"] == str(checkpoint) and ran == wanted else None
+    if "weights_sha256" in res:  # the same weights wherever they are (results name them since 2026-12-05)
+        from vla.checkpoint import Checkpoint
+
+        same = res["weights_sha256"] == Checkpoint(checkpoint).sha256("model.safetensors")
+    else:
+        same = res["checkpoint"] == str(checkpoint)
+    return res if same and ran == wanted else None
 
 
 def offline_action_error(
