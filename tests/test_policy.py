@@ -144,6 +144,17 @@ def test_checkpoint_errors_name_the_problem(policy, tmp_path):
         VLAModel(tiny_policy_config(), stats)
 
 
+def fit(pol: VLAModel, sample, gen: torch.Generator, steps: int = 300) -> None:
+    """Train `pol` on batches of 32 from `sample(n, gen)`, then switch it to eval mode."""
+    opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss, _ = pol.compute_loss(sample(32, gen), gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pol.eval()
+
+
 def test_learns_a_language_and_image_conditioned_task():
     """Action = f(image colour, instruction): fully-masked decoding must get > 90% of tokens."""
     torch.manual_seed(0)
@@ -170,13 +181,7 @@ def test_learns_a_language_and_image_conditioned_task():
         )
 
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
-    for _ in range(300):
-        loss, _ = pol.compute_loss(sample(32, gen), gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    pol.eval()
+    fit(pol, sample, gen)
     assert pol.fully_masked_accuracy(sample(128, gen)) > 0.9
 
 
@@ -204,13 +209,7 @@ def test_prefix_trained_policy_follows_the_scene_when_the_prefix_disagrees():
         return model_batch(pol, {**raw, "actions": actions, "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)})
 
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(pol.parameters(), lr=2e-3)
-    for _ in range(300):
-        loss, _ = pol.compute_loss(sample(32, gen), gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    pol.eval()
+    fit(pol, sample, gen)
     prefix_colour = torch.tensor([0, 0, 1, 1, 2, 2] * 8)
     scene_colour = (prefix_colour + torch.tensor([1, 2] * 24)) % 3  # always another colour
     inputs = model_batch(

@@ -240,6 +240,9 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
     (other / "results.json").write_text(json.dumps({"episodes": [{"task": "u", "seed": 0, "success": True}]}))
     with pytest.raises(ValueError, match="share no episodes"):
         main([a, str(other)])
+    (other / "results.json").write_text(json.dumps({"episodes": [{"task": "u", "seed": 0}]}))
+    with pytest.raises(ValueError, match="episode 0 lacks success"):
+        main([a, str(other)])
     with pytest.raises(FileNotFoundError, match="no results.json"):
         main([a, str(tmp_path / "missing")])
 

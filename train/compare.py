@@ -31,6 +31,10 @@ def load_results(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a results file ({e})") from None
     if not isinstance(res, dict) or not isinstance(res.get("episodes"), list) or not res["episodes"]:
         raise ValueError(f"{path}: no 'episodes' list; is this a vla-eval results.json?")
+    for i, e in enumerate(res["episodes"]):
+        missing = [k for k in ("task", "success") if not isinstance(e, dict) or k not in e]
+        if missing:
+            raise ValueError(f"{path}: episode {i} lacks {', '.join(missing)}; is this a vla-eval results.json?")
     return res
 
 
