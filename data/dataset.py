@@ -10,6 +10,9 @@ executed action was perturbed by a recording fault (`ZarrCache.perturbed`): from
 cannot foresee that push, and the expert's labels after it are a recovery from it, not the plan
 at t. Step 0 is always supervised (a label at a perturbed state is the recovery the data is
 there to show). Augmentation runs per batch in `collate`.
+
+With `GoalTargets`, a sample also carries where the demonstration's gripper next changes
+(`goal_targets`), the target of the policy's auxiliary goal head (`PolicyConfig.goal_aux_weight`).
 """
 
 from __future__ import annotations
@@ -68,8 +71,54 @@ class ResumableBatches:
             k += 1
 
 
+@dataclass(frozen=True)
+class GoalTargets:
+    """Which state dimensions hold the end-effector position and which action dimension
+    commands the gripper, and how many gripper events ahead a sample looks."""
+
+    position_dims: tuple[int, int, int]
+    gripper_dim: int
+    events: int
+
+
+def goal_targets(
+    position: np.ndarray, gripper: np.ndarray, episode_ends: np.ndarray, events: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame t, the end-effector position at each of the next `events` gripper events of
+    t's episode, relative to the position at t: (N, events, 3) float32, and which exist (N, events).
+
+    An event is a frame whose gripper command has the other sign than the frame before it (where
+    the demonstration starts to grasp or to release); the next ones are those after t. The
+    offset is a fact of the scene (where the object to grasp, or the place to put it, is) that
+    state and instruction alone cannot give once placements vary, only the images.
+    """
+    n = len(position)
+    out = np.zeros((n, events, 3), np.float32)
+    valid = np.zeros((n, events), bool)
+    start = 0
+    for end in episode_ends:
+        closed = gripper[start:end] > 0
+        ev = start + 1 + np.flatnonzero(closed[1:] != closed[:-1])  # absolute frame of each event
+        frames = np.arange(start, end)
+        first = np.searchsorted(ev, frames, side="right")  # first event after each frame
+        for k in range(events):
+            j = first + k
+            ok = j < len(ev)
+            valid[start:end, k] = ok
+            out[frames[ok], k] = position[ev[j[ok]]] - position[frames[ok]]
+        start = end
+    return out, valid
+
+
 class ChunkDataset(Dataset):
-    def __init__(self, cache: ZarrCache, chunk_size: int, cameras: list[str], supervise_past_end: bool = True) -> None:
+    def __init__(
+        self,
+        cache: ZarrCache,
+        chunk_size: int,
+        cameras: list[str],
+        supervise_past_end: bool = True,
+        goal: GoalTargets | None = None,
+    ) -> None:
         missing = [c for c in cameras if c not in cache.cameras]
         if missing:
             raise KeyError(f"cache {cache.path} has no cameras {missing}; it has {cache.cameras}")
@@ -79,6 +128,19 @@ class ChunkDataset(Dataset):
         self.supervise_past_end = supervise_past_end
         ep_of_frame = np.searchsorted(cache.episode_ends, np.arange(cache.num_frames), side="right")
         self.frame_episode = ep_of_frame  # (N,)
+        self.goal = self.goal_valid = None
+        if goal is not None:
+            for name, dim, width in [("position", d, cache.state.shape[1]) for d in goal.position_dims] + [
+                ("gripper", goal.gripper_dim, cache.action.shape[1])
+            ]:
+                if not -width <= dim < width:
+                    raise ValueError(f"goal targets: {name} dimension {dim} is outside the cache's width {width}")
+            self.goal, self.goal_valid = goal_targets(
+                cache.state[:, list(goal.position_dims)],
+                cache.action[:, goal.gripper_dim],
+                cache.episode_ends,
+                goal.events,
+            )
 
     def __len__(self) -> int:
         return self.cache.num_frames
@@ -96,7 +158,7 @@ class ChunkDataset(Dataset):
         # step k is unsupervised when any executed action t .. t + k - 1 was perturbed
         hit = np.cumsum(c.perturbed[idx] & ~past_end) > 0
         pad[1:] |= hit[:-1]
-        return {
+        sample = {
             "images": np.stack([np.asarray(c.images[cam][i]) for cam in self.cameras]),  # (N, H, W, 3)
             "state": c.state[i],
             "instruction": c.tasks[int(c.task_index[ep])],
@@ -104,6 +166,9 @@ class ChunkDataset(Dataset):
             "action_is_pad": pad,
             "seed": seed,
         }
+        if self.goal is not None:
+            sample["goal"], sample["goal_valid"] = self.goal[i], self.goal_valid[i]
+        return sample
 
 
 class Collate:
@@ -128,4 +193,9 @@ class Collate:
             "instruction": instructions,
             "actions": torch.from_numpy(np.stack([s["actions"] for s in samples])).float(),  # (B, H, D)
             "action_is_pad": torch.from_numpy(np.stack([s["action_is_pad"] for s in samples])),  # (B, H)
+            **{
+                key: torch.from_numpy(np.stack([s[key] for s in samples]))  # (B, events, 3), (B, events)
+                for key in ("goal", "goal_valid")
+                if key in samples[0]
+            },
         }

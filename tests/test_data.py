@@ -388,3 +388,18 @@ def test_key_maps_are_set_from_the_command_line(tmp_path):
     assert len(eps) == 2 and eps[0].state.shape == (4, 8) and eps[0].actions.shape == (4, 7)
     with pytest.raises(KeyError, match=r"no keys \['observation.state'\].*data.state_key="):
         list(read_source(DataConfig(source="lerobot", root=str(root), camera_keys=cams, action_key="actions")))
+
+
+def test_goal_targets_are_the_next_gripper_events_of_the_same_episode():
+    from data.dataset import goal_targets
+
+    pos = np.arange(30, dtype=np.float32).reshape(10, 3)  # frame t at (3t, 3t + 1, 3t + 2)
+    # episode 0: frames 0-6, closes at 2, opens at 5; episode 1: frames 7-9, closed from its start
+    grip = np.array([-1, -1, 1, 1, 1, -1, -1, 1, 1, -1], np.float32)
+    goal, valid = goal_targets(pos, grip, np.array([7, 10]), events=2)
+    assert valid[0].tolist() == [True, True] and goal[0].tolist() == [[6.0] * 3, [15.0] * 3]
+    assert valid[2].tolist() == [True, False] and goal[2, 0].tolist() == [9.0] * 3  # at an event: the next one
+    assert not valid[5:7].any()  # after the last event of episode 0
+    # episode 1's first frame is no event (the closed gripper at 6 -> 7 crosses episodes)
+    assert valid[7].tolist() == [True, False] and goal[7, 0].tolist() == [6.0] * 3
+    assert not valid[9].any() and goal.dtype == np.float32

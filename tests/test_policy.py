@@ -291,3 +291,58 @@ def test_actions_clipped_to_action_bounds_are_accepted_as_fixed_actions(policy):
     beyond = np.nextafter(beyond, np.float32(-np.inf))
     with pytest.raises(ObservationError, match=r"fixed_actions\[0, 0\]"):
         policy.infer(observation(), fixed_actions=np.array([[beyond, 0.0, 0.0]], np.float32))
+
+
+def goal_sample(pol, n, gen):
+    """Images with a bright square in one of four quadrants; the goal is the quadrant's (row,
+    column) in scale units, which only the image shows."""
+    cell = torch.randint(0, 2, (n, 2), generator=gen)
+    img = 0.1 * torch.rand(n, 1, 3, 32, 32, generator=gen)
+    for i, (r, c) in enumerate(cell.tolist()):
+        img[i, 0, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = 1.0
+    goal = torch.cat([cell.float(), torch.zeros(n, 1)], 1)[:, None] * pol.cfg.goal_aux_scale  # (n, 1, 3)
+    raw = {"images": img, "state": torch.zeros(n, 2), "instruction": ["go"] * n}
+    actions = {"actions": torch.zeros(n, 4, 3), "action_is_pad": torch.zeros(n, 4, dtype=torch.bool)}
+    return {**model_batch(pol, {**raw, **actions}), "goal": goal, "goal_valid": torch.ones(n, 1, dtype=torch.bool)}
+
+
+def test_goal_head_locates_what_only_the_image_shows():
+    """policy.goal_aux_weight: the head must learn a target that state and instruction say
+    nothing of far better than the best blind guess."""
+    torch.manual_seed(0)
+    pol = VLAModel(tiny_policy_config(goal_aux_weight=1.0, goal_aux_events=1), tiny_stats())
+    gen = torch.Generator().manual_seed(0)
+    fit(pol, lambda n, g: goal_sample(pol, n, g), gen)
+    with torch.no_grad():
+        _, metrics = pol.compute_loss(goal_sample(pol, 256, gen), gen)
+    blind = math.hypot(0.5, 0.5) * pol.cfg.goal_aux_scale  # always answering the centre
+    assert metrics["goal_err"] < 0.4 * blind, (float(metrics["goal_err"]), blind)
+
+
+@pytest.mark.parametrize("arch", ["expert", "unified"])
+def test_goal_loss_reaches_the_head_and_needs_its_targets(arch):
+    pol = VLAModel(tiny_policy_config(decoder_arch=arch, goal_aux_weight=0.5), tiny_stats())
+    gen = torch.Generator().manual_seed(0)
+    batch = goal_sample(pol, 4, gen)
+    batch = {**batch, "goal": batch["goal"].repeat(1, 2, 1), "goal_valid": torch.tensor([[True, False]] * 4)}
+    loss, metrics = pol.compute_loss(batch, gen)
+    assert loss.item() == pytest.approx((metrics["action_loss"] + 0.5 * metrics["goal_loss"]).item(), rel=1e-5)
+    loss.backward()
+    assert pol.goal_head.query.grad.abs().sum() > 0
+    with pytest.raises(KeyError, match="goal"):
+        pol.compute_loss({k: v for k, v in batch.items() if k != "goal"}, gen)
+    assert VLAModel(tiny_policy_config(decoder_arch=arch), tiny_stats()).goal_head is None
+
+
+def test_goal_head_settings_are_checked_and_find_the_position_by_name():
+    from vla.embodiment import Embodiment
+
+    with pytest.raises(ValueError, match="goal_aux_weight"):
+        tiny_policy_config(goal_aux_weight=-1.0)
+    with pytest.raises(ValueError, match="goal_aux_scale"):
+        tiny_policy_config(goal_aux_scale=0.0)
+    with pytest.raises(ValueError, match="eef_x"):
+        tiny_policy_config(goal_aux_weight=1.0).goal_dims()  # the embodiment names nothing
+    named = Embodiment(state_names=["q", "eef_x", "eef_y", "eef_z"], action_names=["dx", "gripper", "dz"])
+    cfg = tiny_policy_config(state_dim=4, embodiment=named)
+    assert cfg.goal_dims() == ((1, 2, 3), 1)

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,22 @@ def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
     assert set(res["per_task_success"]) == {"lift_red"} and (tmp_path / "ev" / "results.json").exists()
     assert list((tmp_path / "ev" / "videos").glob("*.mp4"))
     assert "lift_red" in format_table(res)
+
+
+def test_goal_head_trains_end_to_end(tmp_path, data_root):
+    """policy.goal_aux_weight: the loop builds the targets from the embodiment's names, the loss
+    adds the head's, the log shows its parts, and the checkpoint holds the head."""
+    cfg = debug_config(tmp_path, data_root)
+    cfg.policy = replace(cfg.policy, goal_aux_weight=1.0)
+    cfg.optim = replace(cfg.optim, steps=30, warmup_steps=2)
+    cfg.log_every = 1
+    out = train(cfg)
+    first, last = out["history"][0], out["history"][-1]
+    assert {"action_loss", "goal_loss", "goal_err"} <= set(first)
+    assert last["loss"] == pytest.approx(last["action_loss"] + last["goal_loss"], rel=1e-4)
+    assert any(k.startswith("goal_head.") for k in weights(tmp_path / "run"))
+    loaded = VLAPolicy.load(out["checkpoint"]).model
+    assert loaded.cfg.goal_aux_weight == 1.0 and loaded.goal_head is not None
 
 
 def test_eval_inherits_the_checkpoints_eval_settings_unless_overridden(tmp_path):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.cache import ZarrCache
-from data.dataset import ChunkDataset, Collate, ResumableBatches
+from data.dataset import ChunkDataset, Collate, GoalTargets, ResumableBatches
 from data.source import DataConfig, embodiment_of, prepare_data
 from train.checkpointer import Checkpointer
 from train.config import TrainConfig
@@ -128,7 +128,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, interr
     policy_cfg = policy_config_for(cfg.policy, cache, cfg.data)
     policy = VLAModel(policy_cfg, cache.stats).to(device)
     check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
-    dataset = ChunkDataset(cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end)
+    goal = None
+    if policy_cfg.goal_aux_weight > 0:
+        position_dims, gripper_dim = policy_cfg.goal_dims()
+        goal = GoalTargets(position_dims, gripper_dim, policy_cfg.goal_aux_events)
+    dataset = ChunkDataset(
+        cache, policy_cfg.chunk_size, policy_cfg.cameras, cfg.data.loader.supervise_past_end, goal=goal
+    )
     if resuming:  # weights before sharding; with EMA these are the EMA weights, raw ones follow
         ckpt.check_resumable(policy_cfg, policy)
         ckpt.load_weights(policy)
@@ -350,13 +356,18 @@ class _Loop:
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": samples / elapsed,
             "data_wait_frac": wait / elapsed,
+            # the goal head's parts, when on (vla.model.VLAModel.compute_loss)
+            **{k: float(metrics[k]) for k in ("action_loss", "goal_loss", "goal_err") if k in metrics},
         }
         for k, v in row.items():
             if k != "step":
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.history.append(row)
         self.pbar.set_postfix(
-            loss=f"{row['loss']:.3f}", full_acc=f"{full_acc:.2f}", wait=f"{row['data_wait_frac']:.2f}"
+            loss=f"{row['loss']:.3f}",
+            full_acc=f"{full_acc:.2f}",
+            wait=f"{row['data_wait_frac']:.2f}",
+            **({"goal_err": f"{row['goal_err']:.3f}"} if "goal_err" in row else {}),
         )
         self._window = (time.perf_counter(), 0.0, 0)
 

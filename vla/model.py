@@ -64,6 +64,14 @@ class PolicyConfig:
     # actions taken (unsupervised), the rest masked as usual, so that decoding with a committed
     # prefix (`infer(fixed_actions=)`, delayed execution) is what the model was trained on. 0: off.
     prefix_max_steps: int = 0
+    # Auxiliary goal head (training only): from the prefix, predict the end-effector position at
+    # the demonstration's next `goal_aux_events` gripper events (where it grasps, where it
+    # releases) relative to the current one, in units of `goal_aux_scale` (the state's position
+    # units, metres for LIBERO) under a Huber loss added with this weight. A target only the
+    # images can give once placements vary, so the backbone must locate things. 0: off.
+    goal_aux_weight: float = 0.0
+    goal_aux_events: int = 2
+    goal_aux_scale: float = 0.02
 
     def __post_init__(self) -> None:
         self.decoder_type = choice(DecoderType, self.decoder_type, "policy.decoder_type")
@@ -88,10 +96,30 @@ class PolicyConfig:
                 "policy.prefix_max_steps conditions a masked decoder on a clean prefix; the autoregressive "
                 "decoder always conditions each step on the ones before it: leave it at 0"
             )
+        if not (math.isfinite(self.goal_aux_weight) and self.goal_aux_weight >= 0):
+            raise ValueError(f"policy.goal_aux_weight must be a finite number >= 0, got {self.goal_aux_weight}")
+        if self.goal_aux_events < 1 or not (math.isfinite(self.goal_aux_scale) and self.goal_aux_scale > 0):
+            raise ValueError(
+                f"policy.goal_aux_events must be >= 1 and policy.goal_aux_scale > 0, got "
+                f"{self.goal_aux_events} and {self.goal_aux_scale}"
+            )
 
     @property
     def image_size(self) -> int:
         return self.backbone.image_size
+
+    def goal_dims(self) -> tuple[tuple[int, int, int], int]:
+        """(state dimensions of the end-effector's x, y, z; the action's gripper dimension), found
+        by name in the embodiment: what the goal head's targets are computed from."""
+        state, action = self.embodiment.state_names, self.embodiment.action_names
+        for names in (("eef_x", "eef_y", "eef_z"), ("x", "y", "z")):
+            if all(n in state for n in names) and "gripper" in action:
+                return tuple(state.index(n) for n in names), action.index("gripper")
+        raise ValueError(
+            "policy.goal_aux_weight > 0 needs the state's end-effector position named eef_x, eef_y, eef_z "
+            f"(or x, y, z) and an action named gripper in policy.embodiment; it has state {state or 'unnamed'} "
+            f"and action {action or 'unnamed'}: set policy.embodiment.state_names / action_names, or turn it off"
+        )
 
 
 def _checked_camera_shapes(shapes, cameras: list[str]) -> dict[str, list[int]]:
@@ -115,6 +143,25 @@ def _checked_camera_shapes(shapes, cameras: list[str]) -> dict[str, list[int]]:
             raise ValueError(f"{where}={shape!r}: {hint}")
         out[cam] = list(shape)  # lists, as JSON round trips them: configs compare equal after a save
     return out
+
+
+class GoalHead(nn.Module):
+    """One learned query attends over the prefix (image, text and state positions), then an MLP
+    gives (events, 3) offsets: where the gripper next closes or opens, relative to the hand."""
+
+    def __init__(self, hidden: int, events: int) -> None:
+        super().__init__()
+        self.events = events
+        self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+        self.attn = nn.MultiheadAttention(hidden, 4 if hidden % 4 == 0 else 1, batch_first=True)
+        self.out = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, events * 3)
+        )
+
+    def forward(self, prefix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        prefix = prefix.float()
+        pooled, _ = self.attn(self.query.expand(len(prefix), -1, -1), prefix, prefix, key_padding_mask=~mask.bool())
+        return self.out(pooled[:, 0]).view(len(prefix), self.events, 3)
 
 
 class VLAModel(nn.Module):
@@ -151,6 +198,7 @@ class VLAModel(nn.Module):
             )
         else:
             self.decoder = ActionDecoder(cfg.decoder, hidden, cfg.chunk_size, cfg.action_dim, bins, cond_dim=2 * hidden)
+        self.goal_head = GoalHead(hidden, cfg.goal_aux_events) if cfg.goal_aux_weight > 0 else None
         # The variant is read where it matters: the architecture in `chunk_cache`, the decoder
         # type in `compute_loss`, `fully_masked_accuracy` and `predict_tokens`.
 
@@ -166,7 +214,7 @@ class VLAModel(nn.Module):
     # `chunk_cache(inputs)` computes everything a chunk's refinement steps share;
     # `self.decoder(tokens, cache)` is then one step.
     def chunk_cache(self, inputs: dict) -> dict:
-        return self._unified_cache(inputs) if self.unified else self.decoder_cache(*self.encode_prefix(inputs))
+        return self._unified_prefix(inputs)[0] if self.unified else self.decoder_cache(*self.encode_prefix(inputs))
 
     def _state(self, inputs: dict) -> torch.Tensor:
         state = inputs["state"]
@@ -198,9 +246,10 @@ class VLAModel(nn.Module):
         """The action expert's per-chunk cache; every slot is conditioned on the text and state tokens."""
         return self.decoder.prefix_cache(prefix, mask, cond=prefix[:, -2:].flatten(1))
 
-    def _unified_cache(self, inputs: dict) -> dict:
+    def _unified_prefix(self, inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """The VLM's prefix pass with its cache kept, then the state token as one more prefix
-        position of the language model; the slots are conditioned on the text and state tokens."""
+        position of the language model; the slots are conditioned on the text and state tokens.
+        -> (the cache, the VLM's hidden states (B, P, hidden), their mask)."""
         state_tok = self._state(inputs)
         hidden, mask, kv, next_position = self.backbone.prefix_cache(inputs["vlm"])
         lm = self.backbone.language_model
@@ -212,14 +261,18 @@ class VLAModel(nn.Module):
             use_cache=True,
         )
         cond = torch.cat([self._text_token(inputs, hidden).float(), state_tok], dim=-1)
-        return {
-            "lm": lm,
-            "kv": FrozenPrefixCache.from_cache(kv),
-            "mask": mask,
-            "next_position": next_position + 1,  # the slots follow the state token
-            "cond": self.decoder.cond_proj(cond)[:, None],  # (B, 1, hidden)
-            "dtype": hidden.dtype,
-        }
+        return (
+            {
+                "lm": lm,
+                "kv": FrozenPrefixCache.from_cache(kv),
+                "mask": mask,
+                "next_position": next_position + 1,  # the slots follow the state token
+                "cond": self.decoder.cond_proj(cond)[:, None],  # (B, 1, hidden)
+                "dtype": hidden.dtype,
+            },
+            hidden,
+            mask,
+        )
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict, generator: torch.Generator | None = None):
@@ -236,15 +289,48 @@ class VLAModel(nn.Module):
         return tokens.reshape(b, h * d), valid.reshape(b, h * d)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy."""
-        cache = self.chunk_cache(batch)
+        """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy, plus
+        the goal head's loss when on (`PolicyConfig.goal_aux_weight`)."""
+        if self.unified:
+            cache, prefix, prefix_mask = self._unified_prefix(batch)
+        else:
+            prefix, prefix_mask = self.encode_prefix(batch)
+            cache = self.decoder_cache(prefix, prefix_mask)
         tokens, valid = self.targets(batch)
         slot_logits = self._causal_logits if self.autoregressive else self._masked_logits
         logits, target_mask = slot_logits(tokens, valid, cache, generator)
         loss = F.cross_entropy(logits[target_mask].float(), tokens[target_mask])
         with torch.no_grad():
             acc = (logits.argmax(-1) == tokens)[target_mask].float().mean()
-        return loss, {"loss": loss.detach(), "masked_acc": acc}
+        metrics = {"loss": loss.detach(), "masked_acc": acc}
+        if self.goal_head is not None:
+            goal_loss, goal_err = self._goal_loss(prefix, prefix_mask, batch)
+            loss = loss + self.cfg.goal_aux_weight * goal_loss
+            # "loss" is what is optimised (the non-finite guard reads it); the parts beside it
+            metrics.update(
+                loss=loss.detach(), action_loss=metrics["loss"], goal_loss=goal_loss.detach(), goal_err=goal_err
+            )
+        return loss, metrics
+
+    def _goal_loss(self, prefix: torch.Tensor, mask: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The goal head's Huber loss (offsets in goal_aux_scale units, summed over x, y, z) over the
+        events that exist, and its mean distance from them in the state's units (0 when none do)."""
+        if "goal" not in batch:
+            raise KeyError(
+                "policy.goal_aux_weight > 0 but the batch has no 'goal' targets: build the ChunkDataset with "
+                "GoalTargets (train.loop does, from policy.goal_dims())"
+            )
+        goal = batch["goal"].to(self.device).float()  # (B, events, 3)
+        have = batch["goal_valid"].to(self.device).bool()  # (B, events)
+        pred = self.goal_head(prefix, mask)
+        if not have.any():
+            zero = pred.sum() * 0.0  # keeps the head in the graph (DDP expects every parameter used)
+            return zero, zero.detach()
+        target = goal[have] / self.cfg.goal_aux_scale  # (K, 3)
+        # Huber: quadratic within one scale unit, linear beyond, so the first steps' errors of tens
+        # of centimetres do not swamp the action loss while the last centimetres still pull.
+        loss = F.smooth_l1_loss(pred[have], target, reduction="none").sum(-1).mean()
+        return loss, (pred[have].detach() - target).norm(dim=-1).mean() * self.cfg.goal_aux_scale
 
     def _masked_logits(self, tokens, valid, cache, generator):
         prefix = self._training_prefix(*tokens.shape, generator)
