@@ -38,7 +38,7 @@ import torch
 from helpers import tiny_policy_config, tiny_stats
 
 from data.readers import LIBERO_LEROBOT_KEYS, read_lerobot
-from vla.checkpoint import CheckpointError, check_checkpoint, load_model, save_checkpoint
+from vla.checkpoint import _ADDED_POLICY_FIELDS, CheckpointError, check_checkpoint, load_model, save_checkpoint
 from vla.configs import MARKER, ConfigError, from_dict
 from vla.model import PolicyConfig, VLAModel
 from vla.policy import VLAPolicy
@@ -96,7 +96,7 @@ def test_older_checkpoint_configs_still_load(ckpt, caplog):
     wrote that no longer exist are dropped."""
 
     def old(policy: dict) -> None:
-        for key in ("camera_shapes", "render_mode", "decoder_arch"):
+        for key in _ADDED_POLICY_FIELDS:  # every field added since, so a new one is covered once listed
             del policy[key]
         del policy["sampler"]["remask_probe"]
         policy["rotate_180"] = False
@@ -104,7 +104,7 @@ def test_older_checkpoint_configs_still_load(ckpt, caplog):
 
     edit_config(ckpt, old)
     cfg = load_model(ckpt).cfg
-    assert (cfg.camera_shapes, cfg.render_mode, cfg.decoder_arch) == ({}, "", "expert")
+    assert {k: getattr(cfg, k) for k in _ADDED_POLICY_FIELDS} == _ADDED_POLICY_FIELDS
     assert cfg.sampler.remask_probe == 0.5
     assert check_checkpoint(ckpt)["policy"]["decoder_arch"] == "expert"  # migrated for callers too
 

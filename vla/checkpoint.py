@@ -47,6 +47,10 @@ _ADDED_POLICY_FIELDS = {
     "render_mode": "",  # 292c6e7: rendering mode unknown (what "" means)
     "decoder_arch": "expert",  # 0527b2c: the action expert was the only architecture
     "prefix_max_steps": 0,  # 1e1358e: no training-time prefix conditioning existed
+    # a739a71: no goal head existed (events and scale only matter when the weight is above 0)
+    "goal_aux_weight": 0.0,
+    "goal_aux_events": 2,
+    "goal_aux_scale": 0.02,
 }
 # Checkpoints before the embodiment was recorded (CHECKPOINT_VERSION 1) say what their data was
 # only through train_config.json's data.source; these are the embodiments those sources meant
