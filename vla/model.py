@@ -214,7 +214,14 @@ class VLAModel(nn.Module):
     # `chunk_cache(inputs)` computes everything a chunk's refinement steps share;
     # `self.decoder(tokens, cache)` is then one step.
     def chunk_cache(self, inputs: dict) -> dict:
-        return self._unified_prefix(inputs)[0] if self.unified else self.decoder_cache(*self.encode_prefix(inputs))
+        return self._cache_and_prefix(inputs)[0]
+
+    def _cache_and_prefix(self, inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """The chunk cache, and the prefix hidden states (B, P, hidden) with their mask (the goal head's input)."""
+        if self.unified:
+            return self._unified_prefix(inputs)
+        prefix, mask = self.encode_prefix(inputs)
+        return self.decoder_cache(prefix, mask), prefix, mask
 
     def _state(self, inputs: dict) -> torch.Tensor:
         state = inputs["state"]
@@ -291,11 +298,7 @@ class VLAModel(nn.Module):
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Masked-diffusion objective (docs/method.md section 4) or next-slot cross-entropy, plus
         the goal head's loss when on (`PolicyConfig.goal_aux_weight`)."""
-        if self.unified:
-            cache, prefix, prefix_mask = self._unified_prefix(batch)
-        else:
-            prefix, prefix_mask = self.encode_prefix(batch)
-            cache = self.decoder_cache(prefix, prefix_mask)
+        cache, prefix, prefix_mask = self._cache_and_prefix(batch)
         tokens, valid = self.targets(batch)
         slot_logits = self._causal_logits if self.autoregressive else self._masked_logits
         logits, target_mask = slot_logits(tokens, valid, cache, generator)
