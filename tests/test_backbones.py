@@ -79,3 +79,44 @@ def test_unknown_backbone_source_is_explained():
     cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, source="not-a-model"))
     with pytest.raises(FileNotFoundError, match="neither the built-in 'tiny'"):
         VLAModel(cfg, tiny_stats())
+
+
+def test_conv_stem_replaces_the_patch_embedding_and_round_trips(tmp_path):
+    """backbone.vision_stem=conv: the built-in model's vision tower gets `ConvStem` (same token
+    grid, trainable), and a saved policy rebuilds it from its config with the same outputs."""
+    from vla.backbone import ConvStem
+
+    cfg = tiny_policy_config(backbone=replace(tiny_policy_config().backbone, vision_stem="conv"))
+    model = VLAModel(cfg, tiny_stats())
+    stem = model.backbone.vlm.vision_tower.vision_model.embeddings.patch_embedding
+    assert isinstance(stem, ConvStem)
+    pixels = torch.rand(2, 3, 32, 32)
+    assert stem(pixels).shape == (2, 32, 4, 4)  # 32 px / patch 8: the 4 x 4 grid the Conv2d gave
+    policy = VLAPolicy(model)
+    policy.save(tmp_path / "ckpt")
+    saved = safetensors.torch.load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert any("patch_embedding.net.0.weight" in k for k in saved)
+    loaded = VLAPolicy.load(tmp_path / "ckpt")
+    assert isinstance(loaded.model.backbone.vlm.vision_tower.vision_model.embeddings.patch_embedding, ConvStem)
+    policy.reset(0)
+    loaded.reset(0)
+    np.testing.assert_array_equal(policy.infer(obs()), loaded.infer(obs()))
+    # The images reach the actions through the stem.
+    grads = torch.autograd.grad(
+        model.backbone(model.inputs(torch.rand(1, 1, 3, 32, 32), torch.zeros(1, 2), ["x"])["vlm"])[0].sum(),
+        stem.net[0].weight,
+    )
+    assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"vision_stem": "resnet"}, "vision_stem must be one of"),
+        ({"vision_stem": "conv", "source": "/models/x"}, "keeps its own pretrained patch embedding"),
+        ({"vision_stem": "conv", "patch_size": 12, "image_size": 36}, "power of two"),
+    ],
+)
+def test_conv_stem_settings_are_checked(over, message):
+    with pytest.raises(ValueError, match=message):
+        replace(tiny_policy_config().backbone, **over)

@@ -38,7 +38,14 @@ import torch
 from helpers import tiny_policy_config, tiny_stats
 
 from data.readers import LIBERO_LEROBOT_KEYS, read_lerobot
-from vla.checkpoint import _ADDED_POLICY_FIELDS, CheckpointError, check_checkpoint, load_model, save_checkpoint
+from vla.checkpoint import (
+    _ADDED_BACKBONE_FIELDS,
+    _ADDED_POLICY_FIELDS,
+    CheckpointError,
+    check_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from vla.configs import MARKER, ConfigError, from_dict
 from vla.model import PolicyConfig, VLAModel
 from vla.policy import VLAPolicy
@@ -99,6 +106,8 @@ def test_older_checkpoint_configs_still_load(ckpt, caplog):
         for key in _ADDED_POLICY_FIELDS:  # every field added since, so a new one is covered once listed
             del policy[key]
         del policy["sampler"]["remask_probe"]
+        for key in _ADDED_BACKBONE_FIELDS:
+            del policy["backbone"][key]
         policy["rotate_180"] = False
         policy["action_tokenizer"] |= {"low_quantile": 0.01, "high_quantile": 0.99}
 
@@ -106,6 +115,7 @@ def test_older_checkpoint_configs_still_load(ckpt, caplog):
     cfg = load_model(ckpt).cfg
     assert {k: getattr(cfg, k) for k in _ADDED_POLICY_FIELDS} == _ADDED_POLICY_FIELDS
     assert cfg.sampler.remask_probe == 0.5
+    assert {k: getattr(cfg.backbone, k) for k in _ADDED_BACKBONE_FIELDS} == _ADDED_BACKBONE_FIELDS
     assert check_checkpoint(ckpt)["policy"]["decoder_arch"] == "expert"  # migrated for callers too
 
     edit_config(ckpt, lambda p: p["sampler"].update(remask_threshold=True))

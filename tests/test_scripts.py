@@ -1,11 +1,13 @@
 """Every console script runs on tiny inputs, so that none can silently rot."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import debug_train_config
 
@@ -260,3 +262,40 @@ def test_benchmarks(checkpoint, debug_data_root):
     assert "fast" in out and "libero" in out and "faces drawn" in out
     out = run("vla-bench-deploy", "--only", "overhead", "--round-trips", "5")
     assert "round-trip overhead" in out
+
+
+def test_vla_probe_vision_trains_each_variant_on_the_same_frames_and_resumes(checkpoint, tmp_path, debug_data_root):
+    """vla-probe-vision: a checkpoint's config, backbone variants, held-out episodes apart from
+    the training ones; a table; a re-run reuses finished variants."""
+    args = ["--like", str(checkpoint), "--cache", f"{debug_data_root}.zarr", "--steps", "3", "--batch", "4"]
+    args += ["--eval-frames", "16", "--progress", "0", "--out", str(tmp_path / "probe")]
+    variants = ["--variant", "patch:", "--variant", "conv:vision_stem=conv"]
+    out = run("vla-probe-vision", *args, *variants)
+    assert "| conv | vision_stem=conv |" in out
+    path = tmp_path / "probe" / "results.json"
+    rows = json.loads(path.read_text())
+    assert [r["name"] for r in rows] == ["patch", "conv"] and rows[1]["overrides"] == {"vision_stem": "conv"}
+    assert rows[0]["parameters"] != rows[1]["parameters"]  # the stem really differs
+    for r in rows:
+        assert r["frames"] == rows[0]["frames"] > 0
+        assert all(math.isfinite(r[k]) for k in ("err_cm", "err_swapped_cm", "seeing_cm", "train_err_cm"))
+        assert r["seeing_cm"] == pytest.approx(r["err_swapped_cm"] - r["err_cm"])
+    stamp = path.stat().st_mtime_ns
+    assert run("vla-probe-vision", *args, *variants) == out  # reused, not retrained
+    assert path.stat().st_mtime_ns == stamp
+    with pytest.raises(AssertionError, match="no fields"):
+        run("vla-probe-vision", *args, "--variant", "bad:vision_stemm=conv")
+
+
+def test_vision_probe_holds_out_whole_episodes():
+    from train.vision_probe import frames_of, parse_variant, split_episodes
+
+    train_eps, held = split_episodes(10, 0.2, seed=0)
+    assert len(held) == 2 and not set(train_eps) & set(held) and len(train_eps) + len(held) == 10
+    starts, ends = np.array([0, 5, 9]), np.array([5, 9, 12])
+    valid = np.ones((12, 1), bool)
+    valid[4] = False  # the last frame of episode 0 has no event ahead
+    assert frames_of(np.array([0, 2]), starts, ends, valid).tolist() == [0, 1, 2, 3, 9, 10, 11]
+    assert parse_variant("c8:vision_stem=conv,patch_size=8") == ("c8", {"vision_stem": "conv", "patch_size": 8})
+    with pytest.raises(ValueError, match="two or more"):
+        split_episodes(1, 0.2, seed=0)

@@ -8,6 +8,7 @@ built from a config here, random init) and pretrained models loaded by path or h
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class BackboneConfig:
     source: str = "tiny"
     image_size: int = 128
     patch_size: int = 16
+    # How the built-in model's vision tower turns pixels into patch tokens: "patch" is SigLIP's
+    # own (one strided convolution per patch), "conv" a stack of stride-2 3x3 convolutions
+    # (`ConvStem`). Only for source="tiny"; a pretrained model keeps its own.
+    vision_stem: str = "patch"
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
@@ -55,6 +60,68 @@ class BackboneConfig:
             raise ValueError(f"backbone.hidden_size ({self.hidden_size}) must divide by backbone.heads ({self.heads})")
         if self.lora_rank < 0:
             raise ValueError(f"backbone.lora_rank must be >= 0, got {self.lora_rank}")
+        if self.vision_stem not in VISION_STEMS:
+            raise ValueError(f"backbone.vision_stem must be one of {VISION_STEMS}, got {self.vision_stem!r}")
+        if self.vision_stem == "conv" and self.source != "tiny":
+            raise ValueError(
+                f"backbone.vision_stem=conv builds the built-in model's vision tower; backbone.source={self.source!r} "
+                "keeps its own pretrained patch embedding: leave backbone.vision_stem=patch"
+            )
+        if self.vision_stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(
+                f"backbone.vision_stem=conv halves the image per layer, so backbone.patch_size must be a power of "
+                f"two >= 2, got {self.patch_size}"
+            )
+
+
+VISION_STEMS = ("patch", "conv")
+
+
+class ConvStem(nn.Module):
+    """Pixels (B, 3, H, W) -> patch features (B, hidden, H / patch, W / patch), the shape of the
+    strided convolution it replaces in SigLIP's embeddings: log2(patch) stride-2 3x3 convolutions
+    (GroupNorm, GELU), widths 16, 32, ... up to `hidden`, then a 1x1 projection to `hidden`.
+
+    A ViT trained from random initialisation on a few thousand demonstrations sees each 16 px
+    patch through one linear map and has to learn locality from its position embeddings; early
+    convolutions give it that bias (Xiao et al. 2021, "Early convolutions help transformers see
+    better"). GroupNorm, not BatchNorm: training batches are small and inference sees one frame.
+    """
+
+    def __init__(self, hidden: int, patch: int) -> None:
+        super().__init__()
+        widths = [3] + [min(hidden, 16 * 2**i) for i in range(patch.bit_length() - 1)]
+        layers: list[nn.Module] = []
+        for cin, cout in itertools.pairwise(widths):
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
+                nn.GELU(),
+            ]
+        layers.append(nn.Conv2d(widths[-1], hidden, 1))
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # SiglipVisionEmbeddings casts its input to `patch_embedding.weight.dtype`.
+        return self.net[-1].weight
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)
+
+
+def apply_vision_stem(model: nn.Module, stem: str) -> nn.Module:
+    """Give the built-in LLaVA's vision tower the stem `stem` names ("patch" leaves it as built)."""
+    if stem == "patch":
+        return model
+    embeddings = model.vision_tower.vision_model.embeddings
+    old = embeddings.patch_embedding
+    if not isinstance(old, nn.Conv2d):
+        raise TypeError(
+            f"vision_stem={stem!r}: the vision tower's patch embedding is a {type(old).__name__}, not a Conv2d"
+        )
+    embeddings.patch_embedding = ConvStem(old.out_channels, old.kernel_size[0]).to(old.weight.device)
+    return model
 
 
 def build_tiny_vlm(cfg: BackboneConfig):
@@ -121,7 +188,7 @@ def build_tiny_vlm(cfg: BackboneConfig):
     for layer in (model.multi_modal_projector.linear_1, model.multi_modal_projector.linear_2):
         nn.init.normal_(layer.weight, std=(2.0 / layer.in_features) ** 0.5)
         nn.init.zeros_(layer.bias)
-    return model, processor
+    return apply_vision_stem(model, cfg.vision_stem), processor
 
 
 def load_pretrained_vlm(source: str, local_files_only: bool = False):
@@ -137,13 +204,14 @@ def load_pretrained_vlm(source: str, local_files_only: bool = False):
     return model, processor
 
 
-def model_from_saved_config(folder: str | Path):
-    """Rebuild the architecture saved with a checkpoint (weights come from the checkpoint)."""
+def model_from_saved_config(folder: str | Path, vision_stem: str = "patch"):
+    """Rebuild the architecture saved with a checkpoint (weights come from the checkpoint); the
+    built-in model's `vision_stem` is the policy config's, not the VLM's own config's."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-    return AutoModel.from_config(config), processor
+    return apply_vision_stem(AutoModel.from_config(config), vision_stem), processor
 
 
 def _special_token_pattern(processor) -> re.Pattern | None:

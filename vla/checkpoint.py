@@ -75,6 +75,9 @@ _ADDED_SAMPLER_FIELDS = {
     # the probe pass came with. Without remasking (the default) decoding does not read it.
     "remask_probe": 0.5,
 }
+_ADDED_BACKBONE_FIELDS = {
+    "vision_stem": "patch",  # SigLIP's own patch embedding was the only stem
+}
 
 
 class CheckpointError(ValueError):
@@ -179,6 +182,8 @@ def saved_policy_config(path: str | Path, meta: dict | None = None) -> PolicyCon
                     path / "config.json",
                 )
             saved["sampler"] = {**_ADDED_SAMPLER_FIELDS, **sampler}
+        if isinstance(saved.get("backbone"), dict):
+            saved["backbone"] = {**_ADDED_BACKBONE_FIELDS, **saved["backbone"]}
     missing = _missing_keys(PolicyConfig, saved, "policy")
     if missing:
         raise CheckpointError(
@@ -233,7 +238,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", allow_unver
 
 def _build_model(path: Path, cfg: PolicyConfig, device: str | torch.device) -> VLAModel:
     """The network of a checked checkpoint folder with policy config `cfg`."""
-    vlm = model_from_saved_config(path / "backbone")
+    vlm = model_from_saved_config(path / "backbone", cfg.backbone.vision_stem)
     try:
         stats, tok = load_json(path / "stats.json"), load_json(path / "action_tokenizer.json")
         model = VLAModel(cfg, stats, vlm=vlm, tokenizer_state=tok)
