@@ -208,8 +208,9 @@ def test_validation_and_test_splits_use_disjoint_episodes(tmp_path):
     and no test episode uses; LIBERO's test split is the official initial states."""
     from data.record import RecordConfig
     from data.record_libero import LiberoRecordConfig
-    from envs.evaluate import EvalConfig, episode_jobs, format_table
+    from envs.evaluate import EvalConfig, episode_jobs
     from envs.registry import VALIDATION_SEED
+    from envs.tables import format_table
 
     test = episode_jobs(EvalConfig(episodes_per_task=3), ["lift_red"], [None] * 3)
     val = episode_jobs(EvalConfig(episodes_per_task=3, split="validation"), ["lift_red"], [None] * 3)
@@ -314,3 +315,16 @@ def test_vla_eval_over_several_suites_prints_one_table_with_their_average(tmp_pa
     with pytest.raises(SystemExit):  # hydra prints the error and exits 1
         eval_main()
     assert "every task of each suite runs" in capsys.readouterr().err
+
+
+def test_suites_table_averages_the_suites_and_their_standard_errors():
+    from envs.tables import suites_table
+
+    def res(*outcomes):
+        return {"episodes": [{"success": o} for o in outcomes]}
+
+    table = suites_table({"libero_object": res(1, 1, 1, 0), "libero_goal": res(1, 0, 0, 0)})
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line and line[0] != "-"}
+    assert rows["libero_object"] == ["75.0%", "21.7", "4"]  # sqrt(0.75 * 0.25 / 4)
+    assert rows["libero_goal"] == ["25.0%", "21.7", "4"]
+    assert rows["average"] == ["50.0%", "15.3", "8"]  # sqrt(2 * 0.2165^2) / 2

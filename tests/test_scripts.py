@@ -194,7 +194,7 @@ def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_d
 
 
 def test_paired_difference_counts_discordant_episodes():
-    from envs.evaluate import paired_difference
+    from envs.tables import paired_difference
 
     a = {"t/0": True, "t/1": True, "t/2": False, "t/3": False}
     b = {"t/0": True, "t/1": False, "t/2": False, "t/3": True, "t/9": True}  # t/9: not in both rows

@@ -170,7 +170,8 @@ def test_an_episode_runs_to_its_step_limit_and_reports_both_metrics(tmp_path):
     _simulator_or_skip()
     from helpers import tiny_policy_config, tiny_stats
 
-    from envs.evaluate import EvalConfig, evaluate, format_table
+    from envs.evaluate import EvalConfig, evaluate
+    from envs.tables import format_table
     from vla.embodiment import Embodiment
     from vla.model import VLAModel
     from vla.policy import VLAPolicy

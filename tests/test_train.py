@@ -74,7 +74,8 @@ def weights(run_dir: Path) -> dict:
 
 
 def test_collect_train_resume_eval_end_to_end(tmp_path, data_root):
-    from envs.evaluate import EvalConfig, evaluate, format_table
+    from envs.evaluate import EvalConfig, evaluate
+    from envs.tables import format_table
 
     cfg = debug_config(tmp_path, data_root, stop_after=3)
     first = train(cfg)  # interrupted after 3 of 6 steps

@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from envs.evaluate import EvalConfig, episode_outcomes, evaluate, paired_difference
+from envs.evaluate import EvalConfig, evaluate
+from envs.tables import episode_outcomes, paired_difference
 from vla.configs import atomic_write_text
 
 # Rows: a key (what --only matches, besides the label) and the sampler overrides. Each row runs

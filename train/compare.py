@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from envs.evaluate import compare_table
+from envs.tables import compare_table
 
 
 def load_results(path: str | Path) -> dict:

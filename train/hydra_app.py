@@ -286,7 +286,7 @@ def to_train_config(cfg) -> TrainConfig:
 
 
 def _train(cfg) -> None:
-    from envs.evaluate import format_table
+    from envs.tables import format_table
     from train.loop import train
 
     run_cfg = to_train_config(cfg)
@@ -354,7 +354,8 @@ def delay_sweep(cfg: EvalConfig, delays: list[int], modes: list[str]) -> list[Ev
 
 
 def _eval(cfg) -> None:
-    from envs.evaluate import delay_table, evaluate, format_table, suites_table
+    from envs.evaluate import evaluate
+    from envs.tables import delay_table, format_table, suites_table
     from vla.checkpoint import Checkpoint
 
     app: EvalAppConfig = OmegaConf.to_object(cfg)

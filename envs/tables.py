@@ -1,0 +1,135 @@
+"""Tables of evaluation results (`envs.evaluate.evaluate`'s dicts): per task, per suite, per
+delay, and rows compared episode by episode with paired standard errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def suites_table(results: dict[str, dict]) -> str:
+    """One row per suite (success, its standard error over episodes, episodes) and the average
+    over suites (the LIBERO table's headline; its standard error from the suites' own)."""
+    rows = [(suite, *_success_and_se(res)) for suite, res in results.items()]
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"{'suite':<{width}}{'success':>9}{'s.e.':>7}{'episodes':>10}", "-" * (width + 26)]
+    lines += [f"{s:<{width}}{100 * p:8.1f}%{100 * se:7.1f}{n:>10}" for s, p, se, n in rows]
+    mean = float(np.mean([r[1] for r in rows]))
+    se = float(np.sqrt(sum(r[2] ** 2 for r in rows)) / len(rows))
+    lines += ["-" * (width + 26), f"{'average':<{width}}{100 * mean:8.1f}%{100 * se:7.1f}{sum(r[3] for r in rows):>10}"]
+    return "\n".join(lines)
+
+
+def episode_outcomes(results: dict) -> dict[str, bool]:
+    """Success per episode of a results dict, keyed by task and initial state (or seed): what
+    makes two rows' episodes the same episode."""
+    return {
+        f"{e['task']}/{e['init_state'] if e.get('init_state') is not None else e.get('seed')}": bool(e["success"])
+        for e in results["episodes"]
+    }
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
+    """Mean of a - b over the episodes both rows ran (`episode_outcomes`), with the paired
+    standard error; a ValueError when they share none."""
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        raise ValueError("the two rows share no episodes (other tasks, seeds or initial states)")
+    d = [float(a[k]) - float(b[k]) for k in keys]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return {
+        "difference": mean,
+        "standard_error": math.sqrt(var / len(d)) if len(d) > 1 else float("nan"),
+        "episodes": len(keys),
+        "only_this_row_succeeded": sum(x > 0 for x in d),
+        "only_first_row_succeeded": sum(x < 0 for x in d),
+    }
+
+
+def _success_and_se(results: dict) -> tuple[float, float, int]:
+    """Success over a results dict's episodes, its binomial standard error, the episode count."""
+    outcomes = np.array([float(e["success"]) for e in results["episodes"]])
+    p, n = float(outcomes.mean()), len(outcomes)
+    return p, (float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan")), n
+
+
+def delay_table(results: dict[tuple[str, int], dict]) -> str:
+    """One row per (delay mode, delay steps): success, its standard error, and the paired
+    difference from the synchronous run (delay 0) over the same episodes, with its standard error."""
+    sync = next((r for (mode, d), r in results.items() if d == 0), None)
+    base = episode_outcomes(sync) if sync else {}
+    lines = [f"{'mode':<9}{'delay':>6}{'success':>9}{'s.e.':>7}{'vs sync':>9}{'s.e.':>7}{'episodes':>10}"]
+    lines.append("-" * len(lines[0]))
+    for (mode, d), res in results.items():
+        p, se, n = _success_and_se(res)
+        row = f"{mode if d else 'sync':<9}{d:>6}{100 * p:8.1f}%{100 * se:7.1f}"
+        own = episode_outcomes(res)
+        if d and len(own.keys() & base.keys()) > 1:
+            diff = paired_difference(own, base)
+            row += f"{100 * diff['difference']:+9.1f}{100 * diff['standard_error']:7.1f}"
+        else:
+            row += f"{'':>16}"
+        lines.append(row + f"{n:>10}")
+    return "\n".join(lines)
+
+
+# Settings that do not change an episode's outcome, left out of compare_table's "differs in".
+_OUTCOME_NEUTRAL = {"workers", "videos_per_task", "video_size", "threads_per_worker"}
+
+
+def compare_table(named: list[tuple[str, dict]]) -> str:
+    """Rows of results compared with the first, episode by episode: success, s.e., the paired
+    difference over the episodes both ran (s.e.), how many episodes only one of the two won, and
+    each row's settings that differ from the first's (checkpoint, delay, placements, sampler)."""
+    first = named[0][1]
+    base = episode_outcomes(first)
+    width = max(12, *(len(n) for n, _ in named)) + 2
+    head = f"{'row':<{width}}{'success':>9}{'s.e.':>7}{'vs first':>10}{'s.e.':>7}{'paired':>8}{'+/-':>9}  differs in"
+    lines = [head, "-" * len(head)]
+    for name, res in named:
+        p, se, n = _success_and_se(res)
+        row = f"{name:<{width}}{100 * p:8.1f}%{100 * se:7.1f}"
+        if res is first:
+            row += f"{'':>10}{'':>7}{n:>8}{'':>9}"
+        else:
+            d = paired_difference(episode_outcomes(res), base)
+            wins = f"{d['only_this_row_succeeded']}/{d['only_first_row_succeeded']}"
+            row += f"{100 * d['difference']:+10.1f}{100 * d['standard_error']:7.1f}{d['episodes']:>8}{wins:>9}"
+        changed = {
+            k: v
+            for k, v in res.get("config", {}).items()
+            if first.get("config", {}).get(k) != v and k not in _OUTCOME_NEUTRAL
+        }
+        # The weights' hash says whether two rows ran the same policy; a path only where the
+        # results predate it (a path depends on where the command ran).
+        same = (
+            res["weights_sha256"] == first["weights_sha256"]
+            if "weights_sha256" in res and "weights_sha256" in first
+            else res.get("checkpoint") == first.get("checkpoint")
+        )
+        if not same:
+            changed = {"checkpoint": res.get("checkpoint"), **changed}
+        lines.append(row + "  " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return "\n".join(lines)
+
+
+def format_table(results: dict) -> str:
+    per_task = results["per_task_success"]
+    n = len(results["episodes"]) // max(1, len(per_task))
+    width = max(len(t) for t in per_task) + 2
+    split = results["config"].get("split", "test")
+    widen, shift = results["config"].get("placement_widen", 0.0), results["config"].get("camera_shift", [])
+    widened = f", placements widened {100 * widen:g} cm" if widen else ""
+    widened += f", camera moved ({', '.join(f'{100 * v:g}' for v in shift)}) cm" if shift else ""
+    delay = results["config"].get("delay_steps", 0)
+    widened += f", delay {delay} steps, {results['config'].get('delay_mode')}" if delay else ""
+    partial = results.get("per_task_partial")
+    head = "success" + ("  partial (grasped)" if partial else "")
+    lines = [f"{'task':<{width}}{head} ({n} {split} episodes each{widened})", "-" * (width + 28)]
+    for t, s in per_task.items():
+        lines.append(f"{t:<{width}}{100 * s:6.1f}%" + (f"{100 * partial[t]:9.1f}%" if partial else ""))
+    mean = f"{'mean':<{width}}{100 * results['mean_success']:6.1f}%"
+    lines += ["-" * (width + 28), mean + (f"{100 * results['mean_partial']:9.1f}%" if partial else "")]
+    return "\n".join(lines)
