@@ -264,10 +264,31 @@ def test_benchmarks(checkpoint, debug_data_root):
     assert "round-trip overhead" in out
 
 
+def _three_per_task(debug_data_root, path):
+    """The debug recording's episodes three times each, shifted sideways in the images, as a
+    cache with three episodes per task (the probe swaps in another episode of the same task)."""
+    from data.cache import ZarrCache, build_cache
+    from data.episode import Episode
+
+    c = ZarrCache(f"{debug_data_root}.zarr")
+    eps = [
+        Episode(
+            images={cam: np.roll(c.images[cam][s:e], 4 * k, axis=2) for cam in c.cameras},
+            state=c.state[s:e],
+            actions=c.action[s:e],
+            task=c.tasks[c.task_index[n]],
+        )
+        for k in range(3)
+        for n, (s, e) in enumerate(zip(c.episode_starts, c.episode_ends, strict=True))
+    ]
+    return build_cache(eps, path)
+
+
 def test_vla_probe_vision_trains_each_variant_on_the_same_frames_and_resumes(checkpoint, tmp_path, debug_data_root):
     """vla-probe-vision: a checkpoint's config, backbone variants, held-out episodes apart from
     the training ones; a table; a re-run reuses finished variants."""
-    args = ["--like", str(checkpoint), "--cache", f"{debug_data_root}.zarr", "--steps", "3", "--batch", "4"]
+    cache = _three_per_task(debug_data_root, tmp_path / "three.zarr")
+    args = ["--like", str(checkpoint), "--cache", str(cache), "--steps", "3", "--batch", "4", "--holdout", "0.5"]
     args += ["--eval-frames", "16", "--progress", "0", "--out", str(tmp_path / "probe")]
     variants = ["--variant", "patch:", "--variant", "conv:vision_stem=conv"]
     out = run("vla-probe-vision", *args, *variants)
@@ -277,7 +298,7 @@ def test_vla_probe_vision_trains_each_variant_on_the_same_frames_and_resumes(che
     assert [r["name"] for r in rows] == ["patch", "conv"] and rows[1]["overrides"] == {"vision_stem": "conv"}
     assert rows[0]["parameters"] != rows[1]["parameters"]  # the stem really differs
     for r in rows:
-        assert r["frames"] == rows[0]["frames"] > 0
+        assert r["frames"] == 16
         assert all(math.isfinite(r[k]) for k in ("err_cm", "err_swapped_cm", "seeing_cm", "train_err_cm"))
         assert r["seeing_cm"] == pytest.approx(r["err_swapped_cm"] - r["err_cm"])
     stamp = path.stat().st_mtime_ns
@@ -285,6 +306,8 @@ def test_vla_probe_vision_trains_each_variant_on_the_same_frames_and_resumes(che
     assert path.stat().st_mtime_ns == stamp
     with pytest.raises(AssertionError, match="no fields"):
         run("vla-probe-vision", *args, "--variant", "bad:vision_stemm=conv")
+    with pytest.raises(AssertionError, match="tasks with one episode only"):
+        run("vla-probe-vision", *args[:3], f"{debug_data_root}.zarr", *args[4:], "--variant", "p:")
 
 
 def test_vision_probe_holds_out_whole_episodes():
@@ -299,3 +322,15 @@ def test_vision_probe_holds_out_whole_episodes():
     assert parse_variant("c8:vision_stem=conv,patch_size=8") == ("c8", {"vision_stem": "conv", "patch_size": 8})
     with pytest.raises(ValueError, match="two or more"):
         split_episodes(1, 0.2, seed=0)
+
+
+def test_vision_probe_swaps_in_another_placement_of_the_same_task_at_the_same_phase():
+    from train.vision_probe import swap_partners
+
+    starts, ends = np.array([0, 10, 16, 30]), np.array([10, 16, 30, 31])
+    task_index = np.array([0, 1, 0, 2])  # episodes 0 and 2 share a task; 1 and 3 have none to swap with
+    frames = np.array([3, 12, 29, 30])
+    out = swap_partners(frames, np.arange(4), starts, ends, task_index, seed=0)
+    assert out[0] == 16 + 3  # episode 2, three frames in
+    assert out[2] == 0 + 9  # episode 0 (13 frames in), clipped to its last frame
+    assert out[1] == out[3] == -1

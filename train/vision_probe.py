@@ -9,8 +9,9 @@ gripper (`data.dataset.goal_targets`, events=1), on the training episodes of a z
 measures on held-out episodes:
 
 - ``err``: the mean distance (cm) of the prediction from the target, own images;
-- ``err_swapped``: the same model given another held-out frame's images (state and instruction
-  its own): what it can do without seeing this scene;
+- ``err_swapped``: the same model given the images of another episode of the same task (held
+  out or not), at the same point of its episode (state and instruction its own): what it can do without
+  seeing where this scene's objects are;
 - ``seeing``: err_swapped - err, per frame, with its standard error: what the images are worth.
 
 The policy's configuration (cameras, state, embodiment, crop, image size) is that of a saved
@@ -82,7 +83,24 @@ def _policy_config(like: str, overrides: dict):
     return dataclasses.replace(cfg, backbone=backbone, goal_aux_weight=1.0, goal_aux_events=1)
 
 
-def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames, eval_frames) -> dict:
+def swap_partners(
+    frames: np.ndarray, episodes: np.ndarray, starts: np.ndarray, ends: np.ndarray, task_index: np.ndarray, seed: int
+) -> np.ndarray:
+    """For each frame, a frame of another episode among `episodes` with the same task, as far
+    into its episode as the frame is (clipped to its length): same instruction, same phase,
+    other placements. A frame whose task has no other episode gets -1."""
+    rng = np.random.default_rng(seed)
+    ep_of = np.searchsorted(ends, frames, side="right")
+    out = np.full(len(frames), -1, dtype=np.int64)
+    for k, (f, e) in enumerate(zip(frames, ep_of, strict=True)):
+        others = episodes[(task_index[episodes] == task_index[e]) & (episodes != e)]
+        if len(others):
+            o = int(rng.choice(others))
+            out[k] = starts[o] + min(int(f - starts[e]), int(ends[o] - starts[o]) - 1)
+    return out
+
+
+def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames, eval_frames, partners) -> dict:
     from data.dataset import Collate, LoaderConfig
     from vla.model import VLAModel
 
@@ -122,10 +140,11 @@ def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames
     own, swapped = [], []
     with torch.no_grad():
         for lo in range(0, len(eval_frames), args.batch):
-            idx = eval_frames[lo : lo + args.batch]
+            idx, other = eval_frames[lo : lo + args.batch], partners[lo : lo + args.batch]
             samples = [dataset[int(i)] for i in idx]
             target = torch.from_numpy(np.stack([s["goal"][0] for s in samples]))  # (B, 3)
-            for out, samples_in in ((own, samples), (swapped, _swap_images(samples))):
+            moved = [{**s, "images": dataset[int(o)]["images"]} for s, o in zip(samples, other, strict=True)]
+            for out, samples_in in ((own, samples), (swapped, moved)):
                 batch = collate_eval(samples_in)
                 pred = model.goal_head(*model.encode_prefix(batch))[:, 0] * cfg.goal_aux_scale
                 out.append((pred - target).norm(dim=-1))
@@ -146,14 +165,9 @@ def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames
     }
 
 
-def _swap_images(samples: list[dict]) -> list[dict]:
-    """Each sample with the images of the next one (the last with the first's): other scenes,
-    the same state and instruction."""
-    return [{**s, "images": samples[(k + 1) % len(samples)]["images"]} for k, s in enumerate(samples)]
-
-
 def _settings(args) -> dict:
-    return {k: getattr(args, k) for k in ("like", "cache", "steps", "batch", "lr", "seed", "holdout", "eval_frames")}
+    keys = ("like", "cache", "steps", "batch", "lr", "seed", "holdout", "eval_frames")
+    return {**{k: getattr(args, k) for k in keys}, "swap": "same task, other episode, same phase"}
 
 
 def table(rows: list[dict]) -> str:
@@ -210,6 +224,24 @@ def main(argv: list[str] | None = None) -> None:
     train_frames = frames_of(train_eps, cache.episode_starts, cache.episode_ends, dataset.goal_valid)
     eval_all = frames_of(eval_eps, cache.episode_starts, cache.episode_ends, dataset.goal_valid)
     eval_frames = eval_all[np.linspace(0, len(eval_all) - 1, min(args.eval_frames, len(eval_all))).astype(int)]
+    partners = swap_partners(
+        eval_frames,
+        np.arange(cache.num_episodes),
+        cache.episode_starts,
+        cache.episode_ends,
+        cache.task_index,
+        args.seed,
+    )
+    if (partners < 0).any():
+        tasks = sorted(
+            {
+                cache.tasks[cache.task_index[e]]
+                for e in np.searchsorted(cache.episode_ends, eval_frames[partners < 0], side="right")
+            }
+        )
+        raise ValueError(
+            f"tasks with one episode only, so no other placement to swap in: {tasks}; record more episodes per task"
+        )
     log.info(
         "%d training episodes (%d frames), %d held out (%d frames measured)",
         len(train_eps),
@@ -229,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s: reusing %s", name, path)
             rows.append(old)
             continue
-        rows.append(probe_variant(args, name, overrides, cache, dataset, train_frames, eval_frames))
+        rows.append(probe_variant(args, name, overrides, cache, dataset, train_frames, eval_frames, partners))
         done[name] = rows[-1]
         atomic_write_text(path, json.dumps(list(done.values()), indent=2))
         log.info("%s: held-out err %.2f cm", name, rows[-1]["err_cm"])
