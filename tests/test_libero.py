@@ -522,7 +522,7 @@ def test_robustness_options_reach_the_workers_environments_and_say_so(tmp_path, 
     """eval.placement_widen (validation placements from widened regions) and eval.camera_shift
     reach the workers' environments, the episodes file's header and the table; refused where they
     cannot apply."""
-    from envs import evaluate
+    from envs import evaluate, tables
     from vla.checkpoint import Checkpoint
 
     with pytest.raises(ValueError, match="add eval.split=validation"):
@@ -555,7 +555,7 @@ def test_robustness_options_reach_the_workers_environments_and_say_so(tmp_path, 
     finally:
         for env in evaluate._WORKER.get("envs", {}).values():
             env.close()
-    table = evaluate.format_table(
+    table = tables.format_table(
         {"per_task_success": {"t": 1.0}, "mean_success": 1.0, "episodes": [{}], "config": ev.__dict__}
     )
     assert "(1 validation episodes each, placements widened 5 cm, camera moved (2, 0, 0) cm)" in table
