@@ -306,6 +306,8 @@ def test_vla_probe_vision_trains_each_variant_on_the_same_frames_and_resumes(che
     assert path.stat().st_mtime_ns == stamp
     with pytest.raises(AssertionError, match="no fields"):
         run("vla-probe-vision", *args, "--variant", "bad:vision_stemm=conv")
+    with pytest.raises(AssertionError, match="--steps must be >= 1"):
+        run("vla-probe-vision", *args, "--steps", "0")
     with pytest.raises(AssertionError, match="tasks with one episode only"):
         run("vla-probe-vision", *args[:3], f"{debug_data_root}.zarr", *args[4:], "--variant", "p:")
 

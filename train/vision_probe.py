@@ -70,10 +70,8 @@ def frames_of(episodes: np.ndarray, starts: np.ndarray, ends: np.ndarray, valid:
     return idx[valid[idx, 0]]
 
 
-def _policy_config(like: str, overrides: dict):
-    from vla.checkpoint import saved_policy_config
-
-    cfg = saved_policy_config(like)
+def _policy_config(cfg, overrides: dict):
+    """The checkpoint's policy config `cfg` with `overrides` on its backbone and the goal head on."""
     fields = {f.name for f in dataclasses.fields(cfg.backbone)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -100,12 +98,12 @@ def swap_partners(
     return out
 
 
-def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames, eval_frames, partners) -> dict:
+def probe_variant(args, cfg, name: str, cache, dataset, train_frames, eval_frames, partners) -> dict:
+    """Train `cfg` (a `_policy_config`) on `train_frames`, measure it on `eval_frames`: the row's figures."""
     from data.dataset import Collate, LoaderConfig
     from vla.model import VLAModel
 
     torch.manual_seed(args.seed)
-    cfg = _policy_config(args.like, overrides)
     model = VLAModel(cfg, cache.stats)
     model.decoder = None  # the action decoder takes no part; nothing may train it by accident
     params = [p for p in model.parameters() if p.requires_grad]
@@ -151,9 +149,6 @@ def probe_variant(args, name: str, overrides: dict, cache, dataset, train_frames
     own_t, swapped_t = torch.cat(own).double(), torch.cat(swapped).double()
     diff = swapped_t - own_t
     return {
-        "name": name,
-        "overrides": overrides,
-        "settings": _settings(args),
         "parameters": sum(p.numel() for p in params),
         "seconds_per_step": seconds / args.steps,
         "train_err_cm": 100 * float(np.mean(losses[-max(1, args.steps // 10) :])),
@@ -190,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     from data.dataset import ChunkDataset, GoalTargets
     from vla.checkpoint import saved_policy_config
     from vla.configs import atomic_write_text
+    from vla.model import check_compatible
 
     p = argparse.ArgumentParser(prog="vla-probe-vision", description=__doc__.split("\n\n")[0])
     p.add_argument("--like", required=True, help="a checkpoint whose policy config the variants start from")
@@ -205,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--progress", type=int, default=250, help="log the training error every N steps (0: never)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    for key in ("steps", "batch", "eval_frames"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if not (0 < args.holdout < 1 and math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--holdout must be in (0, 1) and --lr > 0, got {args.holdout} and {args.lr}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,17 +213,25 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"--variant names repeat: {names}")
-    for _, overrides in variants:  # every variant's config is checked before any trains
-        _policy_config(args.like, overrides)
+    base = saved_policy_config(args.like)
+    configs = {name: _policy_config(base, over) for name, over in variants}  # all checked before any trains
 
     cache = ZarrCache(args.cache)
-    position_dims, gripper_dim = saved_policy_config(args.like).goal_dims()
-    dataset = ChunkDataset(
-        cache, 1, list(saved_policy_config(args.like).cameras), goal=GoalTargets(position_dims, gripper_dim, 1)
-    )
+    check_compatible(base, cache.action.shape[1], cache.state.shape[1], cache.cameras)
+    position_dims, gripper_dim = base.goal_dims()
+    dataset = ChunkDataset(cache, 1, list(base.cameras), goal=GoalTargets(position_dims, gripper_dim, 1))
     train_eps, eval_eps = split_episodes(cache.num_episodes, args.holdout, args.seed)
     train_frames = frames_of(train_eps, cache.episode_starts, cache.episode_ends, dataset.goal_valid)
+    if len(train_frames) < args.batch:
+        raise ValueError(
+            f"{args.cache}: {len(train_frames)} training frames with a gripper event ahead, fewer than --batch "
+            f"{args.batch}; lower --batch or use a larger recording"
+        )
     eval_all = frames_of(eval_eps, cache.episode_starts, cache.episode_ends, dataset.goal_valid)
+    if not len(eval_all):
+        raise ValueError(
+            f"{args.cache}: the held-out episodes have no frame with a gripper event ahead; raise --holdout"
+        )
     eval_frames = eval_all[np.linspace(0, len(eval_all) - 1, min(args.eval_frames, len(eval_all))).astype(int)]
     partners = swap_partners(
         eval_frames,
@@ -261,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s: reusing %s", name, path)
             rows.append(old)
             continue
-        rows.append(probe_variant(args, name, overrides, cache, dataset, train_frames, eval_frames, partners))
+        measured = probe_variant(args, configs[name], name, cache, dataset, train_frames, eval_frames, partners)
+        rows.append({"name": name, "overrides": overrides, "settings": _settings(args), **measured})
         done[name] = rows[-1]
         atomic_write_text(path, json.dumps(list(done.values()), indent=2))
         log.info("%s: held-out err %.2f cm", name, rows[-1]["err_cm"])
