@@ -58,6 +58,20 @@ def test_setup_writes_the_config_itself_and_never_prompts(tmp_path):
     assert (tmp_path / "cache" / "libero" / "config.yaml").is_file()
 
 
+def test_renderers_still_open_at_exit_are_closed_before_teardown():
+    """An environment a module still holds at exit (an evaluation worker's) must not leave its GL
+    contexts to interpreter shutdown, where mujoco's own cleanup fails on torn-down globals."""
+    code = (
+        "import envs.evaluate as ev; from envs.registry import get_suite, make_env; "
+        "task = get_suite('libero_object').tasks()[0]; env = make_env('libero_object', task, 32); "
+        "env.reset(seed=0); env.render_view(64); ev._WORKER['envs'] = {task: env}"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Exception ignored" not in out.stderr, out.stderr[-2000:]
+
+
 def test_missing_assets_say_what_to_install(monkeypatch):
     real = libero._package_dir
     monkeypatch.setattr(libero, "_package_dir", lambda name: None if "assets" in name else real(name))
@@ -409,6 +423,8 @@ def test_tiny_policy_runs_a_libero_evaluation_through_vla_eval(tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # The worker closes its simulator and renderers before the interpreter tears down modules.
+    assert "Exception ignored" not in out.stderr, out.stderr[-3000:]
     assert OBJECT_TASK in out.stdout and "mean" in out.stdout
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["config"]["init_states"] == [7] and results["config"]["render_mode"] == "fast"

@@ -98,6 +98,8 @@ class Cameras:
 
         import mujoco
 
+        from envs.rendering import offscreen_renderer
+
         self.mode = RenderMode(mode)
         self.size = image_size
         self.model = copy.copy(model)
@@ -108,7 +110,7 @@ class Cameras:
         if self.mode is RenderMode.fast:
             self.model.vis.quality.offsamples = 0
             simplify_meshes(self.model)
-        self.renderer = mujoco.Renderer(self.model, image_size, image_size)
+        self.renderer = offscreen_renderer(self.model, image_size, image_size)
         self.option = mujoco.MjvOption()
         self.option.geomgroup[:] = [0, 1, 1, 0, 0, 0]  # robosuite: collision geoms (group 0) hidden
         flags = self.renderer.scene.flags

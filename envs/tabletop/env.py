@@ -15,6 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.rendering import offscreen_renderer
 from envs.rotations import canonical_axis_angle, mat_to_rotvec, rotvec_to_mat
 from envs.tabletop.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
 
@@ -225,7 +226,7 @@ class TabletopEnv(gym.Env):
     # ------------------------------------------------------------------ rendering
     def render_camera(self, camera: str) -> np.ndarray:
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            self._renderer = offscreen_renderer(self.model, self.image_size, self.image_size)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
 
@@ -249,7 +250,7 @@ class TabletopEnv(gym.Env):
             model = copy.copy(self.model)
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
             model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-            self._view = mujoco.Renderer(model, size, size)
+            self._view = offscreen_renderer(model, size, size)
         out = {}
         for cam in CAMERAS:
             self._view.update_scene(self.data, camera=cam)
