@@ -275,6 +275,24 @@ def test_training_prefix_gives_the_first_steps_clean_and_never_supervises_them(a
         tiny_policy_config(prefix_max_steps=1, decoder_type="autoregressive")
 
 
+def test_training_prefix_zero_prob_sets_the_share_of_chunks_without_a_prefix():
+    """policy.prefix_zero_prob: that share of training chunks get d = 0 (decoded as without the
+    option), the others d uniform on 1..prefix_max_steps; values outside [0, 1) are refused."""
+    model = VLAModel(tiny_policy_config(prefix_max_steps=3, prefix_zero_prob=0.6), tiny_stats())
+    n = 4 * model.cfg.action_dim
+    prefix = model._training_prefix(20000, n, torch.Generator().manual_seed(0))
+    d = prefix.sum(1) // model.cfg.action_dim
+    share = torch.bincount(d, minlength=4).float() / d.numel()
+    assert abs(share[0] - 0.6) < 0.02
+    assert torch.allclose(share[1:], torch.full((3,), 0.4 / 3), atol=0.02)
+    # Each row's prefix is its first d steps, whole.
+    step = torch.arange(n) // model.cfg.action_dim
+    assert torch.equal(prefix, step[None] < d[:, None])
+    for bad in ({"prefix_max_steps": 3, "prefix_zero_prob": 1.0}, {"prefix_max_steps": 0, "prefix_zero_prob": 0.5}):
+        with pytest.raises(ValueError, match="prefix_zero_prob is the share"):
+            tiny_policy_config(**bad)
+
+
 def test_actions_clipped_to_action_bounds_are_accepted_as_fixed_actions(policy):
     """`action_bounds` are float32 values: an action clipped to them is still inside after
     `infer`'s cast to float32 (LIBERO-Object's tokenizer bound -0.0225833 was refused when clipped

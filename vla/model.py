@@ -64,6 +64,11 @@ class PolicyConfig:
     # actions taken (unsupervised), the rest masked as usual, so that decoding with a committed
     # prefix (`infer(fixed_actions=)`, delayed execution) is what the model was trained on. 0: off.
     prefix_max_steps: int = 0
+    # The share of training chunks given no prefix (d = 0, supervised as without the option);
+    # the rest draw d uniformly from 1..prefix_max_steps. None: d uniform on 0..prefix_max_steps.
+    # Uniform leaves the first slots, the ones a synchronous decode executes, supervised on one
+    # chunk in prefix_max_steps + 1 (slot 0 only when d = 0).
+    prefix_zero_prob: float | None = None
     # Auxiliary goal head (training only): from the prefix, predict the end-effector position at
     # the demonstration's next `goal_aux_events` gripper events (where it grasps, where it
     # releases) relative to the current one, in units of `goal_aux_scale` (the state's position
@@ -90,6 +95,12 @@ class PolicyConfig:
         if not 0 <= self.prefix_max_steps < self.chunk_size:
             raise ValueError(
                 f"policy.prefix_max_steps must be in [0, chunk_size={self.chunk_size}), got {self.prefix_max_steps}"
+            )
+        if self.prefix_zero_prob is not None and not (self.prefix_max_steps and 0.0 <= self.prefix_zero_prob < 1.0):
+            raise ValueError(
+                "policy.prefix_zero_prob is the share of training chunks without a prefix: a number in "
+                f"[0, 1) with policy.prefix_max_steps >= 1, got {self.prefix_zero_prob} with "
+                f"prefix_max_steps={self.prefix_max_steps} (null: d uniform on 0..prefix_max_steps)"
             )
         if self.prefix_max_steps and self.decoder_type != "diffusion":
             raise ValueError(
@@ -346,11 +357,17 @@ class VLAModel(nn.Module):
         return self.decoder(inp, cache), target_mask
 
     def _training_prefix(self, b: int, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
-        """(B, L) slots of each chunk's first d steps, d ~ uniform on 0..prefix_max_steps, on the
-        CPU like the masking draws; None when off."""
-        if not self.cfg.prefix_max_steps:
+        """(B, L) slots of each chunk's first d steps, on the CPU like the masking draws; None when
+        off. d ~ uniform on 0..prefix_max_steps, or 0 with probability prefix_zero_prob and
+        uniform on 1..prefix_max_steps otherwise."""
+        top = self.cfg.prefix_max_steps
+        if not top:
             return None
-        d = torch.randint(0, self.cfg.prefix_max_steps + 1, (b,), generator=generator)
+        if self.cfg.prefix_zero_prob is None:
+            d = torch.randint(0, top + 1, (b,), generator=generator)
+        else:
+            d = torch.randint(1, top + 1, (b,), generator=generator)
+            d[torch.rand(b, generator=generator) < self.cfg.prefix_zero_prob] = 0
         step = torch.arange(n) // self.cfg.action_dim
         return step[None] < d[:, None]
 
