@@ -47,7 +47,7 @@ _ADDED_POLICY_FIELDS = {
     "render_mode": "",  # 292c6e7: rendering mode unknown (what "" means)
     "decoder_arch": "expert",  # 0527b2c: the action expert was the only architecture
     "prefix_max_steps": 0,  # 1e1358e: no training-time prefix conditioning existed
-    "prefix_zero_prob": None,  # the prefix's delay was drawn uniformly on 0..prefix_max_steps
+    "prefix_zero_prob": None,  # 2f7ae84: the prefix's delay was drawn uniformly on 0..prefix_max_steps
     # a739a71: no goal head existed (events and scale only matter when the weight is above 0)
     "goal_aux_weight": 0.0,
     "goal_aux_events": 2,
