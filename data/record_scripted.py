@@ -127,6 +127,9 @@ def record_scripted(family: Family, jobs: list[Job], wanted: dict, root: str | P
     try:
         with contextlib.ExitStack() as stack:
             if todo:
+                # The workers' set-up, here first: a missing asset or driver is raised as itself,
+                # not as the BrokenProcessPool a failing initializer becomes.
+                family.init_worker()
                 pool = stack.enter_context(
                     ProcessPoolExecutor(
                         max(1, workers), mp_context=mp.get_context("spawn"), initializer=family.init_worker

@@ -201,6 +201,25 @@ def test_a_sampler_override_typo_is_named_before_workers_start(policy, tmp_path)
         evaluate(ckpt, EvalConfig(sampler_overrides={"steps": "2"}), tmp_path / "ev")
 
 
+def _no_assets_here() -> None:
+    raise FileNotFoundError("no SimplerEnv Bridge assets: MS_ASSET_DIR is unset")
+
+
+def test_a_recording_whose_worker_set_up_fails_raises_that_error(tmp_path):
+    """A missing asset folder or driver in the workers' set-up is the error the user sees, not the
+    BrokenProcessPool a failing initializer of spawned workers turns into."""
+    from data.record_scripted import Family, Job, record_scripted
+
+    def never(job):
+        raise AssertionError("no episode may run after the set-up failed")
+
+    family = Family("demo", 10, "none", {}, {}, never, _no_assets_here, str)
+    jobs = [Job("t", 0, str(tmp_path / "demos.parts" / "00_0000.npz"), ())]
+    with pytest.raises(FileNotFoundError, match="MS_ASSET_DIR is unset"):
+        record_scripted(family, jobs, {"version": 1}, tmp_path / "demos", workers=2)
+    assert not (tmp_path / "demos").exists()
+
+
 # ----------------------------------------------------------------------------- atomic folders
 def staging(folder: Path, name: str, pid: int, hex8: str) -> Path:
     """A staging folder as `atomic_dir` leaves it when its writer is killed."""

@@ -31,8 +31,8 @@ SHIPPED = (
 )
 DOWNLOAD_HINT = (
     "with internet: MS_ASSET_DIR=<folder> python -m mani_skill.utils.download_asset bridge_v2_real2sim -y "
-    "and ... download_asset widowx250s -y; offline: point simpler.asset_dir (or MS_ASSET_DIR) at a copy of "
-    "shared/assets/simplerenv-bridge"
+    "and ... download_asset widowx250s -y; offline: set MS_ASSET_DIR (or SimplerBridgeEnv's asset_dir) to a copy "
+    "of shared/assets/simplerenv-bridge"
 )
 
 
@@ -57,7 +57,11 @@ def find_source(asset_dir: str | os.PathLike | None = None) -> Path:
             return path
     subset = shared_subset()
     if subset is None:
-        raise FileNotFoundError(f"no SimplerEnv Bridge assets: set simpler.asset_dir or MS_ASSET_DIR; {DOWNLOAD_HINT}")
+        here = Path(__file__).resolve().parents[2]
+        raise FileNotFoundError(
+            f"no SimplerEnv Bridge assets: MS_ASSET_DIR is unset and no offline subset at "
+            f"{here.parent / 'shared/assets/simplerenv-bridge'}; {DOWNLOAD_HINT}"
+        )
     return subset
 
 
