@@ -120,3 +120,59 @@ def test_remasking_judges_committed_slots_where_the_head_is_trained():
     tokens = decode(cfg, trace=trace, logits=own_blind)
     assert not any(r.any() for r in trace.remasked)
     assert (tokens == 3).all()
+
+
+def _spike_and_spread(bins=64, slots=2):
+    """Slot 0: 0.3 of the mass in the top bin (a saturated command), 0.7 spread evenly over bins
+    20-29; slot 1: 0.9 in bin 40, 0.05 in each neighbour. Mode of slot 0: the top bin; median: 27
+    (cumulative 0.49 at bin 26, 0.56 at 27)."""
+    p = torch.full((1, slots, bins), 1e-12, dtype=torch.float64)
+    p[0, 0, -1], p[0, 0, 20:30] = 0.3, 0.07
+    if slots > 1:
+        p[0, 1, 39:42] = torch.tensor([0.05, 0.9, 0.05], dtype=torch.float64)
+    logits = (p / p.sum(-1, keepdim=True)).log().float()
+    return lambda tokens: logits.expand(tokens.shape[0], -1, -1)
+
+
+def test_quantile_candidates_commit_the_median_bin_at_zero_temperature():
+    fn = _spike_and_spread()
+    run = lambda cfg: masked_diffusion_decode(fn, 1, 2, 64, cfg, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    assert run(SamplerConfig(steps=1)).tolist() == [[63, 40]]  # the mode: the saturated spike
+    assert run(SamplerConfig(steps=1, candidates="quantile")).tolist() == [[27, 40]]  # the median
+
+
+def test_quantile_candidates_at_temperature_one_sample_the_distribution():
+    fn = _spike_and_spread(slots=1)
+    cfg = SamplerConfig(steps=1, candidates="quantile", temperature=1.0, temperature_schedule="constant")
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([masked_diffusion_decode(fn, 500, 1, 64, cfg, generator=gen) for _ in range(8)])
+    share = torch.bincount(draws.flatten(), minlength=64).double() / draws.numel()
+    assert abs(share[63].item() - 0.3) < 0.03 and abs(share[20:30].sum().item() - 0.7) < 0.03
+    assert abs(share[20:30] - 0.07).max().item() < 0.02
+
+
+def test_spread_order_commits_the_slot_whose_mass_lies_together_first():
+    """Slot 0: a 0.6 spike in the top bin and 0.4 spread over ten far bins; slot 1: 0.5 with a
+    0.25 either side. max_prob commits slot 0 first (its peak is higher), spread slot 1."""
+    bins = 64
+    p = torch.full((1, 2, bins), 1e-12, dtype=torch.float64)
+    p[0, 0, -1], p[0, 0, 10:20] = 0.6, 0.04  # a spike and a wide spread
+    p[0, 1, 30:33] = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)  # together, lower peak
+    logits = (p / p.sum(-1, keepdim=True)).log().float()
+
+    def first_committed(confidence):
+        trace = DecodeTrace([], [], [])
+        cfg = SamplerConfig(steps=2, confidence=confidence, temperature=0.0)
+        masked_diffusion_decode(
+            lambda t: logits, 1, 2, bins, cfg, generator=torch.Generator().manual_seed(0), trace=trace
+        )
+        return (~trace.masked[0][0]).nonzero().flatten().tolist()
+
+    assert first_committed("max_prob") == [0] and first_committed("spread") == [1]
+
+
+def test_an_unknown_candidate_rule_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="sampler.candidates"):
+        SamplerConfig(candidates="mode")

@@ -47,6 +47,16 @@ VARIANTS: list[tuple[str, dict]] = [
     # of decayed to 0, where the argmax picks the saturated end bins: docs/libero.md).
     ("max_prob held", {"confidence": "max_prob", "temperature_schedule": "constant"}),
     ("T=4 max_prob held", {"confidence": "max_prob", "temperature_schedule": "constant", "steps": 4}),
+    # Ordinal decoding: candidates by quantile (the median bin as the temperature reaches 0, not
+    # the mode), and easy-first by how close together a slot's mass lies (vla/sampling.py).
+    ("quantile", {"candidates": "quantile"}),
+    ("max_prob quantile", {"confidence": "max_prob", "candidates": "quantile"}),
+    ("spread quantile", {"confidence": "spread", "candidates": "quantile"}),
+    ("spread", {"confidence": "spread"}),
+    ("T=4 quantile", {"candidates": "quantile", "steps": 4}),
+    ("T=4 max_prob quantile", {"confidence": "max_prob", "candidates": "quantile", "steps": 4}),
+    ("T=4 spread quantile", {"confidence": "spread", "candidates": "quantile", "steps": 4}),
+    ("one-shot quantile", {"candidates": "quantile", "steps": 1}),
 ]
 
 _ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
@@ -69,6 +79,8 @@ def describe(sampler) -> str:
         parts.append(f"temperature {sampler.temperature:g}")
     if sampler.temperature_schedule != base.temperature_schedule and sampler.temperature != 0:
         parts.append(f"{sampler.temperature_schedule} temperature")
+    if sampler.candidates != base.candidates:
+        parts.append(f"{sampler.candidates} candidates")
     if sampler.confidence_noise != base.confidence_noise and sampler.steps > 1:
         parts.append(f"order noise {sampler.confidence_noise:g}")
     label = ", ".join(parts)

@@ -75,6 +75,7 @@ _ADDED_SAMPLER_FIELDS = {
     # older in-place judgement no longer exists, so no value reproduces it; 0.5 is the fraction
     # the probe pass came with. Without remasking (the default) decoding does not read it.
     "remask_probe": 0.5,
+    "candidates": "gumbel_max",  # the only candidate rule before the quantile rule existed
 }
 _ADDED_BACKBONE_FIELDS = {
     "vision_stem": "patch",  # SigLIP's own patch embedding was the only stem

@@ -23,6 +23,22 @@ def _margin(logp, cand_logp, generator):
     return (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
 
 
+def _median_bin(probs: torch.Tensor) -> torch.Tensor:
+    """(B, L) the first bin whose cumulative probability reaches one half."""
+    return (probs.cumsum(-1) < 0.5).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def _spread(logp, cand_logp, generator):
+    # Bins are ordered values: a slot is sure of its action when its mass is close together,
+    # whatever its peak. Mean absolute distance (in bins) from the median, on a log scale so the
+    # order's Gumbel noise means what it does for log-probabilities. A saturated spike in an end
+    # bin beside mass spread over the interior is far apart, so it is not committed first.
+    probs = logp.exp()
+    bins = torch.arange(probs.shape[-1], device=logp.device, dtype=torch.float64)
+    mad = (probs * (bins - _median_bin(probs)[..., None].double()).abs()).sum(-1)
+    return -torch.log1p(mad)
+
+
 def _left_to_right(logp, cand_logp, generator):
     b, n = logp.shape[:2]
     return -torch.arange(n, device=logp.device, dtype=torch.float64).expand(b, n)
@@ -38,10 +54,22 @@ CONFIDENCE_RULES = {
     "max_prob": lambda logp, cand_logp, generator: logp.amax(-1),
     "margin": _margin,
     "sampled_prob": lambda logp, cand_logp, generator: cand_logp,
+    "spread": _spread,
     "random": _random,
     "left_to_right": _left_to_right,
 }
 Confidence = StrEnum("Confidence", {name: name for name in CONFIDENCE_RULES})
+
+
+class Candidates(StrEnum):
+    # gumbel_max: sample from the tempered distribution (its argmax, the mode, at temperature 0).
+    # quantile: the inverse CDF at a uniform draw pulled toward one half by the temperature,
+    # u = 0.5 + t (U - 0.5): exact sampling at t = 1 and the median bin at t = 0, where the mode
+    # would pick a spike of saturated commands in an end bin over mass spread on the interior
+    # (docs/libero.md, "Decoding on this policy"). For a two-valued gripper both pick the side
+    # holding most of the mass.
+    gumbel_max = "gumbel_max"
+    quantile = "quantile"
 
 
 class Schedule(StrEnum):
@@ -66,6 +94,7 @@ class SamplerConfig:
     confidence: Confidence = Confidence.max_prob
     temperature: float = 1.0  # Gumbel temperature at the first step
     temperature_schedule: Schedule = Schedule.linear  # linear: decays to 0 at the last step
+    candidates: Candidates = Candidates.gumbel_max  # how a masked slot's candidate bin is drawn
     confidence_noise: float = 1.0  # scale of Gumbel noise on log-confidence (times temperature)
     remask_threshold: bool = False  # threshold check: committed slot with max-prob < eta_s -> [MASK]
     remask_eta: float = 0.5  # eta at the last step
@@ -84,6 +113,7 @@ class SamplerConfig:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"sampler.steps={self.steps!r}: must be an integer >= 1")
         self.confidence = choice(Confidence, self.confidence, "sampler.confidence")
+        self.candidates = choice(Candidates, self.candidates, "sampler.candidates")
         for name in ("temperature_schedule", "remask_eta_schedule"):
             setattr(self, name, choice(Schedule, getattr(self, name), f"sampler.{name}"))
         _check_number(self, "temperature", 0.0, math.inf, "a finite number >= 0")
@@ -221,9 +251,14 @@ def masked_diffusion_decode(
         )  # (B, L, K)
         tau = temperature_at(cfg, s)
 
-        # Candidates for every masked slot: tempered Gumbel-max (argmax once tau reaches 0).
-        noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
-        cand = noisy.argmax(-1)  # (B, L)
+        # Candidates for every masked slot (cfg.candidates: see Candidates).
+        if cfg.candidates == "quantile":
+            u = 0.5 + tau * (torch.rand((b, n), generator=generator, device=device, dtype=torch.float64) - 0.5)
+            cdf = logp.exp().cumsum(-1)
+            cand = (cdf < u[..., None]).sum(-1).clamp(max=logp.shape[-1] - 1)  # (B, L)
+        else:  # tempered Gumbel-max: the argmax once tau reaches 0
+            noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
+            cand = noisy.argmax(-1)  # (B, L)
         cand_logp = logp.gather(-1, cand[..., None])[..., 0]  # log-prob of the candidate
         score = confidence(logp, cand_logp, generator)  # (B, L) float64, higher = commit sooner
         if tau > 0 and cfg.confidence_noise > 0 and noisy_order:
