@@ -115,6 +115,8 @@ def test_vla_ablate_labels_the_sampler_each_row_runs(tmp_path):
     assert labels["hard argmax"] == "random order, T=6, hard argmax"
     assert labels["residual"] == "random order, T=6 + residual-drop remasking (delta 0.3)"
     assert labels["T=4 max_prob held"] == "max_prob, T=4, constant temperature"
+    assert labels["spread quantile"] == "spread, T=6, quantile candidates"
+    assert labels["one-shot quantile"] == "one-shot parallel, T=1, quantile candidates"
 
 
 def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
