@@ -136,12 +136,20 @@ def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):
         "--frames",
         "5",
         "--only",
-        "default,random order",
+        "default,random order,max_prob quantile,T=4 quantile,spread quantile",
         "--out",
         str(tmp_path / "off"),
     )
     rows = json.loads((tmp_path / "off" / "offline.json").read_text())
-    assert [r["variant"] for r in rows] == ["max_prob, T=4 (the checkpoint's sampler)", "random order, T=4"]
+    # On this max_prob checkpoint with T=4, the T=4 rows resolve to earlier rows' samplers:
+    # they are skipped, not run twice.
+    assert [r["variant"] for r in rows] == [
+        "max_prob, T=4 (the checkpoint's sampler)",
+        "random order, T=4",
+        "max_prob, T=4, quantile candidates",
+        "spread, T=4, quantile candidates",
+    ]
+    assert out.count("skipped: the same sampler as an earlier row") == 3
     assert all(r["frames"] == 5 and 0 < r["arm_l1"] < 10 and 0 <= r["gripper_sign_agreement"] <= 1 for r in rows)
     assert "arm L1" in out
     opened = ZarrCache(cache, in_memory=False)

@@ -60,6 +60,7 @@ VARIANTS: list[tuple[str, dict]] = [
 ]
 
 _ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
+_OWN = " (the checkpoint's sampler)"  # the first row's label ends so
 
 
 def describe(sampler) -> str:
@@ -101,7 +102,7 @@ def resolved_rows(checkpoint: str, variants: list[tuple[str, dict]]) -> list[tup
     rows = []
     for key, over in variants:
         label = describe(sampler_with_overrides(saved, over))
-        rows.append((label + (" (the checkpoint's sampler)" if not over else ""), key, over))
+        rows.append((label + (_OWN if not over else ""), key, over))
     return rows
 
 
@@ -152,11 +153,18 @@ def main() -> None:
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     # Row folders are named by the variant's place in VARIANTS, so `--only` never renames them.
-    runs = [
-        (label, args.checkpoint, over, f"variant_{i:02d}")
-        for i, (label, key, over) in enumerate(resolved_rows(args.checkpoint, VARIANTS))
-        if not only or any(f in label or f in key for f in only)
-    ]
+    runs, seen = [], set()
+    for i, (label, key, over) in enumerate(resolved_rows(args.checkpoint, VARIANTS)):
+        if only and not any(f in label or f in key for f in only):
+            continue
+        # A row that resolves to an earlier row's sampler (max_prob on a max_prob checkpoint)
+        # would run the same episodes again for the same outcomes.
+        sampler = label.removesuffix(_OWN)
+        if sampler in seen:
+            print(f"{label:<45} skipped: the same sampler as an earlier row", flush=True)
+            continue
+        seen.add(sampler)
+        runs.append((label, args.checkpoint, over, f"variant_{i:02d}"))
     if args.ar_checkpoint:
         runs.append(("autoregressive baseline (KV cache)", args.ar_checkpoint, {}, "autoregressive"))
     if args.offline:
