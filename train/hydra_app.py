@@ -115,6 +115,13 @@ EXPERIMENTS = {
             "data.record.image_size": 64,  # 16 patches per camera: about 2x the training speed of 128 px
             "data.loader.batch_size": 32,
             "policy.backbone.image_size": 64,
+            # Easy-first by how close together a slot's mass lies, median-bin candidates, 4 passes:
+            # chosen on 100 validation episodes (90.0% against the library default's 83.0%, paired
+            # +7.0, s.e. 3.6; random order 87.0), then 85.0% against 82.0% on the test seeds
+            # (+3.0, s.e. 4.6) (docs/libero.md#ordinal-decoding-the-median-bin-not-the-mode).
+            "policy.sampler.steps": 4,
+            "policy.sampler.confidence": "spread",
+            "policy.sampler.candidates": "quantile",
             "optim.steps": 8000,
             "optim.lr": 1e-3,
             "optim.warmup_steps": 100,
