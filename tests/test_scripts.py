@@ -261,6 +261,11 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
 
 def test_benchmarks(checkpoint, debug_data_root):
     assert "prefix cache" in run("vla-bench-decode", "--repeats", "1", "--steps", "2")
+    out = run(
+        "vla-bench-decode", "--repeats", "1", "--steps", "2", "--arch", "expert", "--confidence", "spread",
+        "--candidates", "quantile",
+    )  # fmt: skip
+    assert "order spread, candidates quantile" in out and "T=2, prefix cache" in out
     assert "physics only" in run("vla-bench-env", "--steps", "90", "--image-size", "16")  # past an episode's end
     out = run(
         "vla-bench-data", "--cache", f"{debug_data_root}.zarr", "--episodes", "1", "--batches", "1", "--batch-size", "2"

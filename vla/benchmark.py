@@ -23,6 +23,7 @@ import torch
 
 from vla.backbone import BackboneConfig
 from vla.model import PolicyConfig, VLAModel
+from vla.sampling import SamplerConfig
 
 
 def _stats(cfg: PolicyConfig) -> dict:
@@ -110,20 +111,24 @@ def run(
     dtype: str = "float32",
     compile_step: bool = False,
     compile_mode: str = "default",
+    sampler: dict | None = None,
 ) -> list[tuple[str, str, float]]:
-    """-> rows (architecture, mode, median ms)."""
+    """-> rows (architecture, mode, median ms). `sampler`: SamplerConfig fields for every masked
+    diffusion row (the T=1 floor included), e.g. {"candidates": "quantile"}."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     rows = []
     for arch in archs:
-        rows += _arch_rows(arch, repeats, steps, decoder_width, backbone, dev, dt, compile_step, compile_mode)
+        rows += _arch_rows(
+            arch, repeats, steps, decoder_width, backbone, dev, dt, compile_step, compile_mode, sampler or {}
+        )
     return rows
 
 
 def _arch_rows(
-    arch, repeats, steps, decoder_width, backbone, dev, dt, compile_step, compile_mode
+    arch, repeats, steps, decoder_width, backbone, dev, dt, compile_step, compile_mode, sampler
 ) -> list[tuple[str, str, float]]:
     cfg = _policy_config(arch, backbone, decoder_width)
     diffusion = _model(cfg, backbone, dev)
@@ -139,10 +144,10 @@ def _arch_rows(
     inputs, _ = diffusion.processor(obs)
 
     def md(t: int, cache: bool):
-        sampler = dataclasses.replace(cfg.sampler, steps=t)
+        chosen = SamplerConfig(**{**dataclasses.asdict(cfg.sampler), **sampler, "steps": t})
 
         def decode():
-            diffusion.cfg = dataclasses.replace(diffusion.cfg, sampler=sampler)
+            diffusion.cfg = dataclasses.replace(diffusion.cfg, sampler=chosen)
             return diffusion.predict_tokens(diffusion.processor(obs)[0], use_cache=cache)
 
         return decode
@@ -187,6 +192,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd decode step")
+    parser.add_argument("--confidence", default="", help="the masked-diffusion rows' order (default: the library's)")
+    parser.add_argument("--candidates", default="", help="their candidate rule: gumbel_max or quantile")
     parser.add_argument(
         "--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs on a GPU)"
     )
@@ -195,12 +202,14 @@ def main() -> None:
     rows = run(
         args.repeats, args.steps, args.threads, args.decoder_width, archs, args.backbone, args.device, args.dtype,
         args.compile, args.compile_mode,
+        {k: v for k, v in (("confidence", args.confidence), ("candidates", args.candidates)) if v},
     )  # fmt: skip
     default = PolicyConfig()
     slots = default.chunk_size * default.action_dim
     print(
         f"decode latency per {default.chunk_size}x{default.action_dim} chunk, backbone {args.backbone}, "
-        f"{args.device} {args.dtype}, {torch.get_num_threads()} torch threads"
+        f"{args.device} {args.dtype}, {torch.get_num_threads()} torch threads, "
+        f"order {args.confidence or default.sampler.confidence}, candidates {args.candidates or default.sampler.candidates}"
     )
     print(f"{'decoder':<9}{'mode':<42}{'median ms':>10}{'vs T=1':>8}{'AR / mode':>11}")
     for arch in archs:
