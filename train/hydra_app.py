@@ -93,6 +93,11 @@ def _scripted_libero(suite: str) -> dict:
     }
 
 
+# One pass, each slot's median bin (quantile candidates at temperature 0): the decoding that the
+# libero_object and libero_spatial presets each chose on their own validation split.
+_ONE_PASS_MEDIAN = {"policy.sampler.steps": 1, "policy.sampler.candidates": "quantile"}
+
+
 # A public port with a pretrained backbone (the `libero` and `bridge` presets): frozen vision,
 # LoRA on the language model, a GPU-sized schedule.
 _PRETRAINED_ON_A_PORT = {
@@ -167,17 +172,13 @@ EXPERIMENTS = {
     # with quantile candidates 97-98% in any order), then measured on official states 0-24 of
     # every task: 92.8% against 86.0%, paired +6.8 (s.e. 2.3), at the one-pass latency
     # (docs/libero.md#ordinal-decoding-the-median-bin-not-the-mode).
-    "libero_object": Preset(
-        {**_scripted_libero("libero_object"), "policy.sampler.steps": 1, "policy.sampler.candidates": "quantile"}
-    ),
+    "libero_object": Preset({**_scripted_libero("libero_object"), **_ONE_PASS_MEDIAN}),
     # LIBERO-Spatial the same way with the rim-grasp expert. 6,000 steps: 12,000 gave the same
     # 55.0% on 200 validation episodes (paired 0.0, s.e. 4.4). One pass, each slot's median: chosen
     # on 100 validation placements of this preset's own policy (76.0% against random order T=12's
     # 30.0%, paired +46.0, s.e. 6.3; spread order T=4 with medians 63.0%)
-    # (docs/libero.md#the-libero_spatial-job).
-    "libero_spatial": Preset(
-        {**_scripted_libero("libero_spatial"), "policy.sampler.steps": 1, "policy.sampler.candidates": "quantile"}
-    ),
+    # (docs/libero.md#the-presets-own-policy-in-one-pass-684-on-the-official-states).
+    "libero_spatial": Preset({**_scripted_libero("libero_spatial"), **_ONE_PASS_MEDIAN}),
     # LIBERO-Goal the same way: one scene, ten goals, one skill per goal predicate (drawer, knob,
     # rim and body grasps, a plate dragged around the cheese, a bottle leaned into the rack).
     # 12,000 steps: 55.5% against 37.0% at 6,000 on 200 validation episodes of the same
