@@ -57,6 +57,14 @@ VARIANTS: list[tuple[str, dict]] = [
     ("T=4 max_prob quantile", {"confidence": "max_prob", "candidates": "quantile", "steps": 4}),
     ("T=4 spread quantile", {"confidence": "spread", "candidates": "quantile", "steps": 4}),
     ("one-shot quantile", {"candidates": "quantile", "steps": 1}),
+    # Every commit at temperature 0, each slot's median: the passes differ from one pass only by
+    # what the committed slots tell the rest, so the order is measured without the early commits'
+    # sampling noise (the T=4 rows above draw their first commits at temperature 1).
+    (
+        "T=4 spread median",
+        {"confidence": "spread", "candidates": "quantile", "steps": 4, "temperature": 0.0},
+    ),
+    ("T=4 median", {"candidates": "quantile", "steps": 4, "temperature": 0.0}),
 ]
 
 _ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
@@ -74,13 +82,16 @@ def describe(sampler) -> str:
         if sampler.steps == 1
         else f"{_ORDER.get(sampler.confidence, sampler.confidence)}, T={sampler.steps}"
     ]
-    if sampler.temperature == 0:
+    median = sampler.temperature == 0 and sampler.candidates == "quantile"
+    if median:
+        parts.append("each slot's median bin")
+    elif sampler.temperature == 0:
         parts.append("hard argmax")
     elif sampler.temperature != base.temperature:
         parts.append(f"temperature {sampler.temperature:g}")
     if sampler.temperature_schedule != base.temperature_schedule and sampler.temperature != 0:
         parts.append(f"{sampler.temperature_schedule} temperature")
-    if sampler.candidates != base.candidates:
+    if sampler.candidates != base.candidates and not median:
         parts.append(f"{sampler.candidates} candidates")
     if sampler.confidence_noise != base.confidence_noise and sampler.steps > 1:
         parts.append(f"order noise {sampler.confidence_noise:g}")
