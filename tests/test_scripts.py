@@ -118,6 +118,7 @@ def test_vla_ablate_labels_the_sampler_each_row_runs(tmp_path):
     assert labels["spread quantile"] == "spread, T=6, quantile candidates"
     assert labels["one-shot quantile"] == "one-shot parallel, T=1, quantile candidates"
     assert labels["T=4 median"] == "random order, T=4, each slot's median bin"
+    assert labels["T=4 earliest first"] == "left-to-right order, T=4, quantile candidates"
 
 
 def test_vla_ablate_offline(checkpoint, tmp_path, debug_data_root):

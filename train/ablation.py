@@ -65,6 +65,10 @@ VARIANTS: list[tuple[str, dict]] = [
         {"confidence": "spread", "candidates": "quantile", "steps": 4, "temperature": 0.0},
     ),
     ("T=4 median", {"candidates": "quantile", "steps": 4, "temperature": 0.0}),
+    # Block-wise over time: slots are laid out time step by time step, so left to right commits
+    # the earliest actions (the ones executed first, and the prefix real-time chunking freezes)
+    # in the first passes, the later ones conditioned on them.
+    ("T=4 earliest first", {"confidence": "left_to_right", "candidates": "quantile", "steps": 4}),
 ]
 
 _ORDER = {"random": "random order", "left_to_right": "left-to-right order"}
