@@ -167,6 +167,24 @@ def rollout(
     if delay_mode not in DELAY_MODES:
         raise ValueError(f"delay_mode must be one of {DELAY_MODES}, got {delay_mode!r}")
     check_delay(policy.cfg.chunk_size, execute_steps, delay_steps)
+    # Frames only where the policy reads them: between requests the environment observes the
+    # state alone, and a request draws the current frames (`observe()`), the ones the last step
+    # would have returned. Drawing leaves the physics untouched, so episodes are those of
+    # rendering every step. A video of the policy's own frames needs every step's.
+    base = env.unwrapped
+    on_demand = callable(getattr(base, "observe", None)) and not (record and not video_size)
+    drawn = getattr(base, "cameras", None)
+    if on_demand:
+        base.cameras = False
+    try:
+        args = (record, init_state, video_size, delay_steps, delay_mode, base.observe if on_demand else None)
+        return _rollout(policy, env, seed, execute_steps, *args)
+    finally:
+        if on_demand:
+            base.cameras = drawn
+
+
+def _rollout(policy, env, seed, execute_steps, record, init_state, video_size, delay_steps, delay_mode, observe=None):
     obs, info = env.reset(seed=seed, options=None if init_state is None else {"init_state": init_state})
     policy.reset(seed)
     instruction = env.unwrapped.instruction
@@ -188,7 +206,8 @@ def rollout(
     def infer(prefix=None):
         nonlocal infer_s
         t0 = time.perf_counter()
-        chunk = policy.infer(_observation(obs, instruction, policy.cfg.cameras), fixed_actions=prefix)
+        current = observe() if observe else obs
+        chunk = policy.infer(_observation(current, instruction, policy.cfg.cameras), fixed_actions=prefix)
         infer_s += time.perf_counter() - t0
         return chunk
 

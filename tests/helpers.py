@@ -89,3 +89,52 @@ class InlinePool:
 
     def map(self, fn, jobs):
         return (fn(j) for j in jobs)
+
+
+def rollout_drawing_on_demand_and_every_step(policy, env, execute_steps):
+    """Run one episode twice with `envs.evaluate.rollout`: frames drawn only at the policy's
+    requests (its default), then every step (a video of the policy's own frames needs them).
+    Returns, per run, the result, the observations the policy was given and how many times the
+    environment drew its cameras."""
+    import numpy as np
+
+    from envs.evaluate import rollout
+
+    base, infer = env.unwrapped, policy.infer
+    seen, draws, observe = [], [0], env.unwrapped.observe
+
+    def spy(observation, fixed_actions=None):
+        seen.append({**{c: np.array(im) for c, im in observation["images"].items()}, "state": observation["state"]})
+        return infer(observation, fixed_actions=fixed_actions)
+
+    def counted():
+        draws[0] += 1
+        return observe()
+
+    policy.infer, base.observe = spy, counted
+    runs = []
+    try:
+        for record in (False, True):
+            seen, draws[0] = [], 0
+            res = rollout(policy, env, 0, execute_steps, record=record)
+            runs.append((res, seen, draws[0]))
+    finally:
+        policy.infer = infer
+        del base.observe
+    return runs
+
+
+def assert_same_episode_fewer_draws(runs):
+    """The two runs of `rollout_drawing_on_demand_and_every_step` are one episode: same outcome,
+    the same frames and states at every request; on demand draws once per request, every step
+    once per step and at the reset."""
+    import numpy as np
+
+    (lazy, lazy_seen, lazy_draws), (full, full_seen, full_draws) = runs
+    assert (lazy["success"], lazy["steps"]) == (full["success"], full["steps"])
+    assert len(lazy_seen) == len(full_seen) > 1
+    for a, b in zip(lazy_seen, full_seen, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert lazy_draws == len(lazy_seen) and full_draws == full["steps"] + 1

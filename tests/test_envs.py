@@ -260,6 +260,27 @@ def test_rollout_videos_are_drawn_at_the_viewing_size(tmp_path):
     assert (seen["success"], seen["steps"]) == (viewed["success"], viewed["steps"])
 
 
+def test_evaluation_draws_frames_only_for_the_policy_and_runs_the_same_episode(tmp_path):
+    """rollout draws the cameras at the policy's requests only (rendering every step was most of
+    a built-in step's cost): the episode, and every frame the policy sees, are those of drawing
+    every step; the environment is left drawing every step afterwards."""
+    from gymnasium.wrappers import TimeLimit
+    from helpers import assert_same_episode_fewer_draws, rollout_drawing_on_demand_and_every_step
+
+    from envs.registry import make_env
+    from vla.policy import VLAPolicy
+
+    policy = VLAPolicy.load(tiny_tabletop_checkpoint(tmp_path / "ckpt"))
+    env = TimeLimit(make_env("builtin", "lift_red", 32), 23)
+    try:
+        runs = rollout_drawing_on_demand_and_every_step(policy, env, 3)
+        assert env.unwrapped.cameras is True and "wrist" in env.step(np.zeros(7))[0]
+    finally:
+        env.close()
+    assert_same_episode_fewer_draws(runs)
+    assert runs[0][2] == 8  # requests at steps 0, 3, ..., 21 of 23
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

@@ -438,6 +438,29 @@ def test_tiny_policy_runs_a_libero_evaluation_through_vla_eval(tmp_path):
         assert video.get_data(0).shape == (256, 512, 3)
 
 
+def test_libero_evaluation_draws_frames_only_for_the_policy_and_runs_the_same_episode(tmp_path):
+    """Between the policy's requests a LIBERO evaluation steps physics alone (drawing two cameras
+    was about 40% of a fast-mode step): the episode and every frame the policy sees are those of
+    drawing every step, and the observation space says what a step returns."""
+    from helpers import assert_same_episode_fewer_draws, rollout_drawing_on_demand_and_every_step
+
+    from vla.policy import VLAPolicy
+
+    policy = VLAPolicy.load(_tiny_libero_checkpoint(tmp_path / "ckpt"))
+    env = libero.LiberoEnv("libero_object", OBJECT_TASK, image_size=32, render_mode="fast", max_episode_steps=13)
+    try:
+        runs = rollout_drawing_on_demand_and_every_step(policy, env, 4)
+        env.cameras = False
+        assert set(env.observation_space.spaces) == {"state"} == set(env.reset(seed=0)[0])
+        assert set(env.step(np.zeros(7))[0]) == {"state"}
+        env.cameras = True
+        assert set(env.observation_space.spaces) == {"agentview", "wrist", "state"}
+    finally:
+        env.close()
+    assert_same_episode_fewer_draws(runs)
+    assert runs[0][2] == 4  # requests at steps 0, 4, 8, 12 of 13
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [

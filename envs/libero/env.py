@@ -212,13 +212,15 @@ class LiberoEnv(gym.Env):
         self.render_style = RenderMode(render_mode)
         self.max_episode_steps = max_episode_steps or MAX_STEPS[suite]
         self.settle_steps = settle_steps
-        self.cameras = cameras  # False: observations hold the state only (experts, benchmarks)
+        # False: observations hold the state only (experts, benchmarks, and evaluation between
+        # the steps a policy reads, which it draws with `observe()`).
+        self.cameras = cameras
         # Metres added on each side of every placement region of a fresh draw (demonstrations
         # only: an official initial state overrides the draw).
         self.placement_widen = float(placement_widen)
         # Metres the agentview camera moves along its own axes (robustness evaluation).
         self.camera_shift = shift
-        self.observation_space, self.action_space = spaces(image_size)
+        self._with_cameras, self.action_space = spaces(image_size)
         self.init_states = init_states(suite, task)
         self.init_state: int | None = None  # index of the official state this episode started from
         self._env = None
@@ -230,6 +232,14 @@ class LiberoEnv(gym.Env):
     @property
     def instruction(self) -> str:
         return self._spec.language
+
+    @property
+    def observation_space(self) -> gym.spaces.Dict:
+        """What reset() and step() return: the cameras and the state, or the state alone while
+        `cameras` is off."""
+        if self.cameras:
+            return self._with_cameras
+        return gym.spaces.Dict({"state": self._with_cameras["state"]})
 
     @property
     def sim(self):
@@ -328,8 +338,11 @@ class LiberoEnv(gym.Env):
         return view.render(data)
 
     def _observation(self) -> dict:
-        images = self.render_cameras() if self.cameras else {}
-        return {**images, "state": self.proprio()}
+        return self.observe() if self.cameras else {"state": self.proprio()}
+
+    def observe(self) -> dict:
+        """The current observation with both cameras drawn, whatever `cameras` says."""
+        return {**self.render_cameras(), "state": self.proprio()}
 
     def _info(self) -> dict:
         return {

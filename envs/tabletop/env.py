@@ -109,13 +109,24 @@ class TabletopEnv(gym.Env):
         self._substeps = round(1.0 / CONTROL_HZ / self.model.opt.timestep)
         self._jacp = np.zeros((3, self.model.nv))
         self._jacr = np.zeros((3, self.model.nv))
-        self.observation_space, self.action_space = spaces(image_size)
+        self._with_cameras, self.action_space = spaces(image_size)
+        # False: reset() and step() observe the state only, and `observe()` draws the cameras when
+        # a frame is needed (evaluation renders the steps a policy reads, not every step).
+        self.cameras = True
         self._steps = 0
         self._ended = True  # step() needs a reset() first
 
     @property
     def instruction(self) -> str:
         return self.task.instruction
+
+    @property
+    def observation_space(self) -> gym.spaces.Dict:
+        """What reset() and step() return: the cameras and the state, or the state alone while
+        `cameras` is off."""
+        if self.cameras:
+            return self._with_cameras
+        return gym.spaces.Dict({"state": self._with_cameras["state"]})
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -231,6 +242,10 @@ class TabletopEnv(gym.Env):
         return self._renderer.render().copy()
 
     def _observation(self) -> dict:
+        return self.observe() if self.cameras else {"state": self.proprio()}
+
+    def observe(self) -> dict:
+        """The current observation with every camera drawn, whatever `cameras` says."""
         obs = {cam: self.render_camera(cam) for cam in CAMERAS}
         obs["state"] = self.proprio()
         return obs
