@@ -1,4 +1,6 @@
-"""`vla-bench-env`: simulation speed, steps per second with both cameras rendered, and physics alone.
+"""`vla-bench-env`: simulation speed, steps per second with both cameras rendered, with them drawn
+every Nth step only (as evaluation draws them: at the policy's requests, every `eval.execute_steps`),
+and physics alone.
 
     vla-bench-env                               # the built-in suite, every task
     vla-bench-env --suite libero_object         # LIBERO task 0: fast and LIBERO rendering modes
@@ -25,10 +27,27 @@ def _rate(step, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def builtin(steps: int, image_size: int) -> None:
+def _drawn_every(env, step, k: int, n: int) -> float:
+    """Steps/s of `step` with the cameras off except for an `observe()` every k-th step."""
+    count = [0]
+
+    def run():
+        step()
+        count[0] += 1
+        if count[0] % k == 0:
+            env.observe()
+
+    env.cameras = False
+    try:
+        return _rate(run, n)
+    finally:
+        env.cameras = True
+
+
+def builtin(steps: int, image_size: int, every: int) -> None:
     from envs.tabletop.env import TASKS, TabletopEnv
 
-    print(f"{'task':<16}{'steps/s':>9}{'physics only':>14}")
+    print(f"{'task':<16}{'steps/s':>9}{f'drawn 1 in {every}':>14}{'physics only':>14}")
     for task in TASKS:
         env = TabletopEnv(task, image_size=image_size)
         env.reset(seed=0)
@@ -39,18 +58,22 @@ def builtin(steps: int, image_size: int) -> None:
                 env.reset()
 
         full = _rate(step, steps)
+        sparse = _drawn_every(env, step, every, steps)
         physics = _rate(lambda env=env: env.simulate(env.action_space.sample()), steps)
         env.close()
-        print(f"{task:<16}{full:>9.1f}{physics:>14.1f}")
+        print(f"{task:<16}{full:>9.1f}{sparse:>14.1f}{physics:>14.1f}")
 
 
-def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
+def libero(suite: str, task_index: int, steps: int, image_size: int, every: int) -> None:
     from envs.libero.conventions import RenderMode
     from envs.libero.env import LiberoEnv, suite_tasks
 
     task = suite_tasks(suite)[task_index]
     print(f"{suite} task {task_index} ({task}), hold-still actions from official initial state 0")
-    print(f"{'rendering':<12}{'steps/s':>9}{'2 cameras (ms)':>16}{'physics only':>14}{'faces drawn':>13}")
+    print(
+        f"{'rendering':<12}{'steps/s':>9}{f'drawn 1 in {every}':>14}{'2 cameras (ms)':>16}{'physics only':>14}"
+        f"{'faces drawn':>13}"
+    )
     hold = np.array([0, 0, 0, 0, 0, 0, -1.0])
     for mode in (RenderMode.fast, RenderMode.libero):
         env = LiberoEnv(suite, task, image_size=image_size, render_mode=mode)
@@ -62,11 +85,12 @@ def libero(suite: str, task_index: int, steps: int, image_size: int) -> None:
                 env.reset(options={"init_state": 0})
 
         full = _rate(step, steps)
+        sparse = _drawn_every(env, step, every, steps)
         render_ms = 1000 / _rate(env.render_cameras, steps)
         physics = _rate(lambda env=env: env.simulate(hold), steps)
         faces = int(env._cameras.model.mesh_facenum.sum())
         env.close()
-        print(f"{mode.value:<12}{full:>9.1f}{render_ms:>16.1f}{physics:>14.1f}{faces:>13,}")
+        print(f"{mode.value:<12}{full:>9.1f}{sparse:>14.1f}{render_ms:>16.1f}{physics:>14.1f}{faces:>13,}")
 
 
 def simpler(steps: int, image_size: int) -> None:
@@ -104,15 +128,23 @@ def main() -> None:
     parser.add_argument("--task", type=int, default=0, help="LIBERO: task index in the suite")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument(
+        "--draw-every",
+        type=int,
+        default=4,
+        help="the sparse column draws the cameras every Nth step (evaluation: every eval.execute_steps)",
+    )
     args = parser.parse_args()
+    if args.draw_every < 1:
+        parser.error(f"--draw-every must be >= 1, got {args.draw_every}")
     headless()
     print(f"{args.image_size} px policy frames, cores usable: {len(os.sched_getaffinity(0))}")
     if args.suite == "simpler_bridge":
         simpler(args.steps, args.image_size)
     elif args.suite == "builtin":
-        builtin(args.steps, args.image_size)
+        builtin(args.steps, args.image_size, args.draw_every)
     else:
-        libero(args.suite, args.task, args.steps, args.image_size)
+        libero(args.suite, args.task, args.steps, args.image_size, args.draw_every)
 
 
 if __name__ == "__main__":

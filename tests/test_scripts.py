@@ -268,7 +268,8 @@ def test_benchmarks(checkpoint, debug_data_root):
         "--candidates", "quantile",
     )  # fmt: skip
     assert "order spread, candidates quantile" in out and "T=2, prefix cache" in out
-    assert "physics only" in run("vla-bench-env", "--steps", "90", "--image-size", "16")  # past an episode's end
+    out = run("vla-bench-env", "--steps", "90", "--image-size", "16", "--draw-every", "3")  # past an episode's end
+    assert "physics only" in out and "drawn 1 in 3" in out
     out = run(
         "vla-bench-data", "--cache", f"{debug_data_root}.zarr", "--episodes", "1", "--batches", "1", "--batch-size", "2"
     )
@@ -276,7 +277,7 @@ def test_benchmarks(checkpoint, debug_data_root):
     out = run("vla-bench-data", "--synthetic", "300", "--image-size", "32", "--episodes", "1", "--batches", "1")
     assert "built a 300-frame synthetic cache" in out and "300" in out
     out = run("vla-bench-env", "--suite", "libero_object", "--steps", "3", "--image-size", "32")
-    assert "fast" in out and "libero" in out and "faces drawn" in out
+    assert "fast" in out and "libero" in out and "faces drawn" in out and "drawn 1 in 4" in out
     out = run("vla-bench-deploy", "--only", "overhead", "--round-trips", "5")
     assert "round-trip overhead" in out
 
