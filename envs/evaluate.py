@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.frames import FramesOnDemand
 from envs.libero.conventions import SUITES as LIBERO_SUITES
 from envs.registry import SPLITS, SUITES, VALIDATION_SEED, get_suite
 from vla.configs import atomic_write_text
@@ -172,8 +173,8 @@ def rollout(
     # would have returned. Drawing leaves the physics untouched, so episodes are those of
     # rendering every step. A video of the policy's own frames needs every step's.
     base = env.unwrapped
-    on_demand = callable(getattr(base, "observe", None)) and not (record and not video_size)
-    drawn = getattr(base, "cameras", None)
+    on_demand = isinstance(base, FramesOnDemand) and not (record and not video_size)
+    drawn = base.cameras if on_demand else None
     if on_demand:
         base.cameras = False
     try:

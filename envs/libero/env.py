@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import headless
+from envs.frames import FramesOnDemand
 from envs.libero.conventions import INSTALL_HINT, MAX_STEPS, NOOP, SETTLE_STEPS, SUITES, RenderMode, config_dir, spaces
 from envs.rotations import axis_angle_from_quat_xyzw
 
@@ -178,7 +179,7 @@ def _widen_placements(sim, margin: float) -> None:
     sim._setup_placement_initializer = widened
 
 
-class LiberoEnv(gym.Env):
+class LiberoEnv(FramesOnDemand, gym.Env):
     """One LIBERO task with the published protocol: an official initial state (or, for
     demonstrations, a fresh draw from the task's placement distribution), settle steps, the
     suite's step limit, 7-D delta end-effector actions in [-1, 1], two cameras and the 8-D state."""
@@ -212,9 +213,7 @@ class LiberoEnv(gym.Env):
         self.render_style = RenderMode(render_mode)
         self.max_episode_steps = max_episode_steps or MAX_STEPS[suite]
         self.settle_steps = settle_steps
-        # False: observations hold the state only (experts, benchmarks, and evaluation between
-        # the steps a policy reads, which it draws with `observe()`).
-        self.cameras = cameras
+        self.cameras = cameras  # FramesOnDemand: False observes the state alone (experts, benchmarks)
         # Metres added on each side of every placement region of a fresh draw (demonstrations
         # only: an official initial state overrides the draw).
         self.placement_widen = float(placement_widen)
@@ -232,14 +231,6 @@ class LiberoEnv(gym.Env):
     @property
     def instruction(self) -> str:
         return self._spec.language
-
-    @property
-    def observation_space(self) -> gym.spaces.Dict:
-        """What reset() and step() return: the cameras and the state, or the state alone while
-        `cameras` is off."""
-        if self.cameras:
-            return self._with_cameras
-        return gym.spaces.Dict({"state": self._with_cameras["state"]})
 
     @property
     def sim(self):
@@ -336,9 +327,6 @@ class LiberoEnv(gym.Env):
                 view.close()
             view = self._view_cameras = Cameras(model, size, self.render_style, {"agentview": self.camera_shift})
         return view.render(data)
-
-    def _observation(self) -> dict:
-        return self.observe() if self.cameras else {"state": self.proprio()}
 
     def observe(self) -> dict:
         """The current observation with both cameras drawn, whatever `cameras` says."""

@@ -15,6 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.frames import FramesOnDemand
 from envs.rendering import offscreen_renderer
 from envs.rotations import canonical_axis_angle, mat_to_rotvec, rotvec_to_mat
 from envs.tabletop.scene import ARM_JOINTS, CUBE_HALF, FINGER_TRAVEL, HOME_QPOS, PLATE_RADIUS, scene_xml
@@ -89,7 +90,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-class TabletopEnv(gym.Env):
+class TabletopEnv(FramesOnDemand, gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
     def __init__(self, task: str = "lift_red", image_size: int = 128, render_mode: str | None = "rgb_array") -> None:
@@ -110,23 +111,13 @@ class TabletopEnv(gym.Env):
         self._jacp = np.zeros((3, self.model.nv))
         self._jacr = np.zeros((3, self.model.nv))
         self._with_cameras, self.action_space = spaces(image_size)
-        # False: reset() and step() observe the state only, and `observe()` draws the cameras when
-        # a frame is needed (evaluation renders the steps a policy reads, not every step).
-        self.cameras = True
+        self.cameras = True  # FramesOnDemand: False observes the state alone
         self._steps = 0
         self._ended = True  # step() needs a reset() first
 
     @property
     def instruction(self) -> str:
         return self.task.instruction
-
-    @property
-    def observation_space(self) -> gym.spaces.Dict:
-        """What reset() and step() return: the cameras and the state, or the state alone while
-        `cameras` is off."""
-        if self.cameras:
-            return self._with_cameras
-        return gym.spaces.Dict({"state": self._with_cameras["state"]})
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -240,9 +231,6 @@ class TabletopEnv(gym.Env):
             self._renderer = offscreen_renderer(self.model, self.image_size, self.image_size)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
-
-    def _observation(self) -> dict:
-        return self.observe() if self.cameras else {"state": self.proprio()}
 
     def observe(self) -> dict:
         """The current observation with every camera drawn, whatever `cameras` says."""
