@@ -199,6 +199,13 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
         ("libero_object", OBJECT_TASK, 0),
         # The bowl stands on the ramekin: the rim grasp, a carry over the path's obstacles, the place.
         ("libero_spatial", "pick_up_the_black_bowl_on_the_ramekin_and_place_it_on_the_plate", 0),
+        # The bowl stands in the open top drawer, whose walls rise 5 mm over its rim: the fingers
+        # stop on them short of the grip, and the grasp closes where they stopped.
+        (
+            "libero_spatial",
+            "pick_up_the_black_bowl_in_the_top_drawer_of_the_wooden_cabinet_and_place_it_on_the_plate",
+            0,
+        ),
         # One LIBERO-Goal task per skill: drawer then rim grasp into it, the knob, a body grasp,
         # the plate dragged around the cheese, the bottle leaned into the rack.
         ("libero_goal", "open_the_top_drawer_and_put_the_bowl_inside", 0),
