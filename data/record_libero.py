@@ -28,8 +28,9 @@ from vla.configs import to_dict
 
 log = logging.getLogger(__name__)
 
-# Bump when the expert, the environment wrapper or the rendering change what a recording holds.
-RECORDING_VERSION = 1
+# Bump when the expert, the environment wrapper or the rendering change what a recording holds
+# (2: the rim grasp closes where the fingers stop, LIBERO-Spatial's drawer task).
+RECORDING_VERSION = 2
 FPS = 20
 # The public LeRobot ports' keys (HuggingFaceVLA/libero and the IPEC-COMMUNITY ports).
 PORT_KEYS = {

@@ -262,6 +262,13 @@ class LiberoEnv(FramesOnDemand, gym.Env):
         if seed is not None:
             self._env.seed(seed)
             np.random.seed(seed)  # LIBERO's placement samplers draw from numpy's global generator
+        inner = self._env.env
+        if inner.hard_reset and not inner.deterministic_reset:
+            # Every model load appends the initial joint samplers (a drawer that starts open, a
+            # stove that starts on) to a list LIBERO never empties, and each one draws: the k-th
+            # reset drew k numbers more than the first, so one seed gave another cabinet on every
+            # reset of a scene. The load refills it with exactly this problem's samplers.
+            inner.object_property_initializers.clear()
         self._env.reset()
         if index is not None:
             if not 0 <= index < len(self.init_states):

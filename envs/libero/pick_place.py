@@ -183,14 +183,15 @@ class VesselPlaceExpert(LetGo):
     bowl is approached again."""
 
     # The grip point is on the bowl's wall at RIM_RADIUS from its origin, RIM_HEIGHT above it (1.6
-    # cm under the rim), on the side facing the robot (-x) unless the outer finger or the hand
-    # would meet something there (the drawer's wall, the cabinet's top panel in Spatial task 4:
-    # then the side facing the robot with the most room). The +y side leaves the plate, 0.72 m
+    # cm under the rim), on the side facing the robot (-x) unless, with SIDE_BY_ROOM, the outer
+    # finger or the hand would meet something there (then the side facing the robot with the
+    # most room; LIBERO-Spatial's expert turns it off, below). The +y side leaves the plate, 0.72 m
     # from the shoulder, out of reach: the elbow straightens at its limit 8 cm above it. The hand
     # closes the fingers along the wall's normal, tilted WALL_TILT like the wall, so the pads meet
     # it face to face: the bowl hangs level (2 degrees) instead of 15-34 degrees off.
     RIM_RADIUS, RIM_HEIGHT, WALL_TILT = 0.047, 0.036, np.radians(15)
     FINGER_ROOM = 0.0  # room (m) the outer finger and the hand need on the -x side (mesh boxes are loose)
+    SIDE_BY_ROOM = True
     FUNNEL = 6.0  # approach height per metre of misalignment: the fingers go down between walls 2-6 cm apart
     HELD_NEAR = 0.02  # grip site within this of the grasp point while held (the bowl tilts a little in the hand)
     CLEARANCE = 0.04  # the held bowl's bottom stays this far above what its path passes over (m)
@@ -269,16 +270,16 @@ class VesselPlaceExpert(LetGo):
 
     def _grasp_side(self, origin: np.ndarray) -> np.ndarray:
         """Unit xy direction from the bowl's origin to the wall it is held by: -x (towards the
-        robot) when the outer finger and the hand's underside fit there, else the side facing the
-        robot where they have the most room (from a side facing away, the tilted hand stalled
-        short of the grasp point with the arm at its reach)."""
+        robot) when the outer finger and the hand's underside fit there or SIDE_BY_ROOM is off,
+        else the side facing the robot where they have the most room (from a side facing away,
+        the tilted hand stalled short of the grasp point with the arm at its reach)."""
         grip = origin[2] + self.RIM_HEIGHT
 
         def room(angle: float) -> float:
             u = np.array([np.cos(angle), np.sin(angle)])
             return self._room(np.append(origin[:2] + self.RIM_RADIUS * u, grip), u)
 
-        if room(np.pi) > self.FINGER_ROOM:
+        if not self.SIDE_BY_ROOM or room(np.pi) > self.FINGER_ROOM:
             angle = np.pi
         else:
             angles = np.radians(np.arange(90, 271, 15))  # the sides facing the robot: the others are out of reach
