@@ -29,7 +29,8 @@ from vla.configs import to_dict
 log = logging.getLogger(__name__)
 
 # Bump when the expert, the environment wrapper or the rendering change what a recording holds
-# (2: the rim grasp closes where the fingers stop, LIBERO-Spatial's drawer task).
+# (2: one seed gives one scene in the four joint-initialised tasks; the Spatial expert's drawer
+# grasp closes where the fingers stop, from the wall facing the robot).
 RECORDING_VERSION = 2
 FPS = 20
 # The public LeRobot ports' keys (HuggingFaceVLA/libero and the IPEC-COMMUNITY ports).
