@@ -380,14 +380,18 @@ def plan_episodes(cfg: EvalConfig, policy_cfg) -> tuple[list[str], list[int | No
     return tasks, states, str(mode)
 
 
+def episode_seed(cfg: EvalConfig, e: int) -> int:
+    """The seed of episode e of every task: `seed + e` (test) or VALIDATION_SEED + e
+    (validation). The LIBERO expert measurement seeds official state e as its test episode."""
+    return (VALIDATION_SEED if cfg.split == "validation" else cfg.seed) + e
+
+
 def episode_jobs(cfg: EvalConfig, tasks: list[str], states: list[int | None]) -> list[tuple]:
-    """One job per episode: (suite, task, seed, initial state or None, execute_steps, record a
-    video, delay_steps, delay_mode). Episode e of every task has seed `seed + e` (test) or
-    VALIDATION_SEED + e (validation)."""
-    first_seed = VALIDATION_SEED if cfg.split == "validation" else cfg.seed
+    """One job per episode: (suite, task, seed (`episode_seed`), initial state or None,
+    execute_steps, record a video, delay_steps, delay_mode)."""
     delay = (cfg.delay_steps, cfg.delay_mode)
     return [
-        (cfg.suite, task, first_seed + e, state, cfg.execute_steps, e < cfg.videos_per_task, *delay)
+        (cfg.suite, task, episode_seed(cfg, e), state, cfg.execute_steps, e < cfg.videos_per_task, *delay)
         for task in tasks
         for e, state in enumerate(states)
     ]

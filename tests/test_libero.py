@@ -230,14 +230,14 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
     ],
 )
 def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
-    from envs.evaluate import EvalConfig
+    from envs.evaluate import EvalConfig, episode_seed
     from envs.libero.experts import expert_for
 
     env = libero.LiberoEnv(suite, task, cameras=False)
     expert = expert_for(suite, env)
     try:
         # Seeded as vla-eval's test episode: the fixtures' placement is drawn at the reset.
-        env.reset(seed=EvalConfig().seed + state, options={"init_state": state})
+        env.reset(seed=episode_seed(EvalConfig(), state), options={"init_state": state})
         expert.start()
         for _ in range(env.max_episode_steps):
             _, _, terminated, truncated, _ = env.step(expert.act())

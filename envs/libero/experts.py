@@ -150,7 +150,7 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
     reset from numpy's global generator (a cabinet 1 cm and 2 degrees apart between two resets):
     the reset is seeded as `vla-eval` seeds that state's test episode, so the expert meets the
     scenes the policy is measured on, and a rerun gives the same outcome."""
-    from envs.evaluate import EvalConfig
+    from envs.evaluate import EvalConfig, episode_seed
     from envs.libero.env import LiberoEnv
 
     suite, task, index, widen = job
@@ -158,7 +158,7 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
     expert = expert_for(suite, env)
     try:
         if widen is None:
-            env.reset(seed=EvalConfig().seed + index, options={"init_state": index})
+            env.reset(seed=episode_seed(EvalConfig(), index), options={"init_state": index})
         else:
             env.reset(seed=index)
         expert.start()
