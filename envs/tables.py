@@ -115,6 +115,54 @@ def compare_table(named: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def trainings_table(named: list[tuple[str, dict]]) -> str:
+    """Trainings of one recipe measured on the same episodes: success per task and overall for
+    each, then the mean over the trainings and its standard error over them (the sample spread of
+    the trainings' figures / sqrt(n)): what a recipe gives, where one training is one draw.
+    A ValueError when the rows ran other episodes, or when two rows are one set of weights."""
+    if len(named) < 2:
+        raise ValueError("a mean over trainings needs at least two results")
+    keys = [set(episode_outcomes(res)) for _, res in named]
+    for (name, _), k in zip(named[1:], keys[1:], strict=True):
+        if k != keys[0]:
+            raise ValueError(
+                f"{name} ran other episodes than {named[0][0]} ({len(k ^ keys[0])} not in both): a mean over "
+                "trainings compares the same episodes (the same split, tasks, initial states or seeds)"
+            )
+    hashes: dict[str, str] = {}
+    for name, res in named:
+        h = res.get("weights_sha256")
+        if h is not None and h in hashes:
+            raise ValueError(f"{name} and {hashes[h]} evaluated the same weights: one training, not two")
+        if h is not None:
+            hashes[h] = name
+
+    def per_task(res: dict) -> dict[str, float]:
+        tasks: dict[str, list[bool]] = {}
+        for e in res["episodes"]:
+            tasks.setdefault(e["task"], []).append(bool(e["success"]))
+        return {t: float(np.mean(v)) for t, v in tasks.items()}
+
+    tables = [per_task(res) for _, res in named]
+    rows = [(t, [tab[t] for tab in tables]) for t in tables[0]]
+    rows.append(("mean", [_success_and_se(res)[0] for _, res in named]))
+    n = len(named)
+    names = [name for name, _ in named]
+    cw = max(8, *(len(x) + 2 for x in names))
+    width = max(len(t) for t, _ in rows) + 2
+    head = f"{'task':<{width}}" + "".join(f"{x:>{cw}}" for x in names) + f"{'mean':>8}{'s.e.':>7}"
+    lines = [head + f"  (over {n} trainings)", "-" * len(head)]
+    for t, values in rows:
+        if t == "mean":
+            lines.append("-" * len(head))
+        v = np.array(values)
+        se = float(v.std(ddof=1) / math.sqrt(n))
+        lines.append(
+            f"{t:<{width}}" + "".join(f"{100 * x:>{cw - 1}.1f}%" for x in v) + f"{100 * v.mean():7.1f}%{100 * se:7.1f}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     per_task = results["per_task_success"]
     n = len(results["episodes"]) // max(1, len(per_task))

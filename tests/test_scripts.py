@@ -261,6 +261,41 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
         main([a, str(tmp_path / "missing")])
 
 
+def test_vla_compare_trainings_gives_the_mean_and_its_spread_over_trainings(tmp_path, capsys):
+    import json
+
+    from train.compare import main
+
+    def results(name, wins, sha):  # two tasks, two initial states each
+        episodes = [
+            {"task": t, "init_state": i, "success": w}
+            for (t, i), w in zip([("a", 0), ("a", 1), ("b", 0), ("b", 1)], wins, strict=True)
+        ]
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"weights_sha256": sha, "config": {}, "episodes": episodes}))
+        return str(folder)
+
+    s0 = results("s0", [True, True, True, False], "00")  # a 100, b 50, mean 75
+    s1 = results("s1", [True, False, False, False], "11")  # a 50, b 0, mean 25
+    main(["--trainings", s0, s1])
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()]
+    assert rows[0][:5] == ["task", "s0", "s1", "mean", "s.e."]
+    assert rows[2] == ["a", "100.0%", "50.0%", "75.0%", "25.0"]  # s.e. over trainings: sd 35.4 / sqrt 2
+    assert rows[3] == ["b", "50.0%", "0.0%", "25.0%", "25.0"]
+    assert rows[5] == ["mean", "75.0%", "25.0%", "50.0%", "25.0"]
+    same = results("again", [True, True, True, False], "00")
+    with pytest.raises(ValueError, match="same weights: one training, not two"):
+        main(["--trainings", s0, same])
+    other = tmp_path / "other"
+    other.mkdir()
+    body = json.loads((Path(s1) / "results.json").read_text())
+    body["episodes"][3]["init_state"] = 7  # another initial state: not the same episodes
+    (other / "results.json").write_text(json.dumps({**body, "weights_sha256": "22"}))
+    with pytest.raises(ValueError, match="ran other episodes than s0"):
+        main(["--trainings", s0, str(other)])
+
+
 def test_benchmarks(checkpoint, debug_data_root):
     assert "prefix cache" in run("vla-bench-decode", "--repeats", "1", "--steps", "2")
     out = run(

@@ -7,6 +7,11 @@ initial state or seed): success, its standard error, the paired difference and i
 error, how many episodes only this row / only the first row won, and the settings in which the
 row differs from the first (checkpoint, delay, placements, sampler). Rows from different
 checkpoints, delays or splits compare the same way; rows that share no episode are refused.
+
+    vla-compare --trainings runs/seed0/test runs/seed1/test [...]
+
+Trainings of one recipe on the same episodes: success per task for each, and the mean over the
+trainings with its standard error over them (what the recipe gives; one training is one draw).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from envs.tables import compare_table
+from envs.tables import compare_table, trainings_table
 
 
 def load_results(path: str | Path) -> dict:
@@ -42,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vla-compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results.json files (or their folders); the first is the reference")
     parser.add_argument("--names", nargs="*", default=None, help="a label per row (default: the folder names)")
+    parser.add_argument(
+        "--trainings",
+        action="store_true",
+        help="the results are trainings of one recipe on the same episodes: per-task success of each, "
+        "their mean and its standard error over the trainings",
+    )
     args = parser.parse_args(argv)
     if len(args.results) < 2:
         parser.error("give at least two results to compare")
@@ -49,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--names gives {len(args.names)} labels for {len(args.results)} results")
     paths = [Path(p) for p in args.results]
     names = args.names or [(p if p.is_dir() else p.parent).name for p in paths]
-    print(compare_table([(n, load_results(p)) for n, p in zip(names, paths, strict=True)]))
+    named = [(n, load_results(p)) for n, p in zip(names, paths, strict=True)]
+    print(trainings_table(named) if args.trainings else compare_table(named))
 
 
 if __name__ == "__main__":
