@@ -287,6 +287,11 @@ def test_vla_compare_trainings_gives_the_mean_and_its_spread_over_trainings(tmp_
     same = results("again", [True, True, True, False], "00")
     with pytest.raises(ValueError, match="same weights: one training, not two"):
         main(["--trainings", s0, same])
+    for run, src in (("r0", s0), ("r1", s1)):  # one folder name in two runs: each named by its run
+        (tmp_path / run / "test").mkdir(parents=True)
+        (tmp_path / run / "test" / "results.json").write_text((Path(src) / "results.json").read_text())
+    main(["--trainings", str(tmp_path / "r0" / "test"), str(tmp_path / "r1" / "test")])
+    assert capsys.readouterr().out.split()[1:3] == ["r0/test", "r1/test"]
     other = tmp_path / "other"
     other.mkdir()
     body = json.loads((Path(s1) / "results.json").read_text())

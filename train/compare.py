@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.names is not None and len(args.names) != len(args.results):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.results)} results")
     paths = [Path(p) for p in args.results]
-    names = args.names or [(p if p.is_dir() else p.parent).name for p in paths]
+    folders = [p if p.is_dir() else p.parent for p in paths]
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):  # runs/a/test and runs/b/test: name each by its run too
+        names = [f"{f.parent.name}/{f.name}" for f in folders]
+    names = args.names or names
     named = [(n, load_results(p)) for n, p in zip(names, paths, strict=True)]
     print(trainings_table(named) if args.trainings else compare_table(named))
 
