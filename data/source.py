@@ -66,6 +66,11 @@ class DataConfig:
     libero: LiberoRecordConfig = field(default_factory=LiberoRecordConfig)  # source=libero_scripted
     simpler: SimplerRecordConfig = field(default_factory=SimplerRecordConfig)  # source=simpler_scripted
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    # More LeRobot folders whose episodes join this source's in one cache, read with the same keys:
+    # another recording seed of the same suite (more data), or other suites' recordings (one
+    # policy over several suites). Each must exist and match the source's frames, state, action,
+    # rate and rendering mode; nothing is recorded into them.
+    also: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.source = choice(DataSource, self.source, "data.source")
@@ -73,6 +78,8 @@ class DataConfig:
         self.convert = choice(Convert, self.convert, "data.convert")
         if self.convert != Convert.none and self.source != DataSource.lerobot:
             raise ConfigError(f"data.convert={self.convert} reads a LeRobot port: set data.source=lerobot")
+        if self.also and self.source == DataSource.libero_hdf5:
+            raise ConfigError("data.also adds LeRobot folders; a libero_hdf5 source's .hdf5 files go in its data.root")
 
     @property
     def cache_path(self) -> str:
@@ -95,10 +102,14 @@ def prepare_data(cfg: DataConfig) -> ZarrCache:
             log.info("no demonstrations at %s: recording them with the scripted experts (%s)", root, cfg.source)
             recorder.record(recorder.cfg, root)
         recorder.check(recorder.cfg, root)
+    check_also(cfg)
     wanted = source_record(cfg)
     build = not cache.exists()
     if not build:
-        diff = source_differences(cache_source(cache), wanted)
+        saved = cache_source(cache)
+        if saved is not None:  # caches built before data.also hold their source alone
+            saved.setdefault("also", [])
+        diff = source_differences(saved, wanted)
         build = bool(diff) and cfg.rebuild_cache and root.exists()
         if diff and not build:
             how = (
@@ -161,43 +172,85 @@ def source_record(cfg: DataConfig) -> dict:
         record["recording"] = recorder.settings(recorder.cfg)
     root = Path(cfg.root)
     if root.exists():
-        patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else ["meta/**/*", "data/**/*", "videos/**/*"]
+        patterns = ["*.hdf5"] if cfg.source == "libero_hdf5" else _LEROBOT_FILES
         record["files"] = files_fingerprint(root, patterns)
+    record["also"] = [files_fingerprint(p, _LEROBOT_FILES) for p in cfg.also]
     return record
 
 
-def source_frames(cfg: DataConfig) -> int | None:
-    """Frames in a LeRobot source (its meta/info.json), for the cache build's progress bar."""
-    info = Path(cfg.root) / "meta" / "info.json"  # LIBERO's .hdf5 folders have none
-    if not info.is_file():
-        return None
+_LEROBOT_FILES = ["meta/**/*", "data/**/*", "videos/**/*"]
+
+
+def check_also(cfg: DataConfig) -> None:
+    """Refuse a `data.also` folder that is missing or holds other frames, state, action, control
+    rate or rendering mode than the source: its episodes would join the cache as if they matched."""
+    if not cfg.also:
+        return
+    main = _lerobot_meta(cfg.root, "data.root", cfg) if (Path(cfg.root) / "meta" / "info.json").is_file() else None
+    if main is None:
+        raise FileNotFoundError(
+            f"data.also needs the source's own folder to compare with: {cfg.root} holds no meta/info.json"
+        )
+    if cfg.source == "libero_scripted":  # the rendering mode this run's recording asks for
+        main["render_mode"] = cfg.libero.render_mode
+    for i, folder in enumerate(cfg.also):
+        name = f"data.also[{i}]={folder}"
+        if not (Path(folder) / "meta" / "info.json").is_file():
+            raise FileNotFoundError(
+                f"{name}: no LeRobot dataset there (meta/info.json missing). Record it first (for a scripted "
+                "suite, run its preset with data.root set to that folder) or remove it from data.also"
+            )
+        other = _lerobot_meta(folder, name, cfg)
+        for key, value in main.items():
+            if other.get(key, value) != value:
+                raise ValueError(
+                    f"{name}: {key} is {other[key]!r} there but {value!r} in data.root={cfg.root}; only episodes of "
+                    "the same frames, state, action, rate and rendering mode can be trained on together"
+                )
+
+
+def _lerobot_meta(root: str | Path, name: str, cfg: DataConfig) -> dict:
+    """What must agree between folders trained on together: fps, the shapes of the features this
+    run reads, and a scripted recording's rendering mode (meta/recording.json)."""
+    root = Path(root)
     try:
-        return int(json.loads(info.read_text())["total_frames"])
-    except (ValueError, KeyError, TypeError):
-        return None  # the reader names what is wrong with the file
+        info = json.loads((root / "meta" / "info.json").read_text())
+        features = info["features"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{name}: meta/info.json is not a LeRobot dataset's ({e!r})") from e
+    keys = _lerobot_keys(cfg)
+    out: dict = {"fps": info.get("fps")}
+    for key in [*keys.cameras.values(), keys.state, keys.action]:
+        out[f"shape of {key}"] = features.get(key, {}).get("shape")
+    recording = root / "meta" / "recording.json"
+    if recording.is_file():
+        mode = json.loads(recording.read_text()).get("render_mode")
+        if mode:
+            out["render_mode"] = mode
+    return out
+
+
+def source_frames(cfg: DataConfig) -> int | None:
+    """Frames in a LeRobot source and its data.also folders (their meta/info.json), for the cache
+    build's progress bar."""
+    total = 0
+    for root in [cfg.root, *cfg.also]:
+        info = Path(root) / "meta" / "info.json"  # LIBERO's .hdf5 folders have none
+        if not info.is_file():
+            return None
+        try:
+            total += int(json.loads(info.read_text())["total_frames"])
+        except (ValueError, KeyError, TypeError):
+            return None  # the reader names what is wrong with the file
+    return total
 
 
 def read_source(cfg: DataConfig):
-    from data.readers import (
-        BRIDGE_LEROBOT_KEYS,
-        LIBERO_LEROBOT_KEYS,
-        LeRobotKeys,
-        LiberoHDF5Keys,
-        read_lerobot,
-        read_libero_hdf5,
-    )
+    from data.readers import LiberoHDF5Keys, read_lerobot, read_libero_hdf5
 
     if cfg.source != "libero_hdf5":
-        keys = {"libero_scripted": LIBERO_LEROBOT_KEYS, "simpler_scripted": BRIDGE_LEROBOT_KEYS}.get(
-            cfg.source, LeRobotKeys()
-        )
-        keys = replace(
-            keys,
-            cameras=dict(cfg.camera_keys) or keys.cameras,
-            state=cfg.state_key or keys.state,
-            action=cfg.action_key or keys.action,
-        )
-        episodes = read_lerobot(cfg.root, keys)
+        keys = _lerobot_keys(cfg)
+        episodes = itertools.chain.from_iterable(read_lerobot(root, keys) for root in [cfg.root, *cfg.also])
         return _bridge_port_episodes(episodes) if cfg.convert == Convert.bridge_port else episodes
     files = sorted(Path(cfg.root).glob("*.hdf5"))
     if not files:
@@ -209,6 +262,20 @@ def read_source(cfg: DataConfig):
     keys = LiberoHDF5Keys()
     keys = replace(keys, cameras=dict(cfg.camera_keys) or keys.cameras, action=cfg.action_key or keys.action)
     return itertools.chain.from_iterable(read_libero_hdf5(f, keys) for f in files)
+
+
+def _lerobot_keys(cfg: DataConfig):
+    from data.readers import BRIDGE_LEROBOT_KEYS, LIBERO_LEROBOT_KEYS, LeRobotKeys
+
+    keys = {"libero_scripted": LIBERO_LEROBOT_KEYS, "simpler_scripted": BRIDGE_LEROBOT_KEYS}.get(
+        cfg.source, LeRobotKeys()
+    )
+    return replace(
+        keys,
+        cameras=dict(cfg.camera_keys) or keys.cameras,
+        state=cfg.state_key or keys.state,
+        action=cfg.action_key or keys.action,
+    )
 
 
 def _bridge_port_episodes(episodes):

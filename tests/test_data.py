@@ -73,6 +73,41 @@ def write_libero_hdf5(path, demos=2, t=5, instruction="put the bowl on the plate
                 del obs["eye_in_hand_rgb"]
 
 
+def test_data_also_trains_on_several_recordings_in_one_cache_and_refuses_what_differs(tmp_path):
+    from dataclasses import replace
+
+    from data.source import DataConfig, prepare_data
+
+    rec = RecordConfig(tasks=["lift_red"], episodes_per_task=2, image_size=32, workers=1)
+    cfg = DataConfig(source="builtin", root=str(tmp_path / "seed0"), record=rec)
+    alone = prepare_data(cfg)  # recorded here
+    other = record_builtin(replace(rec, seed=1), tmp_path / "seed1")
+    both = replace(cfg, cache=str(tmp_path / "both.zarr"), also=[str(other)])
+    cache = prepare_data(both)
+    extra = list(read_lerobot(other))
+    assert cache.num_episodes == alone.num_episodes + len(extra) and len(extra) > 0
+    # The source's episodes first, then the folder's, frame for frame.
+    np.testing.assert_array_equal(cache.action[: alone.num_frames], alone.action)
+    np.testing.assert_array_equal(cache.action[alone.num_frames :], np.concatenate([e.actions for e in extra]))
+    np.testing.assert_array_equal(cache.images["wrist"][alone.num_frames], extra[0].images["wrist"][0])
+    assert len(cache.source["also"]) == 1
+    prepare_data(both)  # the same request reuses it
+    with pytest.raises(ValueError, match=r"not built from the data asked for: also \(cache \['\d+ files"):
+        prepare_data(replace(both, also=[]))  # the cache holds more than asked
+    with pytest.raises(ValueError, match=r"not built from the data asked for: also"):
+        prepare_data(replace(cfg, cache=str(tmp_path / "seed0.zarr"), also=[str(other)]))  # and less
+
+    with pytest.raises(FileNotFoundError, match=r"data.also\[0\]=.*nowhere: no LeRobot dataset there"):
+        prepare_data(replace(both, also=[str(tmp_path / "nowhere")]))
+    small = record_builtin(replace(rec, image_size=16), tmp_path / "small")
+    with pytest.raises(
+        ValueError, match=r"data.also\[1\]=.*small: shape of observation.images.agentview is \[16, 16, 3\]"
+    ):
+        prepare_data(replace(both, cache=str(tmp_path / "three.zarr"), also=[str(other), str(small)]))
+    with pytest.raises(ValueError, match="data.also adds LeRobot folders"):
+        DataConfig(source="libero_hdf5", root=str(tmp_path), also=[str(other)])
+
+
 def test_libero_hdf5_reader_and_cache(tmp_path):
     write_libero_hdf5(tmp_path / "task.hdf5")
     eps = list(read_libero_hdf5(tmp_path / "task.hdf5"))
