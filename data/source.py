@@ -20,7 +20,7 @@ from data.dataset import LoaderConfig
 from data.record import RecordConfig
 from data.record_libero import LiberoRecordConfig
 from data.record_simpler import SimplerRecordConfig
-from vla.configs import ConfigError, choice, recover_dir
+from vla.configs import ConfigError, choice, load_json, recover_dir
 from vla.embodiment import Embodiment
 
 log = logging.getLogger(__name__)
@@ -186,47 +186,41 @@ def check_also(cfg: DataConfig) -> None:
     rate or rendering mode than the source: its episodes would join the cache as if they matched."""
     if not cfg.also:
         return
-    main = _lerobot_meta(cfg.root, "data.root", cfg) if (Path(cfg.root) / "meta" / "info.json").is_file() else None
-    if main is None:
-        raise FileNotFoundError(
-            f"data.also needs the source's own folder to compare with: {cfg.root} holds no meta/info.json"
-        )
-    if cfg.source == "libero_scripted":  # the rendering mode this run's recording asks for
-        main["render_mode"] = cfg.libero.render_mode
+    main = _lerobot_meta(cfg.root, "data.root", cfg)
     for i, folder in enumerate(cfg.also):
         name = f"data.also[{i}]={folder}"
-        if not (Path(folder) / "meta" / "info.json").is_file():
-            raise FileNotFoundError(
-                f"{name}: no LeRobot dataset there (meta/info.json missing). Record it first (for a scripted "
-                "suite, run its preset with data.root set to that folder) or remove it from data.also"
-            )
         other = _lerobot_meta(folder, name, cfg)
-        for key, value in main.items():
-            if other.get(key, value) != value:
+        for key in [*main, *(k for k in other if k not in main)]:  # a mode on one side only differs too
+            if other.get(key) != main.get(key):
                 raise ValueError(
-                    f"{name}: {key} is {other[key]!r} there but {value!r} in data.root={cfg.root}; only episodes of "
-                    "the same frames, state, action, rate and rendering mode can be trained on together"
+                    f"{name}: {key} is {other.get(key) or 'absent'!r} there but {main.get(key) or 'absent'!r} in "
+                    f"data.root={cfg.root}; only episodes of the same frames, state, action, rate and rendering "
+                    "mode can be trained on together"
                 )
 
 
 def _lerobot_meta(root: str | Path, name: str, cfg: DataConfig) -> dict:
     """What must agree between folders trained on together: fps, the shapes of the features this
-    run reads, and a scripted recording's rendering mode (meta/recording.json)."""
+    run reads, and a scripted recording's rendering mode (its meta/recording.json)."""
+    from data.record_scripted import RECORDING_FILE
+
     root = Path(root)
-    try:
-        info = json.loads((root / "meta" / "info.json").read_text())
-        features = info["features"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{name}: meta/info.json is not a LeRobot dataset's ({e!r})") from e
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(
+            f"{name}: no LeRobot dataset there (meta/info.json missing). Record it there first (for a "
+            "scripted suite, run its preset with data.root set to that folder) or correct the path"
+        )
+    info = load_json(root / "meta" / "info.json")
+    features = info.get("features") if isinstance(info, dict) else None
+    if not isinstance(features, dict):
+        raise ValueError(f"{name}: meta/info.json has no features map; is it a LeRobot dataset?")
     keys = _lerobot_keys(cfg)
     out: dict = {"fps": info.get("fps")}
     for key in [*keys.cameras.values(), keys.state, keys.action]:
-        out[f"shape of {key}"] = features.get(key, {}).get("shape")
-    recording = root / "meta" / "recording.json"
-    if recording.is_file():
-        mode = json.loads(recording.read_text()).get("render_mode")
-        if mode:
-            out["render_mode"] = mode
+        out[f"shape of {key}"] = (features.get(key) or {}).get("shape")
+    recording = load_json(root / RECORDING_FILE) if (root / RECORDING_FILE).is_file() else {}
+    if recording.get("render_mode"):
+        out["render_mode"] = recording["render_mode"]
     return out
 
 

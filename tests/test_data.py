@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -104,6 +105,12 @@ def test_data_also_trains_on_several_recordings_in_one_cache_and_refuses_what_di
         ValueError, match=r"data.also\[1\]=.*small: shape of observation.images.agentview is \[16, 16, 3\]"
     ):
         prepare_data(replace(both, cache=str(tmp_path / "three.zarr"), also=[str(other), str(small)]))
+    libero_look = tmp_path / "libero_look"  # a recording rendered otherwise (the source names no mode)
+    shutil.copytree(other, libero_look)
+    settings = json.loads((libero_look / RECORDING_FILE).read_text())
+    (libero_look / RECORDING_FILE).write_text(json.dumps({**settings, "render_mode": "libero"}))
+    with pytest.raises(ValueError, match=r"data.also\[0\]=.*libero_look: render_mode is 'libero' there but 'absent'"):
+        prepare_data(replace(both, also=[str(libero_look)]))
     with pytest.raises(ValueError, match="data.also adds LeRobot folders"):
         DataConfig(source="libero_hdf5", root=str(tmp_path), also=[str(other)])
 
