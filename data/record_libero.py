@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 # Bump when the expert, the environment wrapper or the rendering change what a recording holds
 # (2: one seed gives one scene in the four joint-initialised tasks; the Spatial expert's drawer
-# grasp closes where the fingers stop, from the wall facing the robot).
+# grasp closes where the fingers stop, from the wall facing the robot). A change to one suite's
+# expert alone bumps that suite in SUITE_VERSIONS, so the other suites' recordings stay valid
+# (libero_spatial 3: the drawer grasp closes after 3 still steps, not 13).
 RECORDING_VERSION = 2
+SUITE_VERSIONS = {"libero_spatial": 3}
 FPS = 20
 # The public LeRobot ports' keys (HuggingFaceVLA/libero and the IPEC-COMMUNITY ports).
 PORT_KEYS = {
@@ -77,7 +80,7 @@ def recording_settings(cfg: LiberoRecordConfig) -> dict:
     left out at its default, which reproduces what recordings made before it hold."""
     defaults = {"placement_widen": 0.0}
     settings = {k: v for k, v in to_dict(cfg).items() if k != "workers" and defaults.get(k, object()) != v}
-    return {"version": RECORDING_VERSION, **settings}
+    return {"version": SUITE_VERSIONS.get(cfg.suite, RECORDING_VERSION), **settings}
 
 
 def features(image_size: int) -> dict:

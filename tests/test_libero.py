@@ -15,6 +15,7 @@ from helpers import InlinePool, tiny_policy_config, tiny_stats
 
 from envs.libero import conventions
 from envs.libero import env as libero
+from envs.libero.skills import unseen_wait
 
 OBJECT_TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 
@@ -191,6 +192,9 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
     assert parts_settings(rec.recording_settings(replace(cfg, episodes_per_task=60, tasks=[]))) == same
     for changed in (replace(cfg, noise=cfg.noise + 0.1), replace(cfg, image_size=64), replace(cfg, seed=cfg.seed + 1)):
         assert parts_settings(rec.recording_settings(changed)) != same
+    # A change to one suite's expert makes that suite's recordings stale, not the others'.
+    versions = {suite: rec.recording_settings(rec.LiberoRecordConfig(suite=suite))["version"] for suite in rec.EXPERTS}
+    assert versions == {"libero_object": 2, "libero_spatial": 3, "libero_goal": 2, "libero_10": 2}
 
 
 @pytest.mark.parametrize(
@@ -230,22 +234,63 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
     ],
 )
 def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
-    from envs.evaluate import EvalConfig, episode_seed
-    from envs.libero.experts import expert_for
+    from envs.libero.experts import _expert_episode
 
-    env = libero.LiberoEnv(suite, task, cameras=False)
-    expert = expert_for(suite, env)
-    try:
-        # Seeded as vla-eval's test episode: the fixtures' placement is drawn at the reset.
-        env.reset(seed=episode_seed(EvalConfig(), state), options={"init_state": state})
-        expert.start()
-        for _ in range(env.max_episode_steps):
-            _, _, terminated, truncated, _ = env.step(expert.act())
-            if terminated or truncated:
-                break
-        assert terminated, f"the scripted expert failed {suite}/{task} from official state {state}"
-    finally:
-        env.close()
+    # Seeded as vla-eval's test episode (the fixtures' placement is drawn at the reset), as
+    # `python -m envs.libero.experts` runs it.
+    _, _, success, _, wait = _expert_episode((suite, task, state, None))
+    assert success, f"the scripted expert failed {suite}/{task} from official state {state}"
+    # What its demonstrations teach: no gripper decision after a wait the policy cannot see
+    # (13 still steps before the close in the drawer taught a policy to park open).
+    assert wait <= 3, f"{suite}/{task}: the expert flips the gripper after {wait} steps standing still"
+
+
+def test_unseen_wait_counts_still_steps_before_a_gripper_flip_and_nothing_that_moves():
+    # 8-D LIBERO proprio: hand position, axis-angle, two fingers; actions' last column the gripper.
+    states = np.zeros((10, 8))
+    states[:4, 0] = np.arange(4) * 0.01  # the hand comes down for 4 steps, then stands still
+    states[3:, 0] = 0.03
+    actions = np.zeros((10, 7))
+    actions[:, 6] = -1.0
+    actions[8:, 6] = 1.0  # closes at step 8, after observations 3..8 all alike: a wait of 5
+    assert unseen_wait(states, actions) == 5
+    turning = states.copy()
+    turning[3:, 5] = np.arange(7) * 0.01  # the hand turns in place: the policy sees that
+    assert unseen_wait(turning, actions) == 0
+    fingers = states.copy()
+    fingers[3:, 6] = np.arange(7) * 0.001  # the fingers still move
+    assert unseen_wait(fingers, actions) == 0
+    actions[:, 6] = -1.0
+    assert unseen_wait(states, actions) == 0  # no flip, no wait however long the stand
+    with pytest.raises(ValueError, match="10 states for 9 actions"):
+        unseen_wait(states, actions[:9])
+
+
+def test_recorded_waits_are_reported_per_task_from_a_cache(tmp_path, capsys):
+    from data.cache import build_cache
+    from data.episode import Episode
+    from envs.libero.experts import print_recorded_waits
+
+    states = np.zeros((10, 8), dtype=np.float32)
+    states[:4, 0] = np.arange(4) * 0.01
+    states[3:, 0] = 0.03
+    closes, opens = np.zeros((10, 7), dtype=np.float32), np.zeros((10, 7), dtype=np.float32)
+    closes[:, 6], closes[8:, 6], opens[:, 6] = -1.0, 1.0, -1.0
+    frames = {"agentview": np.zeros((10, 8, 8, 3), dtype=np.uint8)}
+    build_cache(
+        [
+            Episode(frames, states, closes, "waits"),
+            Episode(frames, states, opens, "waits"),
+            Episode(frames, states, opens, "moves"),
+        ],
+        tmp_path / "c.zarr",
+    )
+    print_recorded_waits(str(tmp_path / "c.zarr"))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["waits", "2", "2", "5", "1"], ["moves", "1", "0", "0", "0"]]
+    build_cache([Episode(frames, states[:, :7], opens, "seven")], tmp_path / "other.zarr")
+    with pytest.raises(ValueError, match="8-D state, this cache's is 7-D"):
+        print_recorded_waits(str(tmp_path / "other.zarr"))
 
 
 def test_one_seed_gives_one_libero_scene_and_the_expert_measurement_is_reproducible():

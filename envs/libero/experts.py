@@ -31,7 +31,7 @@ from envs.libero.pick_place import (
     PlateDrag,
     VesselPlaceExpert,
 )
-from envs.libero.skills import Scene
+from envs.libero.skills import Scene, unseen_wait
 
 VESSELS = ("bowl", "cup")  # objects held by the rim (VesselPlaceExpert)
 MUGS = ("mug",)  # held by the rim away from the handle (MugPlace)
@@ -51,6 +51,11 @@ class SpatialExpert(VesselPlaceExpert):
     the finger: 31 of 50 official states against 45 of 50 (docs/libero.md)."""
 
     SIDE_BY_ROOM = False
+    # Close after 3 still steps, not 13: a policy cannot see how long the hand has stood there
+    # (its state holds no timer), and 13 alike observations labelled "go down, open" before one
+    # "close" teach it to stay open (`skills.unseen_wait`; the expert: 48 of 50 official states
+    # against 45 of 50, docs/libero.md#libero-spatial-the-rim-grasp).
+    STOPPED = 2
 
 
 class TaskPlanExpert:
@@ -142,9 +147,10 @@ def expert_for(suite: str, env):
     return EXPERTS[suite](env)
 
 
-def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int]:
+def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, bool, int, int]:
     """Run the expert without cameras from official initial state `index` (widen None) or from
-    a fresh placement drawn with seed `index`, its regions widened by `widen` metres.
+    a fresh placement drawn with seed `index`, its regions widened by `widen` metres: (task,
+    index, success, steps, the longest wait a policy cannot see, `skills.unseen_wait`).
 
     An official state sets the objects but not the fixtures, which LIBERO places anew at every
     reset from numpy's global generator (a cabinet 1 cm and 2 degrees apart between two resets):
@@ -158,17 +164,44 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
     expert = expert_for(suite, env)
     try:
         if widen is None:
-            env.reset(seed=episode_seed(EvalConfig(), index), options={"init_state": index})
+            obs, _ = env.reset(seed=episode_seed(EvalConfig(), index), options={"init_state": index})
         else:
-            env.reset(seed=index)
+            obs, _ = env.reset(seed=index)
         expert.start()
-        for step in range(1, env.max_episode_steps + 1):
-            _, _, terminated, truncated, _ = env.step(expert.act())
+        states, actions, terminated = [], [], False
+        for _ in range(env.max_episode_steps):
+            states.append(obs["state"])
+            actions.append(expert.act())
+            obs, _, terminated, truncated, _ = env.step(actions[-1])
             if terminated or truncated:
-                return task, index, bool(terminated), step
-        return task, index, False, env.max_episode_steps
+                break
+        return task, index, bool(terminated), len(actions), unseen_wait(np.array(states), np.array(actions))
     finally:
         env.close()
+
+
+def print_recorded_waits(cache_path: str) -> None:
+    """Per task of a LIBERO training cache: how many demonstrations flip the gripper after a
+    wait the policy cannot see (`skills.unseen_wait`), their median and the longest."""
+    from data.cache import ZarrCache
+
+    cache = ZarrCache(cache_path, in_memory=False)  # state and action only: no frames are read
+    if cache.state.shape[1] != 8:
+        raise ValueError(
+            f"{cache_path}: unseen waits read LIBERO's 8-D state, this cache's is {cache.state.shape[1]}-D"
+        )
+    waits = [[] for _ in cache.tasks]
+    for start, end, task in zip(cache.episode_starts, cache.episode_ends, cache.task_index, strict=True):
+        waits[task].append(unseen_wait(cache.state[start:end], cache.action[start:end]))
+    width = max(len(t) for t in cache.tasks) + 2
+    print(f"unseen waits in {cache_path} (steps standing still before a gripper flip)")
+    print(f"{'task':<{width}}{'episodes':>9}{'median':>8}{'longest':>9}{'over 3':>8}")
+    for task, w in zip(cache.tasks, waits, strict=True):
+        if not w:
+            print(f"{task:<{width}}{0:>9}")
+            continue
+        w = np.array(w)
+        print(f"{task:<{width}}{len(w):>9}{np.median(w):>8.0f}{w.max():>9}{int((w > 3).sum()):>8}")
 
 
 def main() -> None:
@@ -191,7 +224,15 @@ def main() -> None:
     parser.add_argument(
         "--widen", type=float, default=None, help="fresh placements (seeds 0..N-1), regions widened by this (m)"
     )
+    parser.add_argument(
+        "--recording",
+        default="",
+        help="instead of running the expert: the unseen waits in a recording's training cache (zarr), per task",
+    )
     args = parser.parse_args()
+    if args.recording:
+        print_recorded_waits(args.recording)
+        return
     tasks = suite_tasks(args.suite)
     if args.tasks:
         picked = [int(i) for i in args.tasks.split(",") if i.strip().lstrip("-").isdigit()]
@@ -211,7 +252,9 @@ def main() -> None:
     )
     print(f"scripted expert, {args.suite}, {starts}, {time.time() - t0:.0f} s")
     width = max(len(t) for t in tasks) + 2
-    print(f"{'task':<{width}}{'success':>9}{'mean steps':>12}  failed states")
+    # "unseen wait": the longest the hand and fingers stood still before a gripper command
+    # flipped, over the task's episodes (skills.unseen_wait): a policy cannot read that timer.
+    print(f"{'task':<{width}}{'success':>9}{'mean steps':>12}{'unseen wait':>13}  failed states")
     total = 0
     for task in tasks:
         mine = [r for r in results if r[0] == task]
@@ -219,7 +262,8 @@ def main() -> None:
         total += ok
         failed = [r[1] for r in mine if not r[2]]
         steps = np.mean([r[3] for r in mine if r[2]]) if ok else float("nan")
-        print(f"{task:<{width}}{ok:>5}/{len(mine):<3}{steps:>12.0f}  {failed or ''}")
+        wait = max(r[4] for r in mine)
+        print(f"{task:<{width}}{ok:>5}/{len(mine):<3}{steps:>12.0f}{wait:>13}  {failed or ''}")
     print(f"{'all':<{width}}{total:>5}/{len(results)}")
 
 

@@ -30,6 +30,37 @@ HELD_GAP = 0.008  # a gap above this once the fingers stopped closing means some
 HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narrow in x, wide in y
 
 
+# A step moves the hand less than STILL_HAND, turns it less than STILL_TURN (its axis-angle
+# changes less) and each finger less than STILL_FINGERS: to the policy, which sees the
+# proprioceptive state and not the expert's counters, nothing happened.
+STILL_HAND, STILL_TURN, STILL_FINGERS = 0.001, 0.005, 0.0001
+
+
+def unseen_wait(states: np.ndarray, actions: np.ndarray) -> int:
+    """The longest wait a policy cannot see: over every flip of the gripper command (actions'
+    last column, the sign), how many steps before it the state (LIBERO's proprio: hand position,
+    axis-angle, two finger joints; `states[t]` observed before `actions[t]`) had stood still.
+    A wait of n means n + 1 alike observations, n of them labelled with the old command and one
+    with the new: a timer the policy cannot read, so it learns the old command and stays."""
+    states, actions = np.asarray(states, dtype=float), np.asarray(actions, dtype=float)
+    if len(states) != len(actions):
+        raise ValueError(f"unseen_wait: {len(states)} states for {len(actions)} actions")
+    still = np.zeros(len(states), dtype=bool)  # still[t]: observation t alike to observation t - 1
+    if len(states) > 1:
+        hand = np.linalg.norm(np.diff(states[:, :3], axis=0), axis=1) < STILL_HAND
+        hand &= np.linalg.norm(np.diff(states[:, 3:6], axis=0), axis=1) < STILL_TURN
+        fingers = np.abs(np.diff(states[:, 6:8], axis=0)).max(axis=1) < STILL_FINGERS
+        still[1:] = hand & fingers
+    grip = np.sign(actions[:, -1])
+    longest = 0
+    for t in np.nonzero(grip[1:] != grip[:-1])[0] + 1:
+        n = 0
+        while t - n > 0 and still[t - n]:
+            n += 1
+        longest = max(longest, n)
+    return longest
+
+
 _SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
 
 
