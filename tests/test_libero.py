@@ -291,6 +291,8 @@ def test_recorded_waits_are_reported_per_task_from_a_cache(tmp_path, capsys):
     build_cache([Episode(frames, states[:, :7], opens, "seven")], tmp_path / "other.zarr")
     with pytest.raises(ValueError, match="8-D state, this cache's is 7-D"):
         print_recorded_waits(str(tmp_path / "other.zarr"))
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr: no training cache there"):
+        print_recorded_waits(str(tmp_path / "nowhere.zarr"))
 
 
 def test_one_seed_gives_one_libero_scene_and_the_expert_measurement_is_reproducible():

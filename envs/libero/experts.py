@@ -181,22 +181,28 @@ def _expert_episode(job: tuple[str, str, int, float | None]) -> tuple[str, int, 
 
 
 def print_recorded_waits(cache_path: str) -> None:
-    """Per task of a LIBERO training cache: how many demonstrations flip the gripper after a
-    wait the policy cannot see (`skills.unseen_wait`), their median and the longest."""
-    from data.cache import ZarrCache
+    """Per task of a LIBERO training cache (data/cache.py's zarr layout, read here directly:
+    envs comes before data): how many demonstrations flip the gripper after a wait the policy
+    cannot see (`skills.unseen_wait`), their median and the longest."""
+    from pathlib import Path
 
-    cache = ZarrCache(cache_path, in_memory=False)  # state and action only: no frames are read
-    if cache.state.shape[1] != 8:
-        raise ValueError(
-            f"{cache_path}: unseen waits read LIBERO's 8-D state, this cache's is {cache.state.shape[1]}-D"
-        )
-    waits = [[] for _ in cache.tasks]
-    for start, end, task in zip(cache.episode_starts, cache.episode_ends, cache.task_index, strict=True):
-        waits[task].append(unseen_wait(cache.state[start:end], cache.action[start:end]))
-    width = max(len(t) for t in cache.tasks) + 2
+    import zarr
+
+    if not (Path(cache_path) / "zarr.json").is_file():
+        raise FileNotFoundError(f"{cache_path}: no training cache there (a .zarr folder that vla-train builds)")
+    root = zarr.open_group(cache_path, mode="r")
+    state, action = root["state"][:], root["action"][:]
+    if state.shape[1] != 8:
+        raise ValueError(f"{cache_path}: unseen waits read LIBERO's 8-D state, this cache's is {state.shape[1]}-D")
+    ends, tasks = root["episode_ends"][:], list(root.attrs["tasks"])
+    starts = np.concatenate([[0], ends[:-1]])
+    waits = [[] for _ in tasks]
+    for start, end, task in zip(starts, ends, root["task_index"][:], strict=True):
+        waits[task].append(unseen_wait(state[start:end], action[start:end]))
+    width = max(len(t) for t in tasks) + 2
     print(f"unseen waits in {cache_path} (steps standing still before a gripper flip)")
     print(f"{'task':<{width}}{'episodes':>9}{'median':>8}{'longest':>9}{'over 3':>8}")
-    for task, w in zip(cache.tasks, waits, strict=True):
+    for task, w in zip(tasks, waits, strict=True):
         if not w:
             print(f"{task:<{width}}{0:>9}")
             continue
