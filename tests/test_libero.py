@@ -15,7 +15,7 @@ from helpers import InlinePool, tiny_policy_config, tiny_stats
 
 from envs.libero import conventions
 from envs.libero import env as libero
-from envs.libero.skills import unseen_wait
+from envs.libero.skills import UNSEEN_WAIT_MAX, unseen_wait
 
 OBJECT_TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 
@@ -242,7 +242,7 @@ def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
     assert success, f"the scripted expert failed {suite}/{task} from official state {state}"
     # What its demonstrations teach: no gripper decision after a wait the policy cannot see
     # (13 still steps before the close in the drawer taught a policy to park open).
-    assert wait <= 3, f"{suite}/{task}: the expert flips the gripper after {wait} steps standing still"
+    assert wait <= UNSEEN_WAIT_MAX, f"{suite}/{task}: the expert flips the gripper after {wait} steps standing still"
 
 
 def test_unseen_wait_counts_still_steps_before_a_gripper_flip_and_nothing_that_moves():

@@ -31,7 +31,7 @@ from envs.libero.pick_place import (
     PlateDrag,
     VesselPlaceExpert,
 )
-from envs.libero.skills import Scene, unseen_wait
+from envs.libero.skills import UNSEEN_WAIT_MAX, Scene, unseen_wait
 
 VESSELS = ("bowl", "cup")  # objects held by the rim (VesselPlaceExpert)
 MUGS = ("mug",)  # held by the rim away from the handle (MugPlace)
@@ -201,13 +201,13 @@ def print_recorded_waits(cache_path: str) -> None:
         waits[task].append(unseen_wait(state[start:end], action[start:end]))
     width = max(len(t) for t in tasks) + 2
     print(f"unseen waits in {cache_path} (steps standing still before a gripper flip)")
-    print(f"{'task':<{width}}{'episodes':>9}{'median':>8}{'longest':>9}{'over 3':>8}")
+    print(f"{'task':<{width}}{'episodes':>9}{'median':>8}{'longest':>9}{f'over {UNSEEN_WAIT_MAX}':>8}")
     for task, w in zip(tasks, waits, strict=True):
         if not w:
             print(f"{task:<{width}}{0:>9}")
             continue
         w = np.array(w)
-        print(f"{task:<{width}}{len(w):>9}{np.median(w):>8.0f}{w.max():>9}{int((w > 3).sum()):>8}")
+        print(f"{task:<{width}}{len(w):>9}{np.median(w):>8.0f}{w.max():>9}{int((w > UNSEEN_WAIT_MAX).sum()):>8}")
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ HAND_HALF = (0.025, 0.11)  # half footprint of the hand (m), pointing down: narr
 # changes less) and each finger less than STILL_FINGERS: to the policy, which sees the
 # proprioceptive state and not the expert's counters, nothing happened.
 STILL_HAND, STILL_TURN, STILL_FINGERS = 0.001, 0.005, 0.0001
+# The longest unseen wait an expert may show: from every still step of it, the flip falls inside
+# the 4 actions the presets execute of each chunk.
+UNSEEN_WAIT_MAX = 3
 
 
 def unseen_wait(states: np.ndarray, actions: np.ndarray) -> int:
