@@ -295,6 +295,60 @@ def test_recorded_waits_are_reported_per_task_from_a_cache(tmp_path, capsys):
         print_recorded_waits(str(tmp_path / "nowhere.zarr"))
 
 
+def test_the_shadow_expert_agrees_with_itself_and_names_where_a_policy_parts_from_it():
+    """`envs.libero.shadow`: executing what a twin of the expert does, the shadow proposes the
+    same actions at every step; a hand held still with the gripper closed parts from it at
+    once, in the drawer's approach, and the step table says so."""
+    from envs.libero.experts import expert_for
+    from envs.libero.shadow import ShadowExpert, first_gripper_disagreement, stage_table
+
+    task = libero.suite_tasks("libero_goal")[0]  # open the middle drawer
+    env = ShadowExpert(libero.LiberoEnv("libero_goal", task, cameras=False, max_episode_steps=60), "libero_goal")
+    try:
+        env.reset(seed=3)
+        twin = expert_for("libero_goal", env.unwrapped)
+        twin.start()
+        for _ in range(60):
+            env.step(twin.act())
+        followed = env.rows
+        env.reset(seed=3)
+        for _ in range(10):
+            env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
+        still = env.rows
+    finally:
+        env.close()
+    assert len(followed) == 60 and all(np.array_equal(r["policy"], r["expert"]) for r in followed)
+    stages = [r["stage"] for r in followed]
+    assert stages[0] == "DrawerOpen.approach" and "DrawerOpen.close" in stages  # reached the handle in 60 steps
+    table = stage_table([followed])
+    assert all(r["gripper_agree"] == 1.0 and r["episodes"] == 1 for r in table)
+    assert all(np.isnan(r["cosine"]) or abs(r["cosine"] - 1.0) < 1e-9 for r in table)
+    assert first_gripper_disagreement(followed) is None
+    assert first_gripper_disagreement(still) == {"t": 0, "stage": "DrawerOpen.approach", "policy_gripper": 1.0}
+    (row,) = stage_table([still])
+    assert row["steps"] == 10 and row["gripper_agree"] == 0.0 and row["policy_speed"] == 0.0 < row["expert_speed"]
+
+
+def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
+    from envs.libero.shadow import main
+
+    ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "steps.csv"
+    main(
+        ["--checkpoint", str(ckpt), "--suite", "libero_object", "--tasks", "0", "--episodes", "1"]
+        + ["--max-steps", "9", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    task = libero.suite_tasks("libero_object")[0]
+    assert f"{task}: 0 of 1 succeeded" in printed and "LiberoObjectExpert.reach" in printed
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + 9 and lines[0].startswith("task,seed,success,t,stage,policy_x")
+    assert lines[1].split(",")[:5] == [task, "2000000000", "0", "0", "LiberoObjectExpert.reach"]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--suite", "libero_object", "--tasks", "10"])
+    assert "give task indices 0-9 of libero_object" in capsys.readouterr().err
+
+
 def test_one_seed_gives_one_libero_scene_and_the_expert_measurement_is_reproducible():
     """An official state sets the objects, not the fixtures, which LIBERO places anew at every
     reset: the measurement seeds the reset as vla-eval's test episode does, so two runs of one

@@ -39,6 +39,7 @@ class LiberoObjectExpert:
     # Visual boxes: the demonstrations of the published LIBERO-Object result were recorded with
     # them (collision boxes are narrower; changing this changes every recording).
     COLLISION_BOXES = False
+    SQUEEZE = 10  # steps the fingers close before lifting
 
     def __init__(self, env, obj: str | None = None, region: str = REGION) -> None:
         """Put `obj` (the task's object of interest when None) into the basket's `region`."""
@@ -97,7 +98,7 @@ class LiberoObjectExpert:
         grasp = obj + np.array([self.grasp_dx, 0.0, self.top_above_origin - self.grasp_below_top])
         rel = eef - grasp
         near = bool(np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.03)
-        if self.closing >= 10 and gap > HELD_GAP and near:
+        if self.closing >= self.SQUEEZE and gap > HELD_GAP and near:
             # Holding: rise, carry above the basket with the bottom clear of the rim, lower, open.
             clear_z = region[2] + self.region_half[2] + RIM_CLEARANCE
             carry = clear_z + (eef[2] - (obj[2] - self.below_origin))  # hand height for that bottom height
@@ -112,7 +113,7 @@ class LiberoObjectExpert:
             self.closing = 0
             return self._move(low, -1.0)
         if self.closing > 0:
-            if self.closing < 10:  # closing: hold still until the fingers stop
+            if self.closing < self.SQUEEZE:  # closing: hold still until the fingers stop
                 self.closing += 1
                 return self._move(grasp, 1.0)
             # Closed on nothing, or the object slipped away: open and approach again.
