@@ -329,6 +329,32 @@ def test_the_shadow_expert_agrees_with_itself_and_names_where_a_policy_parts_fro
     assert row["steps"] == 10 and row["gripper_agree"] == 0.0 and row["policy_speed"] == 0.0 < row["expert_speed"]
 
 
+def test_the_shadow_expert_takes_over_a_grasp_the_policy_closed_where_it_would_hold():
+    """A grasping skill carries only what it closed on itself: once the fingers hold the object
+    at its grip, the shadow hands it the grasp instead of proposing to open and reach again."""
+    from envs.libero.experts import expert_for
+    from envs.libero.shadow import ShadowExpert
+
+    env = ShadowExpert(libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False), "libero_object")
+    try:
+        env.reset(seed=5)
+        twin = expert_for("libero_object", env.unwrapped)
+        twin.start()
+        for _ in range(150):
+            env.step(twin.act())
+            if env.rows[-1]["stage"] == "LiberoObjectExpert.carry":
+                break
+        assert env.rows[-1]["stage"] == "LiberoObjectExpert.carry", [r["stage"] for r in env.rows][-5:]
+        env.expert.closing = 0  # as if the policy, not the expert, had closed the fingers
+        for _ in range(3):
+            env.step(twin.act())
+    finally:
+        env.close()
+    after = env.rows[-3:]
+    assert [r["stage"] for r in after] == ["LiberoObjectExpert.carry"] * 3
+    assert all(np.array_equal(r["policy"], r["expert"]) for r in after)
+
+
 def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
     from envs.libero.shadow import main
 

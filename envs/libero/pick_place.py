@@ -89,15 +89,31 @@ class LiberoObjectExpert:
     def _move(self, target: np.ndarray, grip: float) -> np.ndarray:
         return self.scene.move(target, grip)
 
+    def _grasp_at(self, obj: np.ndarray) -> np.ndarray:
+        """The grasp point for the object's origin at `obj`."""
+        return obj + np.array([self.grasp_dx, 0.0, self.top_above_origin - self.grasp_below_top])
+
+    @staticmethod
+    def _near(rel: np.ndarray) -> bool:
+        """Whether a hand `rel` from the grasp point holds the object there once closed."""
+        return bool(np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.03)
+
+    def closed_at_grip(self) -> bool:
+        """The fingers closed on something (neither open nor shut on nothing) with the hand where
+        this expert holds its object: what it would carry had it closed there itself
+        (`envs.libero.shadow` hands it a grasp the policy made)."""
+        eef, gap = self.scene.hand()
+        return HELD_GAP < gap < OPEN_GAP - 0.01 and self._near(eef - self._grasp_at(self.data.xpos[self.body]))
+
     def act(self) -> np.ndarray:
         obs = self.env.sim._get_observations()
         eef = obs["robot0_eef_pos"]
         gap = float(obs["robot0_gripper_qpos"][0] - obs["robot0_gripper_qpos"][1])
         obj = self.data.xpos[self.body].copy()
         region = self.data.site_xpos[self.site].copy()
-        grasp = obj + np.array([self.grasp_dx, 0.0, self.top_above_origin - self.grasp_below_top])
+        grasp = self._grasp_at(obj)
         rel = eef - grasp
-        near = bool(np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.03)
+        near = self._near(rel)
         if self.closing >= self.SQUEEZE and gap > HELD_GAP and near:
             # Holding: rise, carry above the basket with the bottom clear of the rim, lower, open.
             clear_z = region[2] + self.region_half[2] + RIM_CLEARANCE
@@ -417,6 +433,13 @@ class VesselPlaceExpert(LetGo):
     def _grasp_point(self, obj: np.ndarray) -> np.ndarray:
         """Where the grip site is when the object is held, in the world."""
         return obj + self.grasp_offset
+
+    def closed_at_grip(self) -> bool:
+        """The fingers closed on something with the hand where this skill holds its object (as
+        `LiberoObjectExpert.closed_at_grip`)."""
+        eef, gap = self.scene.hand()
+        rel = eef - self._grasp_point(self.scene.origin(self.obj))
+        return self.HELD_GAP < gap < OPEN_GAP - 0.01 and bool(np.linalg.norm(rel) < self.HELD_NEAR)
 
     def _carry(self, eef: np.ndarray, obj: np.ndarray) -> np.ndarray:
         """Held: rise clear, carry over the target, descend, let go."""

@@ -9,10 +9,11 @@ expert's stage (skill and phase, `stage`); per stage it prints how many steps th
 there, how often its gripper command agreed with the expert's, and how the two translations
 compare (cosine, magnitude). The steps go to a CSV for a closer look.
 
-The expert keeps its own memory (phase, counters) as if its actions had been executed. Once the
-policy has gone far from anything the expert would do, a counter may have run out that the
-policy never matched; the stages are the expert's reading of the episode, a reference for the
-policy's, not ground truth.
+The expert keeps its own memory (phase, counters) as if its actions had been executed. A grasp
+the policy closes where the expert would hold the object is handed to the expert (it then
+carries); otherwise, once the policy has gone far from anything the expert would do, a counter
+may have run out that the policy never matched: the stages are the expert's reading of the
+episode, a reference for the policy's, not ground truth.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ class ShadowExpert(gym.Wrapper):
         self.suite = suite
         self.rows: list[dict] = []
         self.expert = None
+        self.last_grip = -1.0
 
     def reset(self, **kwargs):
         out = super().reset(**kwargs)
-        self.rows = []
+        self.rows, self.last_grip = [], -1.0
         self.expert = expert_for(self.suite, self.env.unwrapped)
         self.expert.start()
         return out
@@ -77,13 +79,24 @@ class ShadowExpert(gym.Wrapper):
         row = {"t": len(self.rows), "policy": action.copy(), "expert": None, "stage": ""}
         if self.expert is not None:
             try:
+                self._adopt_grasp()
                 row["expert"] = np.asarray(self.expert.act(), dtype=np.float64)
                 row["stage"] = stage(current_skill(self.expert))
             except Exception as e:  # noqa: BLE001 - the expert's failure is a finding, not the run's
                 row["stage"] = f"error: {type(e).__name__}: {e}"
                 self.expert = None
         self.rows.append(row)
+        self.last_grip = float(action[6])
         return super().step(action)
+
+    def _adopt_grasp(self) -> None:
+        """A grasping skill counts the steps it closed (`closing`, up to SQUEEZE) and carries only
+        what it closed on itself. When the policy has closed the fingers on the object where the
+        skill would hold it, the skill is told so, and goes on as if it had closed there (its
+        own run never meets this: with `closing` 0 it has just commanded the fingers open)."""
+        skill = current_skill(self.expert)
+        if getattr(skill, "closing", None) == 0 and self.last_grip > 0 and skill.closed_at_grip():
+            skill.closing = skill.SQUEEZE
 
 
 def stage_table(episodes: list[list[dict]]) -> list[dict]:
