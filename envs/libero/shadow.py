@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"gripper {'open' if first['policy_gripper'] < 0 else 'closed'} against the expert from step "
                 f"{first['t']} ({first['stage']})"
                 if first
-                else "gripper as the expert's throughout"
+                else "gripper as the expert's wherever it was asked"
             )
             print(f"  seed {seed}: {'success' if success else 'failure'} in {len(rows)} steps, ends in {last}; {where}")
     if args.out:
