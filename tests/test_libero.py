@@ -357,12 +357,13 @@ def test_the_shadow_expert_takes_over_a_grasp_the_policy_closed_where_it_would_h
 
 def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
     from envs.libero.shadow import main
+    from vla.configs import ConfigError
 
     ckpt = _tiny_libero_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "steps.csv"
     main(
         ["--checkpoint", str(ckpt), "--suite", "libero_object", "--tasks", "0", "--episodes", "1"]
-        + ["--max-steps", "9", "--out", str(out)]
+        + ["--max-steps", "9", "--out", str(out), "--sampler-overrides", '{"steps": 1}']
     )
     printed = capsys.readouterr().out
     task = libero.suite_tasks("libero_object")[0]
@@ -373,6 +374,19 @@ def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), "--suite", "libero_object", "--tasks", "10"])
     assert "give task indices 0-9 of libero_object" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="the sampler has no field \\['stepz'\\]"):
+        main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--suite",
+                "libero_object",
+                "--tasks",
+                "0",
+                "--sampler-overrides",
+                '{"stepz": 1}',
+            ]
+        )
 
 
 def test_one_seed_gives_one_libero_scene_and_the_expert_measurement_is_reproducible():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=5, help="episodes per task")
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--execute-steps", type=int, default=None, help="default: the checkpoint's training setting")
+    parser.add_argument(
+        "--sampler-overrides",
+        default=None,
+        help="decoding overrides as JSON, as eval.sampler_overrides (e.g. '{\"steps\": 1}'); default: the "
+        "checkpoint's training setting",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="a shorter step limit (default: the suite's)")
     parser.add_argument("--out", default="", help="write every step to this CSV file")
     args = parser.parse_args(argv)
@@ -256,8 +263,16 @@ def main(argv: list[str] | None = None) -> None:
         tasks = [available[int(f)] for f in fields]
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
+    overrides = None
+    if args.sampler_overrides is not None:
+        try:
+            overrides = json.loads(args.sampler_overrides)
+        except json.JSONDecodeError as e:
+            parser.error(f"--sampler-overrides {args.sampler_overrides!r}: not JSON ({e})")
+        if not isinstance(overrides, dict):
+            parser.error(f"--sampler-overrides {args.sampler_overrides!r}: give a JSON object of sampler fields")
     episodes = shadow_episodes(
-        args.checkpoint, args.suite, tasks, args.episodes, args.split, args.execute_steps, max_steps=args.max_steps
+        args.checkpoint, args.suite, tasks, args.episodes, args.split, args.execute_steps, overrides, args.max_steps
     )
     for task in tasks:
         mine = [ep for ep in episodes if ep[0] == task]
