@@ -295,19 +295,27 @@ def test_recorded_waits_are_reported_per_task_from_a_cache(tmp_path, capsys):
         print_recorded_waits(str(tmp_path / "nowhere.zarr"))
 
 
+def _shadowed_by_a_twin(suite, task, seed, **env_kwargs):
+    """A shadowed LIBERO env reset at `seed`, and a twin of its expert started on the same scene."""
+    from envs.libero.experts import expert_for
+    from envs.libero.shadow import ShadowExpert
+
+    env = ShadowExpert(libero.LiberoEnv(suite, task, cameras=False, **env_kwargs), suite)
+    env.reset(seed=seed)
+    twin = expert_for(suite, env.unwrapped)
+    twin.start()
+    return env, twin
+
+
 def test_the_shadow_expert_agrees_with_itself_and_names_where_a_policy_parts_from_it():
     """`envs.libero.shadow`: executing what a twin of the expert does, the shadow proposes the
     same actions at every step; a hand held still with the gripper closed parts from it at
     once, in the drawer's approach, and the step table says so."""
-    from envs.libero.experts import expert_for
-    from envs.libero.shadow import ShadowExpert, first_gripper_disagreement, stage_table
+    from envs.libero.shadow import first_gripper_disagreement, stage_table
 
     task = libero.suite_tasks("libero_goal")[0]  # open the middle drawer
-    env = ShadowExpert(libero.LiberoEnv("libero_goal", task, cameras=False, max_episode_steps=60), "libero_goal")
+    env, twin = _shadowed_by_a_twin("libero_goal", task, 3, max_episode_steps=60)
     try:
-        env.reset(seed=3)
-        twin = expert_for("libero_goal", env.unwrapped)
-        twin.start()
         for _ in range(60):
             env.step(twin.act())
         followed = env.rows
@@ -332,14 +340,8 @@ def test_the_shadow_expert_agrees_with_itself_and_names_where_a_policy_parts_fro
 def test_the_shadow_expert_takes_over_a_grasp_the_policy_closed_where_it_would_hold():
     """A grasping skill carries only what it closed on itself: once the fingers hold the object
     at its grip, the shadow hands it the grasp instead of proposing to open and reach again."""
-    from envs.libero.experts import expert_for
-    from envs.libero.shadow import ShadowExpert
-
-    env = ShadowExpert(libero.LiberoEnv("libero_object", OBJECT_TASK, cameras=False), "libero_object")
+    env, twin = _shadowed_by_a_twin("libero_object", OBJECT_TASK, 5)
     try:
-        env.reset(seed=5)
-        twin = expert_for("libero_object", env.unwrapped)
-        twin.start()
         for _ in range(150):
             env.step(twin.act())
             if env.rows[-1]["stage"] == "LiberoObjectExpert.carry":
