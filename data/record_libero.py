@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 # (2: one seed gives one scene in the four joint-initialised tasks; the Spatial expert's drawer
 # grasp closes where the fingers stop, from the wall facing the robot). A change to one suite's
 # expert alone bumps that suite in SUITE_VERSIONS, so the other suites' recordings stay valid
-# (libero_spatial 3: the drawer grasp closes after 3 still steps, not 13).
+# (libero_spatial 3: the drawer grasp closes after 3 still steps, not 13; libero_goal 3: the top
+# drawer is opened part-way for the bowl, and the hand goes over it to the bowl).
 RECORDING_VERSION = 2
-SUITE_VERSIONS = {"libero_spatial": 3}
+SUITE_VERSIONS = {"libero_spatial": 3, "libero_goal": 3}
 FPS = 20
 # The public LeRobot ports' keys (HuggingFaceVLA/libero and the IPEC-COMMUNITY ports).
 PORT_KEYS = {

@@ -194,7 +194,7 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
         assert parts_settings(rec.recording_settings(changed)) != same
     # A change to one suite's expert makes that suite's recordings stale, not the others'.
     versions = {suite: rec.recording_settings(rec.LiberoRecordConfig(suite=suite))["version"] for suite in rec.EXPERTS}
-    assert versions == {"libero_object": 2, "libero_spatial": 3, "libero_goal": 2, "libero_10": 2}
+    assert versions == {"libero_object": 2, "libero_spatial": 3, "libero_goal": 3, "libero_10": 2}
 
 
 @pytest.mark.parametrize(
@@ -450,6 +450,41 @@ def test_task_plan_has_one_skill_per_goal_predicate_and_names_what_it_cannot_do(
             expert.plan(scene)
     finally:
         env.close()
+
+
+def test_goal_top_drawer_opened_for_the_bowl_stays_open_as_far_as_it_was_pulled():
+    """LIBERO-Goal's top drawer is opened part-way for the bowl beside the cabinet, and the hand
+    goes over it to the bowl. From official state 6 the straight line down pushed it 5.4 cm back
+    in (-0.16 to -0.106) and the bowl no longer fitted; fully open it overhangs the bowl's grip."""
+    from envs.libero.experts import DrawerOpen, TaskPlanExpert, _expert_episode
+    from envs.libero.skills import Scene
+
+    task, joint = "open_the_top_drawer_and_put_the_bowl_inside", "wooden_cabinet_1_top_level"
+    env = libero.LiberoEnv("libero_goal", task, cameras=False)
+    try:
+        from envs.evaluate import EvalConfig, episode_seed
+
+        env.reset(seed=episode_seed(EvalConfig(), 6), options={"init_state": 6})
+        expert = TaskPlanExpert(env)
+        expert.start()
+        assert expert.skills[0].stop == TaskPlanExpert.VESSEL_DRAWER_STOP > DrawerOpen.OPEN_BEYOND
+        assert expert.skills[1].CLEAR_APPROACH
+        slides, opened = [], None
+        for _ in range(env.max_episode_steps):
+            _, _, terminated, truncated, _ = env.step(expert.act())
+            slides.append(Scene(env).joint(joint)[0])
+            if opened is None and expert.current == 1:
+                opened = len(slides)
+            if terminated or truncated:
+                break
+        assert terminated, "the expert failed official state 6 of the drawer-and-bowl task"
+        after = np.array(slides[opened:])
+        assert -0.135 < after[0] < -0.10, f"the drawer was let go at {after[0]:.3f}"
+        assert np.ptp(after) < 0.03, f"the drawer moved {np.ptp(after):.3f} m after it was let go"
+    finally:
+        env.close()
+    # Opened for no bowl, a drawer still goes to LIBERO's open (the middle drawer's own task).
+    assert _expert_episode(("libero_goal", "open_the_middle_drawer_of_the_cabinet", 0, None))[2]
 
 
 def test_mug_handle_and_drawer_landing_are_read_from_the_scene():

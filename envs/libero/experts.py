@@ -63,6 +63,12 @@ class TaskPlanExpert:
     skill per predicate, in order, each started when the previous one is done (a skill reads
     the scene when it starts, so it sees what the ones before it moved)."""
 
+    # A drawer opened for a bowl standing beside the cabinet (LIBERO-Goal's top drawer) is pulled
+    # to -0.105 and comes to rest at -0.11 to -0.125: fully open (-0.16) it overhangs the bowl
+    # lower than the top of the hand gripping the bowl's wall, and the bowl went in with it at
+    # -0.116 but not at -0.106 (docs/libero.md#the-drawer-and-bowl-expert-2026-12-07-eleventh).
+    VESSEL_DRAWER_STOP = -0.105
+
     def __init__(self, env) -> None:
         self.env = env
 
@@ -78,9 +84,14 @@ class TaskPlanExpert:
             elif kind == "turnon":
                 skills.append(KnobTurn(self.env, args[0]))
             elif kind == "in" and "cabinet" in args[1] and any(v in args[0] for v in VESSELS):
-                if not scene.holds(["open", args[1]]):
-                    skills.append(DrawerOpen(self.env, args[1]))
-                skills.append(VesselPlaceExpert(self.env, args[0], args[1], into=True, overhang=True))
+                opened = not scene.holds(["open", args[1]])
+                if opened:
+                    skills.append(DrawerOpen(self.env, args[1], stop=self.VESSEL_DRAWER_STOP))
+                # Over the drawer it opened, the hand goes up and across: the straight line down to
+                # the bowl pushed the drawer 4-6 cm back in, too narrow for the bowl in 5 of 50.
+                skills.append(
+                    VesselPlaceExpert(self.env, args[0], args[1], into=True, overhang=True, clear_approach=opened)
+                )
             elif kind == "in" and "basket" in args[1]:
                 skills.append(BasketPlace(self.env, args[0], args[1]))
             elif kind == "close" and args[0].endswith("_region"):

@@ -203,10 +203,17 @@ class DrawerOpen:
     PITCH = np.radians(25)
     ABOVE = 0.06  # once let go, the hand rises this far above the cabinet's top (m), pointing down
 
-    def __init__(self, env, region: str) -> None:
+    def __init__(self, env, region: str, stop: float | None = None) -> None:
+        """Open the drawer of `region` until its slide reaches `stop` (OPEN_BEYOND unless given:
+        a drawer that only has to take a bowl standing beside it is opened less). Short of the end
+        stop the pull slows as the slide nears `stop` (the target leads the handle by what is
+        left, at least 1 cm), so the drawer comes to rest within 2 cm of it, not at -0.16."""
         if not region.endswith("_region"):
             raise ValueError(f"DrawerOpen opens a drawer named by its region, got {region!r}")
         self.env, self.region = env, region
+        self.stop = self.OPEN_BEYOND if stop is None else stop
+        if not -0.16 < self.stop < 0.0:
+            raise ValueError(f"DrawerOpen: stop {self.stop} is outside the drawer's travel (-0.16, 0)")
         self.predicate = ["open", region]
         self.fixture, level = region[: -len("_region")].rsplit("_", 1)
         self.joint, self.drawer = f"{self.fixture}_{level}_level", f"{self.fixture}_cabinet_{level}"
@@ -263,8 +270,11 @@ class DrawerOpen:
             if np.linalg.norm(eef - grip_point) > 0.03 or gap < 0.002:  # lost the handle
                 self.phase = "approach"
                 return scene.move(eef + 0.02 * pull, -1.0, self.hand)
-            if qpos > self.OPEN_BEYOND:
-                return scene.move(handle + self.LEAD * pull, 1.0, self.hand)
+            if qpos > self.stop:
+                if self.stop == self.OPEN_BEYOND:  # to the end stop: as fast as the hand goes
+                    return scene.move(handle + self.LEAD * pull, 1.0, self.hand)
+                lead = float(np.clip(qpos - self.stop, 0.01, self.LEAD))  # slower as the slide nears stop
+                return scene.move(handle + lead * pull, 1.0, self.hand)
             self.phase, self.count = "release", 0
         if self.phase == "release":  # let go, back off, then rise above the cabinet: clear of the open drawer
             self.count += 1

@@ -239,14 +239,18 @@ class VesselPlaceExpert(LetGo):
         into: bool = False,
         overhang: bool = False,
         share: float = 0.0,
+        clear_approach: bool | None = None,
     ) -> None:
         """Place `obj` on `target` (into it when `into`: a region such as an open drawer's), or
         as the task's single "on" goal says when they are not given. With `overhang` (something,
         such as an open drawer, may overhang the vessel) the grasp side's room is checked up the
         whole hand (12.6 cm above the grip site), not only its lowest 3.7 cm. With `share` = +1
         or -1 the object goes to the far or the near corner of a region it shares with another
-        (both moka pots on the stove), SHARED of the region's half extents off its centre."""
+        (both moka pots on the stove), SHARED of the region's half extents off its centre.
+        `clear_approach` overrides CLEAR_APPROACH (the hand starts over a drawer it just opened)."""
         self.env, self.obj, self.target, self.into, self.share = env, obj, target, into, share
+        if clear_approach is not None:
+            self.CLEAR_APPROACH = clear_approach
         self.predicate = ["in" if into else "on", obj, target]
         self.hand_top = 0.126 if overhang else self.HAND_TOP
 
