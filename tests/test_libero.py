@@ -142,6 +142,16 @@ def test_recorded_frames_are_the_frames_evaluation_feeds_the_policy(tmp_path):
     )
     with pytest.raises(ValueError, match="placement_widen: recorded None, asked 0.05"):
         check_recording(wider, root)
+    longer = LiberoRecordConfig(tasks=[OBJECT_TASK], episodes_per_task=1, image_size=32, faults=0.0, max_steps=450)
+    with pytest.raises(ValueError, match="max_steps: recorded None, asked 450"):
+        check_recording(longer, root)
+    # The recording's step limit reaches the scene: the episode recorded above, cut to 5 steps.
+    from data.record_libero import _episode
+    from data.record_scripted import Job
+
+    args = ("libero_object", 32, "fast", 0.0, cfg.noise, 0.0, 5)
+    _, ok = _episode(Job(OBJECT_TASK, 0, str(tmp_path / "short.npz"), args))
+    assert not ok, "the expert finished in 5 steps: max_steps did not reach the environment"
 
 
 def test_recording_resumes_from_finished_episodes(tmp_path, monkeypatch):
