@@ -200,8 +200,8 @@ def _rollout(policy, env, seed, execute_steps, record, init_state, video_size, d
         steps += 1
         if terminated or truncated:
             success = bool(info.get("success", terminated))
-            if "partial" in info:  # a suite's second metric (SimplerEnv: the source object was grasped)
-                extra["partial"] = bool(info["partial"])
+            if "partial" in info:  # a suite's second metric, in [0, 1] (`Suite.partial` says what it counts)
+                extra["partial"] = float(info["partial"])
         return bool(terminated or truncated)
 
     def infer(prefix=None):
@@ -634,6 +634,7 @@ def evaluate(
         partial_rate = {t: float(np.mean([e["partial"] for e in episodes if e["task"] == t])) for t in tasks}
         results["per_task_partial"] = partial_rate
         results["mean_partial"] = float(np.mean(list(partial_rate.values())))
+        results["partial_metric"] = get_suite(cfg.suite).partial
     results |= {
         "episodes": episodes,
         "wall_s": time.time() - t0,  # this invocation's: reused episodes cost nothing here

@@ -27,6 +27,9 @@ class Suite:
     # The number of a task's official initial states (the benchmark's fixed episodes, by index),
     # None for a suite without them, whose episodes start from seeds.
     official_states: Callable[[str], int] | None
+    # What an episode's `partial` (a suite's second metric, in [0, 1], reported beside success and
+    # never mixed into it) counts; "" when the suite's episodes have none.
+    partial: str = ""
 
 
 def _builtin_tasks() -> list[str]:
@@ -98,7 +101,7 @@ def _libero(suite: str) -> Suite:
 
         return len(init_states(suite, task))
 
-    return Suite("libero", tasks, make, spaces, official_states=states)
+    return Suite("libero", tasks, make, spaces, official_states=states, partial="subgoals")
 
 
 def _make_simpler(task: str, image_size: int, render_mode: str | None = None, **perturbations) -> gym.Env:
@@ -120,6 +123,7 @@ def _simpler() -> Suite:
         _make_simpler,
         conventions.spaces,
         official_states=lambda task: conventions.LAYOUTS,
+        partial="grasped",
     )
 
 

@@ -174,7 +174,8 @@ def format_table(results: dict) -> str:
     delay = results["config"].get("delay_steps", 0)
     widened += f", delay {delay} steps, {results['config'].get('delay_mode')}" if delay else ""
     partial = results.get("per_task_partial")
-    head = "success" + ("  partial (grasped)" if partial else "")
+    # Results written before the metric was named are SimplerEnv's, whose partial is "grasped".
+    head = "success" + (f"  partial ({results.get('partial_metric', 'grasped')})" if partial else "")
     lines = [f"{'task':<{width}}{head} ({n} {split} episodes each{widened})", "-" * (width + 28)]
     for t, s in per_task.items():
         lines.append(f"{t:<{width}}{100 * s:6.1f}%" + (f"{100 * partial[t]:9.1f}%" if partial else ""))

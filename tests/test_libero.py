@@ -255,6 +255,33 @@ def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
     assert wait <= UNSEEN_WAIT_MAX, f"{suite}/{task}: the expert flips the gripper after {wait} steps standing still"
 
 
+def test_an_episode_that_ends_after_one_of_two_subtasks_reports_half_its_goal():
+    """LIBERO-10's second metric: the share of the goal's predicates made true by the end. The
+    expert puts the first of two objects into the basket, then the arm stands still to the limit."""
+    from envs.evaluate import EvalConfig, episode_seed
+    from envs.libero.experts import expert_for
+
+    task = "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket"
+    env = libero.LiberoEnv("libero_10", task, cameras=False, max_episode_steps=200)
+    try:
+        env.reset(seed=episode_seed(EvalConfig(), 0), options={"init_state": 0})
+        assert env.subgoals() == 0.0 and len(env._open_goals) == 2
+        expert = expert_for("libero_10", env)
+        expert.start()
+        info, steps = {}, 0
+        while env.subgoals() < 0.5:
+            _, _, terminated, truncated, info = env.step(expert.act())
+            steps += 1
+            assert not (terminated or truncated), f"the expert placed neither object in {steps} steps"
+        assert "partial" not in info  # only an ended episode carries it
+        truncated = False
+        while not truncated:
+            _, _, terminated, truncated, info = env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))  # still, the hand open
+        assert not terminated and info["partial"] == 0.5 and info["success"] is False
+    finally:
+        env.close()
+
+
 def test_unseen_wait_counts_still_steps_before_a_gripper_flip_and_nothing_that_moves():
     # 8-D LIBERO proprio: hand position, axis-angle, two fingers; actions' last column the gripper.
     states = np.zeros((10, 8))
@@ -653,6 +680,9 @@ def test_tiny_policy_runs_a_libero_evaluation_through_vla_eval(tmp_path):
     (episode,) = results["episodes"]
     assert episode["init_state"] == 7
     assert episode["success"] or episode["steps"] == libero.MAX_STEPS["libero_object"]
+    # One goal predicate: its share held at the end is the success, named in the table.
+    assert episode["partial"] == float(episode["success"]) and results["partial_metric"] == "subgoals"
+    assert "partial (subgoals)" in out.stdout
     assert Path(episode["video"]).name == f"{OBJECT_TASK}_init7.mp4" and Path(episode["video"]).stat().st_size > 0
     import imageio.v2 as imageio
 
