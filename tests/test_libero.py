@@ -204,7 +204,7 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
         assert parts_settings(rec.recording_settings(changed)) != same
     # A change to one suite's expert makes that suite's recordings stale, not the others'.
     versions = {suite: rec.recording_settings(rec.LiberoRecordConfig(suite=suite))["version"] for suite in rec.EXPERTS}
-    assert versions == {"libero_object": 2, "libero_spatial": 3, "libero_goal": 3, "libero_10": 2}
+    assert versions == {"libero_object": 2, "libero_spatial": 3, "libero_goal": 3, "libero_10": 2, "libero_90": 2}
 
 
 @pytest.mark.parametrize(
@@ -241,6 +241,9 @@ def test_a_recording_in_progress_can_grow_but_not_change_what_an_episode_holds()
         ("libero_10", "STUDY_SCENE1_pick_up_the_book_and_place_it_in_the_back_compartment_of_the_caddy", 0),
         ("libero_10", "KITCHEN_SCENE8_put_both_moka_pots_on_the_stove", 0),
         ("libero_10", "KITCHEN_SCENE6_put_the_yellow_and_white_mug_in_the_microwave_and_close_it", 0),
+        # LIBERO-90 in LIBERO-10's scenes, one subtask each: the same skills, planned the same way.
+        ("libero_90", "KITCHEN_SCENE4_close_the_bottom_drawer_of_the_cabinet", 0),
+        ("libero_90", "LIVING_ROOM_SCENE6_put_the_chocolate_pudding_to_the_right_of_the_plate", 0),
     ],
 )
 def test_each_suite_expert_solves_an_official_initial_state(suite, task, state):
@@ -451,6 +454,21 @@ def test_one_seed_gives_one_libero_scene_and_the_expert_measurement_is_reproduci
         env.close()
     job = ("libero_spatial", task, 1, None)
     assert _expert_episode(job) == _expert_episode(job)
+
+
+def test_libero_90_tasks_in_libero_10_scenes_and_a_task_no_skill_covers_is_named_not_fatal():
+    from envs.libero.experts import _expert_episode_or_reason
+
+    assert libero.scene_of("KITCHEN_SCENE3_turn_on_the_stove") == "KITCHEN_SCENE3"
+    assert libero.scene_of("LIVING_ROOM_SCENE2_pick_up_the_butter_and_put_it_in_the_basket") == "LIVING_ROOM_SCENE2"
+    assert libero.scene_of(OBJECT_TASK) is None
+    ten = {libero.scene_of(t) for t in libero.suite_tasks("libero_10")}
+    assert len(ten) == 9 and None not in ten
+    assert sum(libero.scene_of(t) in ten for t in libero.suite_tasks("libero_90")) == 35
+    task = "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_frying_pan_on_it"
+    name, state, success, steps, _, reason = _expert_episode_or_reason(("libero_90", task, 0, None))
+    assert (name, state, success, steps) == (task, 0, False, 0)
+    assert reason.startswith("no scripted skill for the goal predicate") and "frypan" in reason
 
 
 def test_task_plan_has_one_skill_per_goal_predicate_and_names_what_it_cannot_do():

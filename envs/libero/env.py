@@ -20,6 +20,7 @@ import importlib.util
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -110,6 +111,13 @@ def _benchmark(suite: str):
 
 def suite_tasks(suite: str) -> list[str]:
     return list(_benchmark(suite).get_task_names())
+
+
+def scene_of(task: str) -> str | None:
+    """The scene a LIBERO-10 or LIBERO-90 task is set in, read from its name
+    (KITCHEN_SCENE3_turn_on_the_stove -> KITCHEN_SCENE3); None where names carry no scene."""
+    match = re.match(r"([A-Z_]+_SCENE\d+)_", task)
+    return match.group(1) if match else None
 
 
 def _task(suite: str, task: str):
