@@ -21,16 +21,32 @@ def suites_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def episode_outcomes(results: dict) -> dict[str, bool]:
-    """Success per episode of a results dict, keyed by task and initial state (or seed): what
-    makes two rows' episodes the same episode."""
+METRICS = ("success", "partial")
+
+
+def _check_metric(results: dict, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "partial" and not all("partial" in e for e in results["episodes"]):
+        raise ValueError(
+            "these results have no 'partial' per episode (written before LIBERO reported it, or a suite "
+            "without one): compare success"
+        )
+
+
+def episode_outcomes(results: dict, metric: str = "success") -> dict[str, bool | float]:
+    """An outcome per episode of a results dict, keyed by task and initial state (or seed): what
+    makes two rows' episodes the same episode. `metric`: "success" (0 or 1), or "partial", the
+    suite's second metric in [0, 1] (LIBERO: the share of the goal's predicates made true)."""
+    _check_metric(results, metric)
+    value = bool if metric == "success" else float
     return {
-        f"{e['task']}/{e['init_state'] if e.get('init_state') is not None else e.get('seed')}": bool(e["success"])
+        f"{e['task']}/{e['init_state'] if e.get('init_state') is not None else e.get('seed')}": value(e[metric])
         for e in results["episodes"]
     }
 
 
-def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
+def paired_difference(a: dict[str, bool | float], b: dict[str, bool | float]) -> dict:
     """Mean of a - b over the episodes both rows ran (`episode_outcomes`), with the paired
     standard error; a ValueError when they share none."""
     keys = sorted(a.keys() & b.keys())
@@ -48,11 +64,13 @@ def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict:
     }
 
 
-def _success_and_se(results: dict) -> tuple[float, float, int]:
-    """Success over a results dict's episodes, its binomial standard error, the episode count."""
-    outcomes = np.array([float(e["success"]) for e in results["episodes"]])
+def _success_and_se(results: dict, metric: str = "success") -> tuple[float, float, int]:
+    """A metric's mean over a results dict's episodes, its standard error (the population
+    deviation / sqrt(n): the binomial one for success), the episode count."""
+    _check_metric(results, metric)
+    outcomes = np.array([float(e[metric]) for e in results["episodes"]])
     p, n = float(outcomes.mean()), len(outcomes)
-    return p, (float(np.sqrt(p * (1 - p) / n)) if n > 1 else float("nan")), n
+    return p, (float(outcomes.std() / np.sqrt(n)) if n > 1 else float("nan")), n
 
 
 def delay_table(results: dict[tuple[str, int], dict]) -> str:
@@ -79,22 +97,23 @@ def delay_table(results: dict[tuple[str, int], dict]) -> str:
 _OUTCOME_NEUTRAL = {"workers", "videos_per_task", "video_size", "threads_per_worker"}
 
 
-def compare_table(named: list[tuple[str, dict]]) -> str:
-    """Rows of results compared with the first, episode by episode: success, s.e., the paired
-    difference over the episodes both ran (s.e.), how many episodes only one of the two won, and
-    each row's settings that differ from the first's (checkpoint, delay, placements, sampler)."""
+def compare_table(named: list[tuple[str, dict]], metric: str = "success") -> str:
+    """Rows of results compared with the first, episode by episode: the metric (success, or the
+    suite's partial), s.e., the paired difference over the episodes both ran (s.e.), how many
+    episodes each row did better on, and each row's settings that differ from the first's
+    (checkpoint, delay, placements, sampler)."""
     first = named[0][1]
-    base = episode_outcomes(first)
+    base = episode_outcomes(first, metric)
     width = max(12, *(len(n) for n, _ in named)) + 2
-    head = f"{'row':<{width}}{'success':>9}{'s.e.':>7}{'vs first':>10}{'s.e.':>7}{'paired':>8}{'+/-':>9}  differs in"
+    head = f"{'row':<{width}}{metric:>9}{'s.e.':>7}{'vs first':>10}{'s.e.':>7}{'paired':>8}{'+/-':>9}  differs in"
     lines = [head, "-" * len(head)]
     for name, res in named:
-        p, se, n = _success_and_se(res)
+        p, se, n = _success_and_se(res, metric)
         row = f"{name:<{width}}{100 * p:8.1f}%{100 * se:7.1f}"
         if res is first:
             row += f"{'':>10}{'':>7}{n:>8}{'':>9}"
         else:
-            d = paired_difference(episode_outcomes(res), base)
+            d = paired_difference(episode_outcomes(res, metric), base)
             wins = f"{d['only_this_row_succeeded']}/{d['only_first_row_succeeded']}"
             row += f"{100 * d['difference']:+10.1f}{100 * d['standard_error']:7.1f}{d['episodes']:>8}{wins:>9}"
         changed = {

@@ -259,6 +259,20 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
         main([a, str(other)])
     with pytest.raises(FileNotFoundError, match="no results.json"):
         main([a, str(tmp_path / "missing")])
+    # LIBERO-10's partial metric: the share of two subtasks done, paired the same way.
+    for folder, parts in ((a, [1.0, 0.5, 0.0, 0.5]), (b, [1.0, 1.0, 0.5, 0.0])):
+        body = json.loads((Path(folder) / "results.json").read_text())
+        for e, part in zip(body["episodes"], parts, strict=True):
+            e["partial"] = part
+        (Path(folder) / "results.json").write_text(json.dumps(body))
+    main(["--metric", "partial", a, b])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[1] == "partial" and rows[2].split()[:2] == ["sync", "50.0%"]
+    late = rows[3].split()
+    assert late[:2] == ["late", "62.5%"] and late[3] == "+12.5" and late[5:7] == ["4", "2/1"]
+    (other / "results.json").write_text(json.dumps({"episodes": [{"task": "t", "seed": 0, "success": True}]}))
+    with pytest.raises(ValueError, match="no 'partial' per episode"):
+        main(["--metric", "partial", a, str(other)])
 
 
 def test_vla_compare_trainings_gives_the_mean_and_its_spread_over_trainings(tmp_path, capsys):

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from envs.tables import compare_table, trainings_table
+from envs.tables import METRICS, compare_table, trainings_table
 
 
 def load_results(path: str | Path) -> dict:
@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the results are trainings of one recipe on the same episodes: per-task success of each, "
         "their mean and its standard error over the trainings",
     )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="success",
+        help="what to pair: success, or the suite's partial metric (LIBERO: the share of the goal's predicates "
+        "made true, which tells apart failures that did one of two subtasks)",
+    )
     args = parser.parse_args(argv)
     if len(args.results) < 2:
         parser.error("give at least two results to compare")
@@ -65,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         names = [f"{f.parent.name}/{f.name}" for f in folders]
     names = args.names or names
     named = [(n, load_results(p)) for n, p in zip(names, paths, strict=True)]
-    print(trainings_table(named) if args.trainings else compare_table(named))
+    if args.trainings and args.metric != "success":
+        parser.error("--trainings compares success; leave --metric out")
+    print(trainings_table(named) if args.trainings else compare_table(named, args.metric))
 
 
 if __name__ == "__main__":
