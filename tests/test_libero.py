@@ -370,6 +370,7 @@ def test_the_shadow_expert_agrees_with_itself_and_names_where_a_policy_parts_fro
     assert stages[0] == "DrawerOpen.approach" and "DrawerOpen.close" in stages  # reached the handle in 60 steps
     table = stage_table([followed])
     assert all(r["gripper_agree"] == 1.0 and r["episodes"] == 1 for r in table)
+    assert all(np.isnan(r["grip_xy"]) for r in table)  # a drawer's skill has no object grip
     assert all(np.isnan(r["cosine"]) or abs(r["cosine"] - 1.0) < 1e-9 for r in table)
     assert first_gripper_disagreement(followed) is None
     assert first_gripper_disagreement(still) == {"t": 0, "stage": "DrawerOpen.approach", "policy_gripper": 1.0}
@@ -395,6 +396,12 @@ def test_the_shadow_expert_takes_over_a_grasp_the_policy_closed_where_it_would_h
     after = env.rows[-3:]
     assert [r["stage"] for r in after] == ["LiberoObjectExpert.carry"] * 3
     assert all(np.array_equal(r["policy"], r["expert"]) for r in after)
+    # The hand's distance from the grip: tens of centimetres at the start, under 1.5 cm carrying.
+    from envs.libero.shadow import stage_table
+
+    grip = {r["stage"]: (r["grip_xy"], r["grip_z"]) for r in stage_table([env.rows])}
+    assert env.rows[0]["grip"] is not None and np.linalg.norm(env.rows[0]["grip"]) > 0.1
+    assert grip["LiberoObjectExpert.carry"][0] < 0.015 and grip["LiberoObjectExpert.carry"][1] < 0.015
 
 
 def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
@@ -412,7 +419,9 @@ def test_the_shadow_tool_runs_a_policy_and_writes_every_step(tmp_path, capsys):
     assert f"{task}: 0 of 1 succeeded" in printed and "LiberoObjectExpert.reach" in printed
     lines = out.read_text().splitlines()
     assert len(lines) == 1 + 9 and lines[0].startswith("task,seed,success,t,stage,policy_x")
+    assert lines[0].endswith(",grip_dx,grip_dy,grip_dz") and "grip xy cm" in printed
     assert lines[1].split(",")[:5] == [task, "2000000000", "0", "0", "LiberoObjectExpert.reach"]
+    assert np.linalg.norm([float(v) for v in lines[1].split(",")[-3:]]) > 0.05  # the hand starts far off the grip
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), "--suite", "libero_object", "--tasks", "10"])
     assert "give task indices 0-9 of libero_object" in capsys.readouterr().err

@@ -98,12 +98,16 @@ class LiberoObjectExpert:
         """Whether a hand `rel` from the grasp point holds the object there once closed."""
         return bool(np.linalg.norm(rel[:2]) < 0.02 and abs(rel[2]) < 0.03)
 
+    def grip_offset(self) -> np.ndarray:
+        """The hand's grip site minus where it holds the object (m, world frame)."""
+        return self.scene.hand()[0] - self._grasp_at(self.data.xpos[self.body])
+
     def closed_at_grip(self) -> bool:
         """The fingers closed on something (neither open nor shut on nothing) with the hand where
         this expert holds its object: what it would carry had it closed there itself
         (`envs.libero.shadow` hands it a grasp the policy made)."""
-        eef, gap = self.scene.hand()
-        return HELD_GAP < gap < OPEN_GAP - 0.01 and self._near(eef - self._grasp_at(self.data.xpos[self.body]))
+        gap = self.scene.hand()[1]
+        return HELD_GAP < gap < OPEN_GAP - 0.01 and self._near(self.grip_offset())
 
     def act(self) -> np.ndarray:
         obs = self.env.sim._get_observations()
@@ -438,12 +442,15 @@ class VesselPlaceExpert(LetGo):
         """Where the grip site is when the object is held, in the world."""
         return obj + self.grasp_offset
 
+    def grip_offset(self) -> np.ndarray:
+        """The hand's grip site minus where this skill holds its object (m, world frame)."""
+        return self.scene.hand()[0] - self._grasp_point(self.scene.origin(self.obj))
+
     def closed_at_grip(self) -> bool:
         """The fingers closed on something with the hand where this skill holds its object (as
         `LiberoObjectExpert.closed_at_grip`)."""
-        eef, gap = self.scene.hand()
-        rel = eef - self._grasp_point(self.scene.origin(self.obj))
-        return self.HELD_GAP < gap < OPEN_GAP - 0.01 and bool(np.linalg.norm(rel) < self.HELD_NEAR)
+        gap = self.scene.hand()[1]
+        return self.HELD_GAP < gap < OPEN_GAP - 0.01 and bool(np.linalg.norm(self.grip_offset()) < self.HELD_NEAR)
 
     def _carry(self, eef: np.ndarray, obj: np.ndarray) -> np.ndarray:
         """Held: rise clear, carry over the target, descend, let go."""

@@ -6,8 +6,9 @@ than the demonstrations it learned from. This runs a checkpoint on episodes of a
 every control step asks the suite's scripted expert what it would do from the same simulator
 state, without executing it. Per step it keeps the policy's action, the expert's, and the
 expert's stage (skill and phase, `stage`); per stage it prints how many steps the policy spent
-there, how often its gripper command agreed with the expert's, and how the two translations
-compare (cosine, magnitude). The steps go to a CSV for a closer look.
+there, how often its gripper command agreed with the expert's, how the two translations
+compare (cosine, magnitude), and for a grasping skill how far the hand is from the skill's grip
+(median, horizontal and vertical). The steps go to a CSV for a closer look.
 
 The expert keeps its own memory (phase, counters) as if its actions had been executed. A grasp
 the policy closes where the expert would hold the object is handed to the expert (it then
@@ -77,12 +78,15 @@ class ShadowExpert(gym.Wrapper):
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
-        row = {"t": len(self.rows), "policy": action.copy(), "expert": None, "stage": ""}
+        row = {"t": len(self.rows), "policy": action.copy(), "expert": None, "stage": "", "grip": None}
         if self.expert is not None:
             try:
                 self._adopt_grasp()
                 row["expert"] = np.asarray(self.expert.act(), dtype=np.float64)
-                row["stage"] = stage(current_skill(self.expert))
+                skill = current_skill(self.expert)
+                row["stage"] = stage(skill)
+                if hasattr(skill, "grip_offset"):  # grasping skills: where the hand is against their grip
+                    row["grip"] = np.asarray(skill.grip_offset(), dtype=np.float64)
             except Exception as e:  # noqa: BLE001 - the expert's failure is a finding, not the run's
                 row["stage"] = f"error: {type(e).__name__}: {e}"
                 self.expert = None
@@ -103,7 +107,8 @@ class ShadowExpert(gym.Wrapper):
 def stage_table(episodes: list[list[dict]]) -> list[dict]:
     """Per expert stage, over the episodes' steps (in order of first appearance): steps, the
     share of episodes that reached it, gripper agreement, mean cosine of the translations where
-    both move, and their mean magnitudes."""
+    both move, their mean magnitudes, and for grasping skills the median distance of the hand
+    from the skill's grip, horizontal and vertical (m; NaN for other skills)."""
     by_stage: dict[str, list[dict]] = defaultdict(list)
     reached: dict[str, set[int]] = defaultdict(set)
     for i, rows in enumerate(episodes):
@@ -127,9 +132,18 @@ def stage_table(episodes: list[list[dict]]) -> list[dict]:
                 "cosine": float(cosine.mean()) if both.any() else float("nan"),
                 "policy_speed": float(pn.mean()),
                 "expert_speed": float(en.mean()),
+                **grip_distances([r["grip"] for r in rows if r.get("grip") is not None]),
             }
         )
     return table
+
+
+def grip_distances(offsets: list[np.ndarray]) -> dict:
+    """Median horizontal and vertical distance of the hand from a grasping skill's grip."""
+    if not offsets:
+        return {"grip_xy": float("nan"), "grip_z": float("nan")}
+    g = np.array(offsets)
+    return {"grip_xy": float(np.median(np.linalg.norm(g[:, :2], axis=1))), "grip_z": float(np.median(np.abs(g[:, 2])))}
 
 
 def first_gripper_disagreement(rows: list[dict], lasting: int = 3) -> dict | None:
@@ -151,31 +165,39 @@ def format_stage_table(table: list[dict], episodes: int) -> str:
     width = max([len("expert stage")] + [len(r["stage"]) for r in table]) + 2
     lines = [
         f"{'expert stage':<{width}}{'steps':>7}{'episodes':>10}{'gripper agrees':>16}{'cosine':>8}"
-        f"{'|policy|':>10}{'|expert|':>10}",
-        "-" * (width + 61),
+        f"{'|policy|':>10}{'|expert|':>10}{'grip xy cm':>12}{'grip z cm':>11}",
+        "-" * (width + 84),
     ]
     for r in table:
+        grip = "".join(
+            f"{'-' if np.isnan(v) else f'{100 * v:.1f}':>{w}}" for v, w in ((r["grip_xy"], 12), (r["grip_z"], 11))
+        )
         lines.append(
             f"{r['stage']:<{width}}{r['steps']:>7}{r['episodes']:>6}/{episodes:<3}{r['gripper_agree']:>16.2f}"
-            f"{r['cosine']:>8.2f}{r['policy_speed']:>10.2f}{r['expert_speed']:>10.2f}"
+            f"{r['cosine']:>8.2f}{r['policy_speed']:>10.2f}{r['expert_speed']:>10.2f}{grip}"
         )
     return "\n".join(lines)
 
 
 def steps_csv(episodes: list[tuple[str, int, bool, list[dict]]]) -> str:
     """One line per step: task, seed, success, t, the expert's stage, the policy's and the
-    expert's actions (empty where the expert was not asked)."""
+    expert's actions (empty where the expert was not asked), and the hand minus a grasping
+    skill's grip (m; empty for other skills)."""
     out = io.StringIO()
     writer = csv.writer(out)
     dims = ["x", "y", "z", "rx", "ry", "rz", "grip"]
     writer.writerow(
-        ["task", "seed", "success", "t", "stage"] + [f"policy_{d}" for d in dims] + [f"expert_{d}" for d in dims]
+        ["task", "seed", "success", "t", "stage"]
+        + [f"policy_{d}" for d in dims]
+        + [f"expert_{d}" for d in dims]
+        + ["grip_dx", "grip_dy", "grip_dz"]
     )
     for task, seed, success, rows in episodes:
         for r in rows:
             expert = [] if r["expert"] is None else [f"{v:.4f}" for v in r["expert"]]
             policy = [f"{v:.4f}" for v in r["policy"]]
-            writer.writerow([task, seed, int(success), r["t"], r["stage"], *policy, *(expert or [""] * 7)])
+            grip = [""] * 3 if r.get("grip") is None else [f"{v:.4f}" for v in r["grip"]]
+            writer.writerow([task, seed, int(success), r["t"], r["stage"], *policy, *(expert or [""] * 7), *grip])
     return out.getvalue()
 
 
