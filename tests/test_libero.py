@@ -396,7 +396,7 @@ def test_the_shadow_expert_takes_over_a_grasp_the_policy_closed_where_it_would_h
     after = env.rows[-3:]
     assert [r["stage"] for r in after] == ["LiberoObjectExpert.carry"] * 3
     assert all(np.array_equal(r["policy"], r["expert"]) for r in after)
-    # The hand's distance from the grip: tens of centimetres at the start, under 1.5 cm carrying.
+    # The hand's distance from the grip: over 10 cm at the start, under 1.5 cm carrying.
     from envs.libero.shadow import stage_table
 
     grip = {r["stage"]: (r["grip_xy"], r["grip_z"]) for r in stage_table([env.rows])}
