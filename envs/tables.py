@@ -11,7 +11,7 @@ import numpy as np
 def suites_table(results: dict[str, dict]) -> str:
     """One row per suite (success, its standard error over episodes, episodes) and the average
     over suites (the LIBERO table's headline; its standard error from the suites' own)."""
-    rows = [(suite, *_success_and_se(res)) for suite, res in results.items()]
+    rows = [(suite, *_mean_and_se(res)) for suite, res in results.items()]
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'suite':<{width}}{'success':>9}{'s.e.':>7}{'episodes':>10}", "-" * (width + 26)]
     lines += [f"{s:<{width}}{100 * p:8.1f}%{100 * se:7.1f}{n:>10}" for s, p, se, n in rows]
@@ -64,7 +64,7 @@ def paired_difference(a: dict[str, bool | float], b: dict[str, bool | float]) ->
     }
 
 
-def _success_and_se(results: dict, metric: str = "success") -> tuple[float, float, int]:
+def _mean_and_se(results: dict, metric: str = "success") -> tuple[float, float, int]:
     """A metric's mean over a results dict's episodes, its standard error (the population
     deviation / sqrt(n): the binomial one for success), the episode count."""
     _check_metric(results, metric)
@@ -81,7 +81,7 @@ def delay_table(results: dict[tuple[str, int], dict]) -> str:
     lines = [f"{'mode':<9}{'delay':>6}{'success':>9}{'s.e.':>7}{'vs sync':>9}{'s.e.':>7}{'episodes':>10}"]
     lines.append("-" * len(lines[0]))
     for (mode, d), res in results.items():
-        p, se, n = _success_and_se(res)
+        p, se, n = _mean_and_se(res)
         row = f"{mode if d else 'sync':<9}{d:>6}{100 * p:8.1f}%{100 * se:7.1f}"
         own = episode_outcomes(res)
         if d and len(own.keys() & base.keys()) > 1:
@@ -108,7 +108,7 @@ def compare_table(named: list[tuple[str, dict]], metric: str = "success") -> str
     head = f"{'row':<{width}}{metric:>9}{'s.e.':>7}{'vs first':>10}{'s.e.':>7}{'paired':>8}{'+/-':>9}  differs in"
     lines = [head, "-" * len(head)]
     for name, res in named:
-        p, se, n = _success_and_se(res, metric)
+        p, se, n = _mean_and_se(res, metric)
         row = f"{name:<{width}}{100 * p:8.1f}%{100 * se:7.1f}"
         if res is first:
             row += f"{'':>10}{'':>7}{n:>8}{'':>9}"
@@ -164,7 +164,7 @@ def trainings_table(named: list[tuple[str, dict]]) -> str:
 
     tables = [per_task(res) for _, res in named]
     rows = [(t, [tab[t] for tab in tables]) for t in tables[0]]
-    rows.append(("mean", [_success_and_se(res)[0] for _, res in named]))
+    rows.append(("mean", [_mean_and_se(res)[0] for _, res in named]))
     n = len(named)
     names = [name for name, _ in named]
     cw = max(8, *(len(x) + 2 for x in names))

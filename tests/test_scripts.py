@@ -273,6 +273,9 @@ def test_vla_compare_pairs_rows_by_episode_and_names_what_differs(tmp_path, caps
     (other / "results.json").write_text(json.dumps({"episodes": [{"task": "t", "seed": 0, "success": True}]}))
     with pytest.raises(ValueError, match="no 'partial' per episode"):
         main(["--metric", "partial", a, str(other)])
+    with pytest.raises(SystemExit):  # refused before any file is read
+        main(["--trainings", "--metric", "partial", a, str(tmp_path / "missing")])
+    assert "--trainings compares success" in capsys.readouterr().err
 
 
 def test_vla_compare_trainings_gives_the_mean_and_its_spread_over_trainings(tmp_path, capsys):

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.results) < 2:
         parser.error("give at least two results to compare")
+    if args.trainings and args.metric != "success":
+        parser.error("--trainings compares success; leave --metric out")
     if args.names is not None and len(args.names) != len(args.results):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.results)} results")
     paths = [Path(p) for p in args.results]
@@ -72,8 +74,6 @@ def main(argv: list[str] | None = None) -> None:
         names = [f"{f.parent.name}/{f.name}" for f in folders]
     names = args.names or names
     named = [(n, load_results(p)) for n, p in zip(names, paths, strict=True)]
-    if args.trainings and args.metric != "success":
-        parser.error("--trainings compares success; leave --metric out")
     print(trainings_table(named) if args.trainings else compare_table(named, args.metric))
 
 
