@@ -339,6 +339,28 @@ def test_benchmarks(checkpoint, debug_data_root):
     assert "round-trip overhead" in out
 
 
+def test_vla_bench_train_counts_each_part_and_sees_a_larger_variant(checkpoint, debug_data_root):
+    """vla-bench-train: a row per variant on the same batches; the arithmetic is split over the
+    model's parts (every counted operation credited once), and a variant with twice the decoder's
+    layers has more parameters and more arithmetic per sample; a wrong field is named."""
+    args = ["--checkpoint", str(checkpoint), "--cache", f"{debug_data_root}.zarr", "--batch", "4"]
+    args += ["--steps", "1", "--warmup", "0", "--threads", "1"]
+    out = run("vla-bench-train", *args, "--variant", "deeper:decoder.layers=2")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    full, deeper = rows["checkpoint"], rows["deeper"]
+    assert deeper[1] == "decoder.layers=2"
+    assert int(deeper[2].replace(",", "")) > int(full[2].replace(",", ""))
+    assert float(deeper[3]) > float(full[3]) > 0
+    for row in (full, deeper):
+        shares = [float(x.rstrip("%")) for x in row[4].split(" / ")]
+        assert len(shares) == 4 and abs(sum(shares) - 100) <= 2 and min(shares[:3]) > 0  # vision, LM, decoder
+        assert all(float(x) > 0 for x in row[5:9])  # forward, backward, optimiser, samples/s
+    bad = subprocess.run(
+        [str(BIN / "vla-bench-train"), *args, "--variant", "x:decoder.nope=1"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert bad.returncode != 0 and "policy.decoder has no field 'nope'" in bad.stderr
+
+
 def _three_per_task(debug_data_root, path):
     """The debug recording's episodes three times each, shifted sideways in the images, as a
     cache with three episodes per task (the probe swaps in another episode of the same task)."""
