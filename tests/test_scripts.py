@@ -354,7 +354,7 @@ def test_vla_bench_train_counts_each_part_and_sees_a_larger_variant(checkpoint, 
     for row in (full, deeper):
         shares = [float(x.rstrip("%")) for x in row[4].split(" / ")]
         assert len(shares) == 4 and abs(sum(shares) - 100) <= 2 and min(shares[:3]) > 0  # vision, LM, decoder
-        assert all(float(x) > 0 for x in row[5:9])  # forward, backward, optimiser, samples/s
+        assert float(row[5]) > 0 and float(row[6]) > 0 and float(row[7]) >= 0 and float(row[8]) > 0  # ms, samples/s
     bad = subprocess.run(
         [str(BIN / "vla-bench-train"), *args, "--variant", "x:decoder.nope=1"], capture_output=True, text=True, cwd=ROOT
     )
