@@ -205,6 +205,66 @@ def test_offline_prefix_and_swapped_images_reach_the_decoder(checkpoint, debug_d
         offline_action_error(str(checkpoint), {}, cache, 2, 1, prefix_steps=99)
 
 
+def test_conditioning_gives_the_hidden_half_what_each_row_says(checkpoint, tmp_path, debug_data_root, monkeypatch):
+    """vla-ablate --offline --conditioning: per frame one pass with every slot masked, then for a
+    random half and for the surer half by spread, passes where that half holds the pass's own
+    medians, its draws, or the recorded tokens, and the other half stays masked."""
+    import torch
+
+    from data.cache import ZarrCache
+    from train.ablation import GIVEN, SPLITS, offline_conditioning
+    from vla.policy import VLAPolicy
+    from vla.sampling import CONFIDENCE_RULES, quantile_bin
+
+    cache = f"{debug_data_root}.zarr"
+    run("vla-ablate", "--checkpoint", str(checkpoint), "--offline", cache, "--conditioning", "--frames", "3",
+        "--out", str(tmp_path / "cond"))  # fmt: skip
+    res = json.loads((tmp_path / "cond" / "conditioning.json").read_text())
+    assert res["frames"] == 3 and [(r["split"], r["given"]) for r in res["rows"]] == [
+        (s, g) for s in SPLITS for g in GIVEN
+    ]
+    assert all(r["vs_nothing"] == 0.0 for r in res["rows"] if r["given"] == GIVEN[0])
+    assert all(0 < r["arm_l1"] < 10 and np.isfinite(r["nll"]) for r in res["rows"])
+
+    policy = VLAPolicy.load(str(checkpoint))
+    model = policy.model
+    mask_id, n = model.decoder.mask_id, model.decoder.num_slots
+    calls = []
+    real = type(model.decoder).forward
+
+    def spy(self, tokens, kv, *args, **kwargs):
+        out = real(self, tokens, kv, *args, **kwargs)
+        calls.append((tokens[0].clone(), torch.softmax(out[0].double(), -1)))
+        return out
+
+    monkeypatch.setattr(type(model.decoder), "forward", spy)
+    opened = ZarrCache(cache, in_memory=False)
+    offline_conditioning(str(checkpoint), opened, 2)
+    assert len(calls) == 2 * 7  # per frame: the one pass, then 3 fills for each of 2 splits
+    chunk = policy.cfg.chunk_size
+    lo, hi = policy.action_bounds
+    recorded = [
+        model.action_tokenizer.encode(torch.as_tensor(np.clip(opened.action[i : i + chunk], lo, hi))).reshape(-1)
+        for i in range(len(opened.action) - chunk + 1)
+    ]
+    for f in range(2):
+        (first, p0), *rest = calls[7 * f : 7 * f + 7]
+        assert (first == mask_id).all()
+        surer = torch.argsort(CONFIDENCE_RULES["spread"](torch.log(p0), None, None), descending=True)[: n // 2]
+        for k, (tokens, _) in enumerate(rest):
+            given = tokens != mask_id
+            assert given.sum() == n // 2
+            if k >= 3:  # the second split: the half the spread rule is surest of
+                assert set(torch.nonzero(given).flatten().tolist()) == set(surer.tolist())
+            if k % 3 == 0:  # the one pass's own medians
+                assert torch.equal(tokens[given], quantile_bin(p0, 0.5)[given])
+            if k % 3 == 2:  # the recorded tokens of some chunk of the recording
+                assert any(torch.equal(tokens[given], r[given]) for r in recorded)
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([str(BIN / "vla-ablate"), "--checkpoint", str(checkpoint), "--conditioning"],
+                       check=True, capture_output=True, cwd=ROOT)  # fmt: skip
+
+
 def test_paired_difference_counts_discordant_episodes():
     from envs.tables import paired_difference
 

@@ -6,6 +6,8 @@ sampler, each row labelled by the sampler it resolves to) and, optionally, an au
 checkpoint trained the same way; prints a markdown table, writes JSON.
 `--offline CACHE` instead compares each variant's decoded actions with the recorded ones on
 frames of a zarr cache: open-loop, seconds per row, a diagnostic rather than a success rate.
+`--offline CACHE --conditioning` measures what committed slots tell the masked ones, the
+ceiling on what any decoding order can gain for the checkpoint (`offline_conditioning`).
 
 Every row runs the same episodes (seeds, initial states), so each row is also compared with the
 first one episode by episode: the paired difference's standard error is smaller than the
@@ -158,6 +160,12 @@ def main() -> None:
         help="--offline: decode each frame with another frame's camera images (does the decode look at the scene?)",
     )
     parser.add_argument(
+        "--conditioning",
+        action="store_true",
+        help="--offline: what committed slots tell the masked ones (half the chunk given as nothing, the "
+        "model's own medians or draws, or the recorded tokens), the ceiling on what a decoding order can gain",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated name fragments: run just the matching rows "
@@ -165,6 +173,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = Path(args.out)
+    if args.conditioning:
+        if not args.offline:
+            parser.error("--conditioning reads recorded frames: give --offline CACHE")
+        conditioning_table(args.checkpoint, args.offline, args.frames, out)
+        return
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     # Row folders are named by the variant's place in VARIANTS, so `--only` never renames them.
@@ -328,6 +341,127 @@ def offline_action_error(
         "arm_magnitude_ratio": float(np.abs(p[..., :-1]).mean() / max(np.abs(r[..., :-1]).mean(), 1e-12)),
         "gripper_sign_agreement": float((np.sign(p[..., -1]) == np.sign(r[..., -1])).mean()),
     }
+
+
+GIVEN = ("nothing (one pass)", "own one-pass medians", "own one-pass draws", "recorded tokens (oracle)")
+SPLITS = ("random half", "surer half by spread")
+
+
+def offline_conditioning(checkpoint: str, cache, frames: int, seed: int = 0) -> dict:
+    """What committed slots tell the masked ones: the ceiling on what a decoding order can gain.
+
+    At each of `frames` frames of `cache` half of the chunk's slots is given and the other half
+    read off one decoder pass, as a decode's later passes read them. Which half: a random one (what
+    random order commits first) or the surer half by the `spread` rule (what easy-first commits
+    first). What the given half holds, row by row: nothing (the one pass), the model's own
+    one-pass medians (commits at temperature 0), draws from its one-pass distributions (commits
+    at temperature 1), or the recorded tokens (an oracle: the information the chunk's joint
+    holds). The hidden half's median bins are decoded to actions and scored against the recorded
+    arm actions (L1 over the arm dimensions), with the distance in bins and the negative log
+    probability of the recorded bin. An order gains only by what its commits tell the other
+    slots: where the own-median and own-draw rows do not fall below the first row of their split,
+    no order beats another in expectation, and the oracle row says what a decode told the right
+    values could gain. Differences are paired by frame (the same frames and slots in every row of
+    a split), standard errors over frames."""
+    import numpy as np
+    import torch
+
+    from vla.model import check_compatible
+    from vla.policy import VLAPolicy
+    from vla.sampling import CONFIDENCE_RULES, checked_logits, quantile_bin
+
+    policy = VLAPolicy.load(checkpoint)
+    model = policy.model
+    if model.autoregressive:
+        raise ValueError(f"{checkpoint}: --conditioning reads a masked-diffusion decoder; this one is autoregressive")
+    check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
+    chunk, dims = policy.cfg.chunk_size, policy.cfg.action_dim
+    n, mask_id = model.decoder.num_slots, model.decoder.mask_id
+    starts, ends = cache.episode_starts, cache.episode_ends
+    valid = np.concatenate([np.arange(a, b - chunk + 1) for a, b in zip(starts, ends, strict=True) if b - a >= chunk])
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(valid, min(frames, len(valid)), replace=False))
+    episode = np.searchsorted(ends, picks, side="right")
+    # Slots are time-major (step t, dimension d at t * dims + d); the last dimension is the gripper.
+    arm = torch.tensor([d < dims - 1 for _ in range(chunk) for d in range(dims)])
+    scores = {(split, given): {"l1": [], "bins": [], "nll": []} for split in SPLITS for given in GIVEN}
+    generator = torch.Generator().manual_seed(seed)
+    spread = CONFIDENCE_RULES["spread"]
+
+    def probs_for(tokens: torch.Tensor, kv: dict) -> torch.Tensor:  # (n,) ids -> (n, bins), one decoder pass
+        logits = checked_logits(model.decoder(tokens[None], kv), "conditioning pass")[0]
+        return torch.softmax(logits.double(), -1)
+
+    def decode_slots(bins: torch.Tensor) -> torch.Tensor:  # (n,) bins -> (n,) action values
+        return model.action_tokenizer.decode(bins.reshape(1, chunk, dims)).reshape(n)
+
+    with torch.no_grad():
+        for i, ep in zip(picks, episode, strict=True):
+            images = {c: np.asarray(cache.images[c][i]) for c in policy.cfg.cameras}
+            obs = {"images": images, "state": cache.state[i], "instruction": cache.tasks[int(cache.task_index[ep])]}
+            inputs, _ = policy.preprocess(obs)
+            kv = model.chunk_cache(inputs)
+            clipped = np.clip(cache.action[i : i + chunk], *policy.action_bounds)  # as training targets are
+            truth = model.action_tokenizer.encode(torch.as_tensor(clipped, dtype=torch.float32)).reshape(n)
+            recorded = torch.as_tensor(cache.action[i : i + chunk], dtype=torch.float32).reshape(n)
+
+            masked = torch.full((n,), mask_id, dtype=torch.long)
+            p0 = probs_for(masked, kv)
+            fills = (None, quantile_bin(p0, 0.5), quantile_bin(p0, torch.rand(n, generator=generator).double()), truth)
+            surer = torch.zeros(n, dtype=torch.bool)
+            surer[torch.argsort(spread(torch.log(p0.clamp_min(1e-300)), None, None), descending=True)[: n // 2]] = True
+            for split, given in zip(SPLITS, (torch.from_numpy(rng.permutation(n) < n // 2), surer), strict=True):
+                scored = ~given & arm
+                for name, fill in zip(GIVEN, fills, strict=True):
+                    p = p0 if fill is None else probs_for(torch.where(given, fill, masked), kv)
+                    guess = quantile_bin(p, 0.5)
+                    into = scores[(split, name)]
+                    into["l1"].append(float((decode_slots(guess) - recorded).abs()[scored].mean()))
+                    into["bins"].append(float((guess - truth).abs()[scored].double().mean()))
+                    into["nll"].append(
+                        float(-torch.log(p.gather(-1, truth[:, None])[:, 0].clamp_min(1e-12))[scored].mean())
+                    )
+
+    rows = []
+    for split in SPLITS:
+        base = np.array(scores[(split, GIVEN[0])]["l1"])
+        for name in GIVEN:
+            got = scores[(split, name)]
+            d = np.array(got["l1"]) - base
+            rows.append(
+                {
+                    "scored": f"the other half of a {split}",
+                    "split": split,
+                    "given": name,
+                    "arm_l1": float(np.mean(got["l1"])),
+                    "vs_nothing": float(d.mean()),
+                    "vs_nothing_se": float(d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else 0.0,
+                    "bins_off": float(np.mean(got["bins"])),
+                    "nll": float(np.mean(got["nll"])),
+                }
+            )
+    return {"frames": len(picks), "rows": rows}
+
+
+def conditioning_table(checkpoint: str, cache_path: str, frames: int, out: Path) -> dict:
+    from data.cache import ZarrCache
+
+    res = offline_conditioning(checkpoint, ZarrCache(cache_path, in_memory=False), frames)
+    lines = [
+        f"| half of the slots given ({res['frames']} frames of {cache_path}) | what it holds | arm L1 of the other "
+        "half | vs nothing given (s.e. over frames) | bins off | -log p(recorded bin) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['split']} | {r['given']} | {r['arm_l1']:.4f} | {r['vs_nothing']:+.4f} ({r['vs_nothing_se']:.4f}) | "
+        f"{r['bins_off']:.2f} | {r['nll']:.3f} |"
+        for r in res["rows"]
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "conditioning.json", json.dumps(res, indent=2))
+    atomic_write_text(out / "conditioning.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return res
 
 
 def offline_table(

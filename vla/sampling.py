@@ -23,7 +23,7 @@ def _margin(logp, cand_logp, generator):
     return (top2[..., 0] - top2[..., 1]).clamp_min(1e-30).log()
 
 
-def _quantile_bin(probs: torch.Tensor, u: torch.Tensor | float) -> torch.Tensor:
+def quantile_bin(probs: torch.Tensor, u: torch.Tensor | float) -> torch.Tensor:
     """(B, L) the first bin whose cumulative probability reaches u (a number or (B, L))."""
     u = torch.as_tensor(u, dtype=probs.dtype, device=probs.device)
     return (probs.cumsum(-1) < u[..., None]).sum(-1).clamp(max=probs.shape[-1] - 1)
@@ -36,7 +36,7 @@ def _spread(logp, cand_logp, generator):
     # bin beside mass spread over the interior is far apart, so it is not committed first.
     probs = logp.exp()
     bins = torch.arange(probs.shape[-1], device=logp.device, dtype=torch.float64)
-    mad = (probs * (bins - _quantile_bin(probs, 0.5)[..., None].double()).abs()).sum(-1)
+    mad = (probs * (bins - quantile_bin(probs, 0.5)[..., None].double()).abs()).sum(-1)
     return -torch.log1p(mad)
 
 
@@ -255,7 +255,7 @@ def masked_diffusion_decode(
         # Candidates for every masked slot (cfg.candidates: see Candidates).
         if cfg.candidates == "quantile":
             u = 0.5 + tau * (torch.rand((b, n), generator=generator, device=device, dtype=torch.float64) - 0.5)
-            cand = _quantile_bin(logp.exp(), u)  # (B, L)
+            cand = quantile_bin(logp.exp(), u)  # (B, L)
         else:  # tempered Gumbel-max: the argmax once tau reaches 0
             noisy = logp + tau * _gumbel(logp.shape, generator, device) if tau > 0 else logp
             cand = noisy.argmax(-1)  # (B, L)
