@@ -273,6 +273,17 @@ def _saved(folder: Path, checkpoint: str, cfg: EvalConfig) -> dict | None:
     return res if same and ran == wanted else None
 
 
+def _draw_frames(cache, span: int, frames: int, rng):
+    """Up to `frames` sorted frames of `cache` whose next `span` recorded actions lie in their own
+    episode, drawn with `rng`, and each frame's episode index."""
+    import numpy as np
+
+    starts, ends = cache.episode_starts, cache.episode_ends
+    valid = np.concatenate([np.arange(a, b - span + 1) for a, b in zip(starts, ends, strict=True) if b - a >= span])
+    picks = np.sort(rng.choice(valid, min(frames, len(valid)), replace=False))
+    return picks, np.searchsorted(ends, picks, side="right")
+
+
 def offline_action_error(
     checkpoint: str,
     overrides: dict,
@@ -310,10 +321,7 @@ def offline_action_error(
         raise ValueError(f"horizon {horizon} after {prefix_steps} prefix steps exceeds the policy's chunk of {chunk}")
     # Frames whose next prefix_steps + horizon recorded actions lie in the same episode.
     span = prefix_steps + horizon
-    starts, ends = cache.episode_starts, cache.episode_ends
-    valid = np.concatenate([np.arange(a, b - span + 1) for a, b in zip(starts, ends, strict=True) if b - a >= span])
-    picks = np.sort(np.random.default_rng(seed).choice(valid, min(frames, len(valid)), replace=False))
-    episode = np.searchsorted(ends, picks, side="right")
+    picks, episode = _draw_frames(cache, span, frames, np.random.default_rng(seed))
     # The images of a frame drawn from another episode wherever the recording has more than one.
     seen = np.roll(picks, len(picks) // 2) if swap_images else picks
     predicted, recorded, unswapped = [], [], []
@@ -377,11 +385,8 @@ def offline_conditioning(checkpoint: str, cache, frames: int, seed: int = 0) -> 
     check_compatible(policy.cfg, cache.action.shape[1], cache.state.shape[1], cache.cameras)
     chunk, dims = policy.cfg.chunk_size, policy.cfg.action_dim
     n, mask_id = model.decoder.num_slots, model.decoder.mask_id
-    starts, ends = cache.episode_starts, cache.episode_ends
-    valid = np.concatenate([np.arange(a, b - chunk + 1) for a, b in zip(starts, ends, strict=True) if b - a >= chunk])
     rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(valid, min(frames, len(valid)), replace=False))
-    episode = np.searchsorted(ends, picks, side="right")
+    picks, episode = _draw_frames(cache, chunk, frames, rng)
     # Slots are time-major (step t, dimension d at t * dims + d); the last dimension is the gripper.
     arm = torch.tensor([d < dims - 1 for _ in range(chunk) for d in range(dims)])
     scores = {(split, given): {"l1": [], "bins": [], "nll": []} for split in SPLITS for given in GIVEN}
